@@ -1,0 +1,378 @@
+"""The job request: Chat Completions parameters with the API's names, types, ranges and defaults.
+
+Producers validate with these models before anything is enqueued, and workers validate the same
+payload again when it arrives, so a hand-made or corrupted message is refused, not sent. Rules
+that depend on the tier table (which models exist, which are reasoning models) live in
+`worker.tiers`; the rest of what the API refuses is refused here, with the API's own wording
+where it has one. Only the parameters a caller set are sent on (`model_fields_set`), so the
+API's defaults apply exactly as if the caller had called it directly.
+
+`metadata` is the job's own (for the caller's bookkeeping and later per-tenant accounting); it
+is stored with the result and never sent to the API.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from worker.errors import InvalidJobError
+
+FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+MAX_STOP_SEQUENCES = 4
+MAX_TOOLS = 128
+MAX_METADATA_PAIRS = 16
+
+
+class FieldRuleError(ValueError):
+    """A rule across fields, broken; `field` says which parameter to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class _Strict(BaseModel):
+    """Unknown fields are refused, as the API refuses them ("Unrecognized request argument")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- content parts -------------------------------------------------------------------------
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Strict):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(_Strict):
+    data: str
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(_Strict):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FileRef(_Strict):
+    file_data: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+
+
+class FilePart(_Strict):
+    type: Literal["file"]
+    file: FileRef
+
+
+class RefusalPart(_Strict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+UserPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+NonEmptyText = Annotated[list[TextPart], Field(min_length=1)]
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class SystemMessage(_Strict):
+    role: Literal["system"]
+    content: str | NonEmptyText
+    name: str | None = None
+
+
+class DeveloperMessage(_Strict):
+    role: Literal["developer"]
+    content: str | NonEmptyText
+    name: str | None = None
+
+
+class UserMessage(_Strict):
+    role: Literal["user"]
+    content: str | Annotated[list[UserPart], Field(min_length=1)]
+    name: str | None = None
+
+
+class AssistantMessage(_Strict):
+    role: Literal["assistant"]
+    content: str | Annotated[list[AssistantPart], Field(min_length=1)] | None = None
+    refusal: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> AssistantMessage:
+        if self.content is None and not self.tool_calls:
+            raise FieldRuleError("content", "an assistant message needs content or tool_calls")
+        return self
+
+
+class ToolMessage(_Strict):
+    role: Literal["tool"]
+    content: str | NonEmptyText
+    tool_call_id: str
+
+
+Message = Annotated[
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage,
+    Field(discriminator="role"),
+]
+
+
+def message_text(message: Message) -> str:
+    """The plain text a message carries (text parts joined), for checks and token estimates."""
+    content = message.content
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content if isinstance(part, TextPart))
+
+
+# --- response format and tools ---------------------------------------------------------------
+
+
+class ResponseFormatText(_Strict):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(_Strict):
+    type: Literal["json_object"]
+
+
+class JSONSchemaSpec(_Strict):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME_PATTERN)]
+    description: str | None = None
+    # "schema" would shadow a BaseModel attribute; the alias keeps the API's name on the wire.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatJSONSchema(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema,
+    Field(discriminator="type"),
+]
+
+
+class FunctionDefinition(_Strict):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME_PATTERN)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+# --- the request -------------------------------------------------------------------------------
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
+
+
+class JobRequest(_Strict):
+    """One Chat Completions call, as the caller would pass it to `client.chat.completions.create`.
+
+    Defaults are the API's; only fields the caller set are sent.
+    """
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(ge=0, le=1)] = 1.0
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    stop: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)]
+        | None
+    ) = None
+    seed: int | None = None
+    n: Annotated[int, Field(ge=1, le=128)] = 1
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    user: Annotated[str, Field(max_length=512)] | None = None
+    # The job's own labels: stored with the result, never sent to the API.
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)] = (
+        Field(default_factory=dict)
+    )
+
+    @model_validator(mode="after")
+    def _parameters_agree(self) -> JobRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise FieldRuleError("top_logprobs", "top_logprobs requires logprobs to be true")
+        if self.stream_options is not None and not self.stream:
+            raise FieldRuleError(
+                "stream_options", "stream_options is only allowed when stream is true"
+            )
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise FieldRuleError("max_tokens", "set max_tokens or max_completion_tokens, not both")
+        self._check_tools()
+        if isinstance(self.response_format, ResponseFormatJSONObject) and not any(
+            "json" in message_text(message).lower() for message in self.messages
+        ):
+            raise FieldRuleError(
+                "response_format",
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'",
+            )
+        _check_tool_message_order(self.messages)
+        return self
+
+    def _check_tools(self) -> None:
+        names = {tool.function.name for tool in self.tools or []}
+        if self.tool_choice is not None and self.tool_choice != "none" and not names:
+            raise FieldRuleError(
+                "tool_choice", "tool_choice is only allowed when tools are specified"
+            )
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in (
+            names
+        ):
+            raise FieldRuleError(
+                "tool_choice",
+                f"tool_choice names function {self.tool_choice.function.name!r}, "
+                "which is not among tools",
+            )
+        if self.parallel_tool_calls is not None and not names:
+            raise FieldRuleError(
+                "parallel_tool_calls",
+                "parallel_tool_calls is only allowed when tools are specified",
+            )
+
+    def api_fields(self) -> dict[str, Any]:
+        """The parameters the caller set, in the API's JSON shape, without the job's metadata."""
+        return self.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={"metadata"})
+
+
+def _check_tool_message_order(messages: list[Message]) -> None:
+    """The API's rule: tool_calls are answered by tool messages, one per id, right after."""
+    pending: set[str] = set()
+    for index, message in enumerate(messages):
+        if isinstance(message, ToolMessage):
+            if message.tool_call_id not in pending:
+                raise FieldRuleError(
+                    f"messages.{index}",
+                    f"a 'tool' message must answer a tool_call of the "
+                    f"assistant message before it; no pending tool_call_id "
+                    f"{message.tool_call_id!r}",
+                )
+            pending.discard(message.tool_call_id)
+            continue
+        if pending:
+            raise FieldRuleError(
+                f"messages.{index}",
+                "an assistant message with 'tool_calls' must be followed by tool messages "
+                f"answering each tool_call_id (missing: {', '.join(sorted(pending))})",
+            )
+        if isinstance(message, AssistantMessage) and message.tool_calls:
+            pending = {call.id for call in message.tool_calls}
+
+
+class JobEnvelope(_Strict):
+    """What travels on the queue: the request plus what the producer decided about it."""
+
+    job_id: str
+    tier: str
+    submitted_at: datetime
+    request: JobRequest
+
+    def to_message(self) -> dict[str, Any]:
+        # exclude_unset keeps the request exactly as the caller set it across the JSON hop.
+        return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def describe_validation_error(error: ValidationError) -> InvalidJobError:
+    """Turn pydantic's report into an `InvalidJobError` whose message names every field."""
+    by_field: dict[str, list[str]] = {}
+    for item in error.errors(include_url=False):
+        # Union members show up in the path as "constrained-str", "list[...]": not fields.
+        parts = [str(part) for part in item["loc"] if _is_field_part(part)]
+        message = item["msg"]
+        rule = item.get("ctx", {}).get("error")
+        if isinstance(rule, FieldRuleError):
+            parts.append(rule.field)
+            message = str(rule)
+        messages = by_field.setdefault(".".join(parts) or "request", [])
+        if message not in messages:
+            messages.append(message)
+    problems = [{"field": field, "message": " or ".join(msgs)} for field, msgs in by_field.items()]
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return InvalidJobError(f"invalid job request: {summary}", problems)
+
+
+def _is_field_part(part: str | int) -> bool:
+    return isinstance(part, int) or part.replace("_", "a").isalnum()
+
+
+def parse_job_request(data: dict[str, Any] | JobRequest) -> JobRequest:
+    """Validate a request given as a dict (or pass a `JobRequest` through)."""
+    if isinstance(data, JobRequest):
+        return data
+    try:
+        return JobRequest.model_validate(data)
+    except ValidationError as error:
+        raise describe_validation_error(error) from None
+
+
+def request_size_bytes(request: JobRequest) -> int:
+    """Size of the request on the wire, for the payload limit."""
+    return len(json.dumps(request.api_fields(), separators=(",", ":")).encode())

@@ -1,0 +1,186 @@
+"""tierq's exceptions: one root, and a hierarchy that tells the caller what to do next.
+
+- `ConfigurationError`: fix the environment and restart.
+- `InvalidJobError` and its children: fix the request; nothing was enqueued.
+- `BrokerUnavailableError`: Redis is unreachable; nothing was enqueued, try again later.
+- `JobNotFoundError`, `JobWaitTimeout`: about a job id the caller holds.
+- `ProviderError`: what an API call ended with, inside a worker. `RetryableProviderError`s are
+  retried by Celery (after `retry_after_seconds` at least); `PermanentProviderError`s fail the
+  job at once, because sending the same request again cannot succeed.
+
+This module imports neither Celery nor `openai`: producers use it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _rebuild(cls: type[TierqError], args: tuple[Any, ...], state: dict[str, Any]) -> TierqError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+class TierqError(Exception):
+    """Raised for every error tierq itself signals; catch this to catch them all."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle by state, not by re-calling __init__ with `args`: subclasses take keyword
+        # arguments, and Celery hands `on_failure` a copy that must survive a pickle round trip
+        # (else it substitutes the nearest picklable base class and the details are lost).
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class ConfigurationError(TierqError):
+    """Raised at start-up when a setting is missing or wrong; the message names the variable."""
+
+
+class InvalidJobError(TierqError, ValueError):
+    """Raised when a job request breaks the contract; nothing was enqueued.
+
+    `errors` lists each problem as `{"field": "temperature", "message": "..."}` so an HTTP
+    gateway or a CLI can point at the exact parameter.
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class UnknownModelError(InvalidJobError):
+    """Raised when a job names a model that no tier serves; `known_models` lists those that are."""
+
+    def __init__(self, model: str, known_models: list[str]) -> None:
+        super().__init__(
+            f"model {model!r} is not served by any tier; known models: {', '.join(known_models)}",
+            [{"field": "model", "message": f"unknown model {model!r}"}],
+        )
+        self.model = model
+        self.known_models = known_models
+
+
+class PayloadTooLargeError(InvalidJobError):
+    """Raised when a job request is larger than `max_request_bytes` once serialized."""
+
+    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"job request is {size_bytes} bytes, over the limit of {limit_bytes} bytes "
+            "(TIERQ_MAX_REQUEST_BYTES)",
+            [{"field": "messages", "message": "request too large"}],
+        )
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+
+
+class BrokerUnavailableError(TierqError, ConnectionError):
+    """Raised when Redis cannot be reached; the job was not enqueued and may be submitted again."""
+
+
+class JobNotFoundError(TierqError, LookupError):
+    """Raised for a job id that was never submitted, or whose record expired after its TTL."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (never submitted, or its record expired)")
+        self.job_id = job_id
+
+
+class JobWaitTimeout(TierqError, TimeoutError):
+    """Raised when `wait` gives up; the job itself carries on and can be polled again."""
+
+    def __init__(self, job_id: str, timeout_seconds: float, status: str) -> None:
+        super().__init__(
+            f"job {job_id!r} still {status} after waiting {timeout_seconds:g}s; "
+            "it keeps running, poll it again later"
+        )
+        self.job_id = job_id
+        self.timeout_seconds = timeout_seconds
+        self.status = status
+
+
+class ProviderError(TierqError):
+    """Raised inside a worker when the API call failed; carries what the API said.
+
+    `kind` is a stable machine name (`rate_limited`, `timeout`, `bad_request`, ...), `status_code`
+    the HTTP status when there was a response, `code` and `param` the API's own error fields.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        status_code: int | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.status_code = status_code
+        self.code = code
+        self.param = param
+
+    def __repr__(self) -> str:
+        status = f" {self.status_code}" if self.status_code is not None else ""
+        return f"<{type(self).__name__} {self.kind}{status}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "status_code": self.status_code,
+            "code": self.code,
+            "param": self.param,
+            "message": self.message,
+        }
+
+
+class RetryableProviderError(ProviderError):
+    """Raised for a transient fault; Celery retries it after `retry_after_seconds` at least."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after_seconds: float | None = None, **fields: Any
+    ) -> None:
+        super().__init__(message, **fields)
+        self.retry_after_seconds = retry_after_seconds
+
+    def __repr__(self) -> str:
+        wait = (
+            f" retry-after {self.retry_after_seconds:.2f}s"
+            if self.retry_after_seconds is not None
+            else ""
+        )
+        return f"{super().__repr__()[:-1]}{wait}>"
+
+
+class RateLimitedError(RetryableProviderError):
+    """Raised for a 429 that is a rate limit (not a quota): the budget refills; wait, retry."""
+
+
+class ProviderTimeoutError(RetryableProviderError):
+    """Raised when the call outlived `request_timeout_seconds` (or the server answered 408)."""
+
+
+class ProviderUnavailableError(RetryableProviderError):
+    """Raised for connection failures, 409 and 5xx answers: the service may answer next time."""
+
+
+class PermanentProviderError(ProviderError):
+    """Raised when the API refused the request itself; retrying the same request cannot help."""
+
+
+class QuotaExceededError(PermanentProviderError):
+    """Raised for a 429 `insufficient_quota`: a billing problem, which no wait will fix."""
+
+
+class RequestRejectedError(PermanentProviderError):
+    """Raised for 400, 404 and 422 answers: the request is wrong for this API or model."""
+
+
+class AccessDeniedError(PermanentProviderError):
+    """Raised for 401 and 403 answers: the key is wrong or lacks access; fix the key."""

@@ -1,0 +1,193 @@
+"""The job record: status, the API's response and usage in the API's own shapes, and errors.
+
+One `JobResult` per job lives in Redis from submission until `result_ttl_seconds` after its last
+change. Producers read it to poll; workers rewrite it as the job moves. The response models
+mirror the SDK's `ChatCompletion` without importing `openai` (producers must not need it), and
+keep any field the API adds (`extra="allow"`), so nothing the provider returned is dropped.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class _APIShape(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FunctionCallOut(_APIShape):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(_APIShape):
+    id: str
+    type: str = "function"
+    function: FunctionCallOut
+
+
+class ResponseMessage(_APIShape):
+    role: str = "assistant"
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+
+
+class TopLogprob(_APIShape):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(_APIShape):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(_APIShape):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
+class Choice(_APIShape):
+    index: int
+    message: ResponseMessage
+    finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class PromptTokensDetails(_APIShape):
+    cached_tokens: int | None = None
+    audio_tokens: int | None = None
+
+
+class CompletionTokensDetails(_APIShape):
+    reasoning_tokens: int | None = None
+    audio_tokens: int | None = None
+    accepted_prediction_tokens: int | None = None
+    rejected_prediction_tokens: int | None = None
+
+
+class Usage(_APIShape):
+    """Token usage exactly as the API reports it; reasoning tokens are inside completion_tokens."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+    @property
+    def reasoning_tokens(self) -> int:
+        details = self.completion_tokens_details
+        return (details.reasoning_tokens or 0) if details else 0
+
+    @property
+    def cached_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return (details.cached_tokens or 0) if details else 0
+
+
+class ChatCompletion(_APIShape):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    service_tier: str | None = None
+
+
+class JobError(BaseModel):
+    """Why a job failed (or, while retrying, why its last attempt did)."""
+
+    # Stable machine name: rate_limited, timeout, unavailable, bad_request, quota_exceeded, ...
+    type: str
+    message: str
+    status_code: int | None = None
+    # The API's own `code` and `param`, when it gave them.
+    code: str | None = None
+    param: str | None = None
+    # True when tierq retried this kind of error before giving up; False when retrying could
+    # not help (a bad request, a bad key, an exhausted quota) and the job failed at once.
+    retried: bool = False
+
+
+class JobResult(BaseModel):
+    """Everything known about a job; what `get`, `wait` and `tierq result` return."""
+
+    job_id: str
+    status: JobStatus
+    tier: str
+    # The model the caller asked for; `answered_by` is the snapshot the API says answered.
+    model: str
+    answered_by: str | None = None
+    response: ChatCompletion | None = None
+    usage: Usage | None = None
+    error: JobError | None = None
+    # Attempts started so far (1 on the first call, 2 after one retry, ...).
+    attempts: int = 0
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    # When a retrying job's next attempt is due.
+    retry_at: datetime | None = None
+    # The Celery node that ran the latest attempt ("fast-1234@host"): which tier's worker took it.
+    worker: str | None = None
+    metadata: dict[str, str] = {}
+
+    @property
+    def content(self) -> str | None:
+        """The first choice's text, the usual thing a caller wants."""
+        if self.response is None or not self.response.choices:
+            return None
+        return self.response.choices[0].message.content
+
+    @property
+    def latency_seconds(self) -> float | None:
+        """Submission to finish, queueing and retries included."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.submitted_at).total_seconds()
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> JobResult:
+        return cls.model_validate_json(raw)
+
+    def summary(self) -> dict[str, Any]:
+        """A flat view for tables and logs: no prompt, no completion text."""
+        usage = self.usage
+        return {
+            "job_id": self.job_id,
+            "tier": self.tier,
+            "model": self.model,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "latency_seconds": self.latency_seconds,
+            "error": self.error.type if self.error else None,
+        }

@@ -1,0 +1,186 @@
+"""Every tunable of tierq, read once from the environment (and an optional `.env`).
+
+Producers and workers share this module, so it must not import `openai` or Celery. Names carry
+their unit; each field says in one line why it exists. Variables are `TIERQ_*`, except the
+provider's key and base URL, which keep the SDK's own names so an existing deployment's
+environment works unchanged. Nested groups are set as JSON (`TIERQ_RETRY='{"max_attempts": 8}'`)
+or field by field with `__` (`TIERQ_RETRY__MAX_ATTEMPTS=8`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Annotated
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigurationError
+
+ENV_PREFIX = "TIERQ_"
+TIER_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+# Celery's rate-limit grammar: a number, optionally per second, minute or hour.
+RATE_LIMIT_PATTERN = re.compile(r"^\d+(\.\d+)?(/[smh])?$")
+
+
+class TierSettings(BaseModel):
+    """One tier: a set of models served by one Celery queue and its own pool of workers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Model names as the API knows them; a job's model picks its tier.
+    models: Annotated[list[str], Field(min_length=1)]
+    # The o-series rules apply (no sampling knobs; max_tokens is sent as max_completion_tokens).
+    reasoning: bool = False
+    # Calls in flight per worker process (the threads pool's size).
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 100
+    # Celery's per-process cap, in its own grammar ("600/m"); None leaves it uncapped.
+    rate_limit: str | None = None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _celery_rate_limit_grammar(cls, value: str | None) -> str | None:
+        if value is not None and not RATE_LIMIT_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not a Celery rate limit such as '600/m' or '10/s'")
+        return value
+
+
+def default_tiers() -> dict[str, TierSettings]:
+    """The product's tier table: cheap and fast, the standard model, and reasoning models."""
+    return {
+        "fast": TierSettings(models=["gpt-4o-mini"]),
+        "standard": TierSettings(models=["gpt-4o"]),
+        "reasoning": TierSettings(models=["o4-mini", "o3"], reasoning=True, concurrency=50),
+    }
+
+
+class RetrySettings(BaseModel):
+    """How Celery retries transient API faults (the SDK's own retries are off)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Attempts in all, the first included; a job that exhausts them fails with its last error.
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 6
+    # Back-off before retry k is drawn from [0, base * 2^k] (full jitter), Celery's formula.
+    backoff_base_seconds: Annotated[int, Field(ge=1, le=3600)] = 1
+    # Cap on the back-off draw; keeps a long outage from parking jobs for hours.
+    backoff_max_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    # A server's retry-after is honoured up to this; past it the wait is capped here.
+    retry_after_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+
+
+class Settings(BaseSettings):
+    """The whole configuration; build it with `get_settings()`, never at import time."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # Broker and job records live here; a password goes in the URL (redis://:pw@host:6379/0).
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # The provider's key under the SDK's own name; None: no key (the demo uses the simulator).
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "TIERQ_OPENAI_API_KEY")
+    )
+    # The provider's base URL under the SDK's own name; None means api.openai.com.
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "TIERQ_OPENAI_BASE_URL")
+    )
+    # Model tiers, each its own queue; an operator adds a model or a tier here alone.
+    tiers: dict[str, TierSettings] = Field(default_factory=default_tiers)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    # One API call's budget; a call past it is a retryable timeout.
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # How long job records (and their results) stay readable in Redis.
+    result_ttl_seconds: Annotated[int, Field(ge=1)] = 86_400
+    # Redis's redelivery delay for a job whose worker died; must outlast any call plus retry wait.
+    visibility_timeout_seconds: Annotated[int, Field(ge=60)] = 3_600
+    # Largest accepted job request, as JSON; bigger ones are refused before enqueueing.
+    max_request_bytes: Annotated[int, Field(ge=1_024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # Prefix of every Celery queue name; the tier name follows ("tierq.fast").
+    queue_prefix: str = "tierq."
+    # Prefix of every Redis key tierq writes besides Celery's own.
+    key_prefix: str = "tierq:"
+    # Logs carry prompts and completions only when an operator opts in.
+    log_content: bool = False
+    # "json" for machines, "console" for people, "auto" picks console on a terminal.
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_are_well_formed(cls, tiers: dict[str, TierSettings]) -> dict[str, TierSettings]:
+        if not tiers:
+            raise ValueError("at least one tier is needed")
+        owner: dict[str, str] = {}
+        for name, tier in tiers.items():
+            if not re.match(TIER_NAME_PATTERN, name):
+                raise ValueError(f"tier name {name!r} must match {TIER_NAME_PATTERN}")
+            for model in tier.models:
+                if model in owner:
+                    raise ValueError(f"model {model!r} is in tiers {owner[model]!r} and {name!r}")
+                owner[model] = name
+        return tiers
+
+    @model_validator(mode="after")
+    def _redelivery_cannot_overlap_a_live_job(self) -> Settings:
+        # Redis hands an unacked message to another worker after the visibility timeout; a
+        # call or a retry countdown longer than that would run the same job twice.
+        longest = self.request_timeout_seconds + max(
+            self.retry.backoff_max_seconds, self.retry.retry_after_max_seconds
+        )
+        if longest >= self.visibility_timeout_seconds:
+            raise ValueError(
+                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}) must exceed "
+                f"request_timeout_seconds + the longest retry wait ({longest:g}), or Redis "
+                "delivers a job twice"
+            )
+        return self
+
+    def queue_for(self, tier: str) -> str:
+        """The Celery queue (and Redis list) that carries a tier's jobs."""
+        return f"{self.queue_prefix}{tier}"
+
+    def tier_of(self, model: str) -> str | None:
+        """The tier serving `model`, or None when no tier lists it."""
+        for name, tier in self.tiers.items():
+            if model in tier.models:
+                return name
+        return None
+
+    def known_models(self) -> list[str]:
+        return sorted(model for tier in self.tiers.values() for model in tier.models)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = "__".join(str(part) for part in item["loc"]).upper()
+        variable = path if path.startswith("OPENAI_") else f"{ENV_PREFIX}{path}"
+        lines.append(f"{variable}: {item['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Read the settings once per process; a bad value raises `ConfigurationError` naming it."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise ConfigurationError(_describe(error)) from None
