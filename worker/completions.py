@@ -1,0 +1,81 @@
+"""The API call itself: a validated request and a client in, a `ChatCompletion` out.
+
+No Celery here, so the call can be exercised without a broker. The client is built once per
+worker process with the SDK's retries off (Celery owns retrying, or attempts would multiply)
+and an HTTP connection pool as large as the process's concurrency, so no job pays for a
+connection or a TLS handshake of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import openai
+from openai.lib.streaming.chat import ChatCompletionStreamState
+
+from worker.errors import ConfigurationError
+from worker.results import ChatCompletion
+from worker.sdk_errors import translate
+from worker.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """A finished call: the response, and the headers the limiter will learn from."""
+
+    completion: ChatCompletion
+    headers: dict[str, str]
+
+
+def build_client(settings: Settings, *, max_connections: int) -> openai.OpenAI:
+    """The process's one client; the key is revealed here and nowhere else."""
+    if settings.openai_api_key is None:
+        raise ConfigurationError(
+            "OPENAI_API_KEY is not set: a worker needs the provider's key "
+            "(the demo starts the simulator and sets one for it)"
+        )
+    http_client = openai.DefaultHttpxClient(
+        limits=httpx2.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        timeout=httpx2.Timeout(settings.request_timeout_seconds, connect=5.0),
+    )
+    return openai.OpenAI(
+        api_key=settings.openai_api_key.get_secret_value(),
+        base_url=settings.openai_base_url,
+        max_retries=0,
+        timeout=settings.request_timeout_seconds,
+        http_client=http_client,
+    )
+
+
+def call_chat_completions(client: openai.OpenAI, params: dict[str, Any]) -> CallOutcome:
+    """Run one Chat Completions call; SDK errors leave as tierq `ProviderError`s."""
+    try:
+        raw = client.chat.completions.with_raw_response.create(**params)
+        headers = dict(raw.headers)
+        if params.get("stream"):
+            return CallOutcome(_assemble_stream(raw.parse()), headers)
+        # The raw body is validated once, into our own model: no SDK model built and dumped.
+        return CallOutcome(ChatCompletion.model_validate_json(raw.content), headers)
+    except openai.OpenAIError as error:
+        raise translate(error) from error
+
+
+def _assemble_stream(stream: openai.Stream[Any]) -> ChatCompletion:
+    """Join a streamed answer into the same shape an unstreamed call returns.
+
+    The SDK's own accumulator merges content, tool-call argument fragments, logprobs and the
+    final usage chunk per choice; we only drop the helper's `parsed` fields.
+    """
+    state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
+    with stream:
+        for chunk in stream:
+            state.handle_chunk(chunk)
+    snapshot = state.current_completion_snapshot.model_dump(mode="json")
+    snapshot["object"] = "chat.completion"
+    for choice in snapshot.get("choices", []):
+        choice.get("message", {}).pop("parsed", None)
+    return ChatCompletion.model_validate(snapshot)

@@ -1,0 +1,98 @@
+"""The Celery task: a thin wrapper that hands the message to `JobRunner` and maps its errors.
+
+Retrying is Celery's own machinery: `autoretry_for` on `RetryableProviderError`, exponential
+back-off with full jitter capped at `backoff_max_seconds`, and `max_retries` from the attempt
+budget. The one addition is `retry()` raising the countdown to the server's `retry-after`, which
+Celery's back-off does not know about. Permanent errors are declared in `throws`, so Celery logs
+them as expected outcomes (one line, no traceback) and the job is recorded as failed at once.
+
+Tasks are registered by `register_tasks()` when a worker starts, not at import, because their
+retry options come from settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Celery, Task
+
+from worker.app import TASK_NAME
+from worker.errors import InvalidJobError, PermanentProviderError, RetryableProviderError
+from worker.execution import JobRunner
+
+log = structlog.get_logger("tierq.worker")
+
+
+class CompletionTask(Task):  # type: ignore[type-arg]
+    """Base class carrying the process's `JobRunner` and the status-recording hooks."""
+
+    runner: JobRunner
+    retry_after_max_seconds: float
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: Exception | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        if isinstance(exc, RetryableProviderError) and exc.retry_after_seconds is not None:
+            asked = min(exc.retry_after_seconds, self.retry_after_max_seconds)
+            countdown = max(countdown or 0.0, asked)
+        limit = self.max_retries if max_retries is None else max_retries
+        if isinstance(exc, RetryableProviderError) and (
+            limit is None or self.request.retries < limit
+        ):
+            self.runner.record_retry(
+                (self.request.args or [None])[0],
+                attempt=self.request.retries + 1,
+                worker=self.request.hostname,
+                error=exc,
+                wait=countdown or 0.0,
+            )
+        return super().retry(
+            args=args,
+            kwargs=kwargs,
+            exc=exc,
+            throw=throw,
+            eta=eta,
+            countdown=countdown,
+            max_retries=max_retries,
+            **options,
+        )
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        message = args[0] if args else None
+        self.runner.record_failure(
+            message, attempt=self.request.retries + 1, worker=self.request.hostname, error=exc
+        )
+
+
+def register_tasks(app: Celery, runner: JobRunner) -> Task:  # type: ignore[type-arg]
+    """Register `tierq.complete` on `app`, with retry options from the runner's settings."""
+    retry = runner.settings.retry
+
+    @app.task(
+        bind=True,
+        base=CompletionTask,
+        name=TASK_NAME,
+        autoretry_for=(RetryableProviderError,),
+        retry_backoff=retry.backoff_base_seconds,
+        retry_backoff_max=retry.backoff_max_seconds,
+        retry_jitter=True,
+        max_retries=retry.max_attempts - 1,
+        throws=(PermanentProviderError, InvalidJobError),
+        runner=runner,
+        retry_after_max_seconds=retry.retry_after_max_seconds,
+    )
+    def complete(self: CompletionTask, message: dict[str, Any]) -> None:
+        self.runner.run(message, attempt=self.request.retries + 1, worker=self.request.hostname)
+
+    return complete
