@@ -1,0 +1,309 @@
+"""The `tierq` command: submit jobs and read results; `worker`, `simulator` and `demo` too.
+
+Subcommands of other packages are imported only when invoked (click's lazy-group pattern), so
+`tierq submit` loads neither `openai` nor the worker's tasks.
+
+Exit status: 0 done (or job succeeded), 1 job failed, 2 bad usage or invalid job request,
+3 unknown job, 4 timed out waiting, 5 Redis unreachable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import click
+
+from worker.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    InvalidJobError,
+    JobNotFoundError,
+    JobWaitTimeout,
+)
+from worker.results import JobResult, JobStatus
+
+EXIT_JOB_FAILED = 1
+EXIT_INVALID = 2
+EXIT_NOT_FOUND = 3
+EXIT_TIMEOUT = 4
+EXIT_BROKER = 5
+
+LAZY_COMMANDS = {
+    "worker": "worker.cli:worker_command",
+    "simulator": "simulator.cli:simulator_command",
+    "demo": "devkit.demo:demo_command",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose heavier subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module_name, attribute = LAZY_COMMANDS[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="tierq")
+def cli() -> None:
+    """tierq: OpenAI Chat Completions calls as durable, rate-limited background jobs.
+
+    Settings come from the environment (TIERQ_*, OPENAI_API_KEY, OPENAI_BASE_URL) or .env.
+    """
+
+
+def _client() -> Any:
+    from producers.client import TierqClient
+
+    return TierqClient()
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _guarded(action: Callable[[], Any]) -> Any:
+    """Run a CLI action, turning tierq errors into a message and a documented exit status."""
+    try:
+        return action()
+    except InvalidJobError as error:
+        _fail(str(error), EXIT_INVALID)
+    except ConfigurationError as error:
+        _fail(str(error), EXIT_INVALID)
+    except JobNotFoundError as error:
+        _fail(str(error), EXIT_NOT_FOUND)
+    except JobWaitTimeout as error:
+        _fail(str(error), EXIT_TIMEOUT)
+    except BrokerUnavailableError as error:
+        _fail(str(error), EXIT_BROKER)
+    return None
+
+
+def _read_json(source: str) -> Any:
+    stream: TextIO
+    if source == "-":
+        stream = sys.stdin
+        text = stream.read()
+    else:
+        with open(source, encoding="utf-8") as stream:
+            text = stream.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        _fail(f"{source}: not valid JSON ({error})", EXIT_INVALID)
+
+
+def _print_result(result: JobResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+        return
+    if result.status is JobStatus.SUCCEEDED and result.response is not None:
+        for choice in result.response.choices:
+            message = choice.message
+            if message.tool_calls:
+                for call in message.tool_calls:
+                    click.echo(f"[tool call] {call.function.name}({call.function.arguments})")
+            if message.content is not None:
+                click.echo(message.content)
+        return
+    _print_status(result)
+
+
+def _print_status(result: JobResult) -> None:
+    line = f"{result.job_id}  {result.status.value}  tier={result.tier}  model={result.model}"
+    line += f"  attempts={result.attempts}"
+    if result.usage:
+        line += f"  tokens={result.usage.prompt_tokens}+{result.usage.completion_tokens}"
+    click.echo(line)
+    if result.error:
+        status = f" {result.error.status_code}" if result.error.status_code else ""
+        click.echo(f"  error: {result.error.type}{status}: {result.error.message}")
+
+
+def _exit_for(result: JobResult) -> None:
+    if result.status is JobStatus.FAILED:
+        sys.exit(EXIT_JOB_FAILED)
+
+
+@cli.command()
+@click.option("--model", help="Model name; picks the tier (e.g. gpt-4o-mini, gpt-4o, o3).")
+@click.option("--system", "system_text", help="A system message.")
+@click.option("--developer", "developer_text", help="A developer message.")
+@click.option("--user", "user_text", help="A user message (after --system/--developer).")
+@click.option(
+    "--messages",
+    "messages_source",
+    metavar="FILE|-",
+    help="Messages as a JSON list, from a file or - for stdin; --system/--user are appended.",
+)
+@click.option(
+    "--request",
+    "request_source",
+    metavar="FILE|-",
+    help="A whole request body as JSON (file or -); options given here override its fields.",
+)
+@click.option("--max-tokens", type=int)
+@click.option("--max-completion-tokens", type=int)
+@click.option("--temperature", type=float)
+@click.option("--top-p", type=float)
+@click.option("--frequency-penalty", type=float)
+@click.option("--presence-penalty", type=float)
+@click.option("--stop", multiple=True, help="A stop sequence (repeat for up to 4).")
+@click.option("--seed", type=int)
+@click.option("-n", "n", type=int, help="Number of choices.")
+@click.option("--logprobs/--no-logprobs", default=None)
+@click.option("--top-logprobs", type=int)
+@click.option("--stream/--no-stream", default=None, help="Run the call with the API's streaming.")
+@click.option("--response-format", type=click.Choice(["text", "json_object"]))
+@click.option("--json-schema", metavar="FILE", help="response_format json_schema from a file.")
+@click.option("--tools", "tools_source", metavar="FILE", help="tools as a JSON list from a file.")
+@click.option("--tool-choice", help="none, auto, required, or a function name.")
+@click.option(
+    "--reasoning-effort",
+    type=click.Choice(["none", "minimal", "low", "medium", "high", "xhigh", "max"]),
+)
+@click.option("--end-user", "end_user", help="The API's `user` field (an end-user id).")
+@click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Job metadata (repeat).")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="For --wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the job id, or the result).")
+def submit(**options: Any) -> None:
+    """Submit a Chat Completions job; prints its id (or, with --wait, its result)."""
+    request = _build_request(options)
+
+    def run() -> None:
+        client = _client()
+        job_id = client.submit(request)
+        if not options["wait"]:
+            click.echo(json.dumps({"job_id": job_id}) if options["as_json"] else job_id)
+            return
+        result = client.wait(job_id, timeout=options["timeout"])
+        _print_result(result, options["as_json"])
+        _exit_for(result)
+
+    _guarded(run)
+
+
+def _build_request(options: dict[str, Any]) -> dict[str, Any]:
+    request: dict[str, Any] = {}
+    if options["request_source"]:
+        loaded = _read_json(options["request_source"])
+        if not isinstance(loaded, dict):
+            _fail("--request must hold a JSON object", EXIT_INVALID)
+        request.update(loaded)
+    messages = list(request.get("messages") or [])
+    if options["messages_source"]:
+        loaded = _read_json(options["messages_source"])
+        if not isinstance(loaded, list):
+            _fail("--messages must hold a JSON list of messages", EXIT_INVALID)
+        messages = loaded
+    for role, key in (("system", "system_text"), ("developer", "developer_text")):
+        if options[key] is not None:
+            messages.append({"role": role, "content": options[key]})
+    if options["user_text"] is not None:
+        messages.append({"role": "user", "content": options["user_text"]})
+    if messages:
+        request["messages"] = messages
+    if options["model"]:
+        request["model"] = options["model"]
+    simple = (
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "stream",
+        "reasoning_effort",
+    )
+    for name in simple:
+        if options[name] is not None:
+            request[name] = options[name]
+    if options["stop"]:
+        request["stop"] = list(options["stop"])
+    if options["end_user"] is not None:
+        request["user"] = options["end_user"]
+    if options["response_format"]:
+        request["response_format"] = {"type": options["response_format"]}
+    if options["json_schema"]:
+        request["response_format"] = {
+            "type": "json_schema",
+            "json_schema": _read_json(options["json_schema"]),
+        }
+    if options["tools_source"]:
+        request["tools"] = _read_json(options["tools_source"])
+    choice = options["tool_choice"]
+    if choice is not None:
+        request["tool_choice"] = (
+            choice
+            if choice in ("none", "auto", "required")
+            else {"type": "function", "function": {"name": choice}}
+        )
+    if options["metadata"]:
+        pairs = {}
+        for item in options["metadata"]:
+            key, sep, value = item.partition("=")
+            if not sep:
+                _fail(f"--metadata {item!r} is not KEY=VALUE", EXIT_INVALID)
+            pairs[key] = value
+        request["metadata"] = {**request.get("metadata", {}), **pairs}
+    if "model" not in request:
+        _fail("a model is needed: --model, or in --request", EXIT_INVALID)
+    return request
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
+def status(job_id: str, as_json: bool) -> None:
+    """Show a job's status, attempts and tokens."""
+
+    def run() -> None:
+        result = _client().get(job_id)
+        if as_json:
+            click.echo(result.model_dump_json(indent=2))
+        else:
+            _print_status(result)
+
+    _guarded(run)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Wait until the job has finished.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="For --wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
+def result(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Print a job's answer (exit 1 if the job failed)."""
+
+    def run() -> None:
+        client = _client()
+        record = client.wait(job_id, timeout=timeout) if wait else client.get(job_id)
+        _print_result(record, as_json)
+        _exit_for(record)
+
+    _guarded(run)
+
+
+def main() -> None:
+    cli(prog_name="tierq")
+
+
+if __name__ == "__main__":
+    main()

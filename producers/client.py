@@ -1,0 +1,184 @@
+"""The Python producer: submit Chat Completions jobs, then poll or wait for their results.
+
+    from producers import TierqClient
+    client = TierqClient()
+    job_id = client.submit(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    result = client.wait(job_id, timeout=60)
+    print(result.content, result.usage)
+
+`submit` takes the same keyword arguments as `client.chat.completions.create`, validates them
+(the API's rules and the tier table's) and returns as soon as the job is on its tier's queue.
+Nothing is enqueued when validation fails. Jobs are published by task name through the same
+Celery app configuration the workers use; this module imports neither `openai` nor the tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError
+
+from worker.app import TASK_NAME, create_app
+from worker.contract import JobEnvelope, JobRequest, parse_job_request, request_size_bytes
+from worker.errors import (
+    BrokerUnavailableError,
+    JobNotFoundError,
+    JobWaitTimeout,
+    PayloadTooLargeError,
+)
+from worker.jobstore import JobStore
+from worker.results import JobResult, JobStatus
+from worker.settings import Settings, get_settings
+from worker.tiers import route
+
+# Polling starts fast (short jobs) and backs off to this, so long waits cost little.
+FIRST_POLL_SECONDS = 0.02
+MAX_POLL_SECONDS = 0.5
+POLL_GROWTH = 1.5
+DEFAULT_WAIT_SECONDS = 300.0
+
+RequestLike = JobRequest | Mapping[str, Any]
+
+
+def prepare(settings: Settings, request: RequestLike) -> tuple[JobRequest, str]:
+    """Validate a request against the contract, the payload limit and the tier table."""
+    parsed = parse_job_request(dict(request) if isinstance(request, Mapping) else request)
+    size = request_size_bytes(parsed)
+    if size > settings.max_request_bytes:
+        raise PayloadTooLargeError(size, settings.max_request_bytes)
+    return parsed, route(parsed, settings)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+class TierqClient:
+    """Submits jobs and reads their records; thread-safe, one per process is enough."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._app = create_app(self.settings)
+        self._store = JobStore.from_settings(self.settings)
+
+    # --- submitting ------------------------------------------------------------------------
+
+    def submit(self, request: RequestLike | None = None, /, **params: Any) -> str:
+        """Enqueue one job and return its id; raises `InvalidJobError` before enqueueing."""
+        return self.submit_many([_merge(request, params)])[0]
+
+    def submit_many(self, requests: Iterable[RequestLike]) -> list[str]:
+        """Enqueue many jobs; all are validated first, so one bad request enqueues none."""
+        prepared = [prepare(self.settings, request) for request in requests]
+        submitted_at = datetime.now(UTC)
+        envelopes = [
+            JobEnvelope(job_id=new_job_id(), tier=tier, submitted_at=submitted_at, request=req)
+            for req, tier in prepared
+        ]
+        records = [
+            JobResult(
+                job_id=envelope.job_id,
+                status=JobStatus.QUEUED,
+                tier=envelope.tier,
+                model=envelope.request.model,
+                submitted_at=submitted_at,
+                metadata=envelope.request.metadata,
+            )
+            for envelope in envelopes
+        ]
+        try:
+            # The record first: a worker fast enough to start before it exists still finds it.
+            self._store.save_many(records)
+        except redis.RedisError as error:
+            raise BrokerUnavailableError(f"cannot reach Redis to record the job: {error}") from None
+        published: list[str] = []
+        try:
+            with self._app.producer_or_acquire() as producer:
+                for envelope in envelopes:
+                    self._app.send_task(
+                        TASK_NAME,
+                        args=[envelope.to_message()],
+                        task_id=envelope.job_id,
+                        producer=producer,
+                    )
+                    published.append(envelope.job_id)
+        except (OperationalError, redis.RedisError, OSError) as error:
+            unpublished = [e.job_id for e in envelopes if e.job_id not in set(published)]
+            self._forget(unpublished)
+            raise BrokerUnavailableError(
+                f"cannot reach the broker; {len(published)} of {len(envelopes)} jobs were "
+                f"enqueued before it failed: {error}"
+            ) from None
+        return published
+
+    def _forget(self, job_ids: Sequence[str]) -> None:
+        # The records expire on their own if this fails too; the caller already gets an error.
+        with contextlib.suppress(redis.RedisError):
+            self._store.delete(job_ids)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobResult:
+        """The job's record as it stands; raises `JobNotFoundError` for unknown or expired ids."""
+        result = self._store.get(job_id)
+        if result is None:
+            raise JobNotFoundError(job_id)
+        return result
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobResult | None]:
+        """Records for many jobs in one round trip; None for unknown or expired ids."""
+        return self._store.get_many(job_ids)
+
+    def wait(self, job_id: str, timeout: float = DEFAULT_WAIT_SECONDS) -> JobResult:
+        """Block until the job has succeeded or failed; raises `JobWaitTimeout` after `timeout`."""
+        return self.wait_many([job_id], timeout=timeout)[0]
+
+    def wait_many(
+        self, job_ids: Sequence[str], timeout: float = DEFAULT_WAIT_SECONDS
+    ) -> list[JobResult]:
+        """Wait for every job; one round trip per poll for all unfinished jobs together."""
+        deadline = time.monotonic() + timeout
+        done: dict[str, JobResult] = {}
+        interval = FIRST_POLL_SECONDS
+        while True:
+            pending = [job_id for job_id in job_ids if job_id not in done]
+            for job_id, result in zip(pending, self._store.get_many(pending), strict=True):
+                if result is None:
+                    raise JobNotFoundError(job_id)
+                if result.status.is_final:
+                    done[job_id] = result
+            if len(done) == len(set(job_ids)):
+                return [done[job_id] for job_id in job_ids]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                first = next(job_id for job_id in job_ids if job_id not in done)
+                raise JobWaitTimeout(first, timeout, self._store.status(first) or "unknown")
+            time.sleep(min(interval, remaining))
+            interval = min(interval * POLL_GROWTH, MAX_POLL_SECONDS)
+
+    def close(self) -> None:
+        self._store.redis.close()
+        self._app.close()
+
+    def __enter__(self) -> TierqClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _merge(request: RequestLike | None, params: Mapping[str, Any]) -> RequestLike:
+    if request is None:
+        return params
+    if not params:
+        return request
+    base = request.api_fields() if isinstance(request, JobRequest) else dict(request)
+    if isinstance(request, JobRequest):
+        base["metadata"] = request.metadata
+    return {**base, **params}
