@@ -1,0 +1,6 @@
+"""`python -m simulator`: run the simulator without the tierq root CLI."""
+
+from simulator.cli import simulator_command
+
+if __name__ == "__main__":
+    simulator_command(prog_name="python -m simulator")

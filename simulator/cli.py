@@ -1,0 +1,151 @@
+"""`tierq simulator` (or `python -m simulator`): run the simulator in this process.
+
+One process, uvloop and httptools, no access log: the simulator shares a small machine with
+the system under test in benchmarks, so it must spend as little CPU per request as it can.
+The ready line is printed (and flushed) only once the socket listens, so a parent process
+can wait for it.
+"""
+
+import socket
+from collections.abc import Sequence
+
+import click
+import uvicorn
+from pydantic import ValidationError
+
+from simulator.app import create_app
+from simulator.config import FAULT_KINDS, SimulatorConfig, describe
+
+GRACEFUL_SHUTDOWN_SECONDS = 2  # don't let hanging `timeout` faults hold up a stop
+
+
+def _fail_rates(
+    ctx: click.Context, param: click.Parameter, values: Sequence[str]
+) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    for value in values:
+        kind, sep, raw = value.partition("=")
+        if not sep or kind not in FAULT_KINDS:
+            raise click.BadParameter(f"expected KIND=P with KIND in {', '.join(FAULT_KINDS)}")
+        try:
+            rates[kind] = float(raw)
+        except ValueError:
+            raise click.BadParameter(f"{raw!r} is not a probability") from None
+    return rates
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """A uvicorn server that prints the ready line once it listens."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.config.host, self.config.port
+            for server in getattr(self, "servers", []):
+                for sock in server.sockets:
+                    port = sock.getsockname()[1]  # the real port when --port 0
+            print(f"tierq simulator listening on http://{host}:{port}", flush=True)
+
+
+@click.command(name="simulator")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port", default=8711, show_default=True, type=int, help="Port to listen on (0: any free)."
+)
+@click.option(
+    "--latency-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Delay before every answer, in milliseconds ([sim latency_ms=N] overrides it).",
+)
+@click.option(
+    "--rpm",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Requests per minute allowed per model; 0 means unlimited.",
+)
+@click.option(
+    "--tpm",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Tokens per minute allowed per model; 0 means unlimited.",
+)
+@click.option(
+    "--window-seconds",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Burst window: each limit admits at most limit x window / 60 at once.",
+)
+@click.option(
+    "--fail-rate",
+    "fail_rates",
+    multiple=True,
+    callback=_fail_rates,
+    metavar="KIND=P",
+    help=f"Answer a random share P (0-1) of requests with fault KIND ({', '.join(FAULT_KINDS)}): "
+    "an API error with that status, a 30 s hang, or a closed connection. Repeatable.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed random faults, and generated text of requests that carry no seed of their own.",
+)
+@click.option(
+    "--context-window",
+    type=int,
+    default=None,
+    help="Context window in tokens for every model [default: 128000, 200000 for o-series].",
+)
+@click.option(
+    "--record-limit",
+    default=10_000,
+    show_default=True,
+    type=int,
+    help="How many requests GET /sim/requests keeps (oldest dropped first).",
+)
+def simulator_command(
+    host: str,
+    port: int,
+    latency_ms: float,
+    rpm: int,
+    tpm: int,
+    window_seconds: float,
+    fail_rates: dict[str, float],
+    seed: int | None,
+    context_window: int | None,
+    record_limit: int,
+) -> None:
+    """Serve an OpenAI-compatible Chat Completions API with simulated answers and faults."""
+    try:
+        config = SimulatorConfig(
+            host=host,
+            port=port,
+            latency_ms=latency_ms,
+            rpm=rpm,
+            tpm=tpm,
+            window_seconds=window_seconds,
+            fail_rates=fail_rates,
+            seed=seed,
+            context_window=context_window,
+            record_limit=record_limit,
+        )
+    except ValidationError as exc:
+        raise click.UsageError(describe(exc)) from None
+    server = _AnnouncingServer(
+        uvicorn.Config(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+    )
+    server.run()

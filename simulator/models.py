@@ -1,0 +1,36 @@
+"""`GET /v1/models` and `GET /v1/models/{model}`, so clients that list models first work.
+
+The simulator answers for any model name; the list only names the aliases and snapshots it
+reports specially.
+"""
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from simulator import errors
+from simulator.chat import has_bearer_token
+from simulator.render import MODEL_SNAPSHOTS
+from simulator.responses import error_response, json_response
+
+MODEL_CREATED = 1_715_367_049  # a fixed `created` timestamp for every listed model
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": MODEL_CREATED, "owned_by": "system"}
+
+
+async def list_models(request: Request) -> Response:
+    """`GET /v1/models`."""
+    if not has_bearer_token(request.headers.get("authorization")):
+        return error_response(errors.missing_api_key(), {})
+    names = sorted({*MODEL_SNAPSHOTS, *MODEL_SNAPSHOTS.values()})
+    return json_response({"object": "list", "data": [_model(name) for name in names]})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """`GET /v1/models/{model}`: any name exists."""
+    if not has_bearer_token(request.headers.get("authorization")):
+        return error_response(errors.missing_api_key(), {})
+    return json_response(_model(request.path_params["model"]))

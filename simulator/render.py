@@ -1,0 +1,178 @@
+"""Generated choices rendered as the API's `chat.completion` body or its SSE chunk stream.
+
+Shapes follow `openai.types.chat.ChatCompletion` and `ChatCompletionChunk` field by field,
+so the SDK parses them into its types exactly as it parses the real API. The stream is
+built in one pass into one byte string: every chunk shares a pre-encoded prefix and only
+its `choices` entry is encoded, which keeps the per-request CPU small.
+"""
+
+from typing import Any
+
+from pydantic_core import to_json
+
+from simulator.generation import GeneratedChoice, ToolCall
+from simulator.request import ChatRequest
+
+SYSTEM_FINGERPRINT = "fp_51d2f7c4a9"  # constant: one simulated backend configuration
+SERVICE_TIER = "default"
+
+# The dated snapshot that answers for an alias, as the API reports it in `model`.
+MODEL_SNAPSHOTS = {
+    "gpt-4o": "gpt-4o-2024-08-06",
+    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+    "gpt-4.1": "gpt-4.1-2025-04-14",
+    "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
+    "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
+    "o1": "o1-2024-12-17",
+    "o3": "o3-2025-04-16",
+    "o3-mini": "o3-mini-2025-01-31",
+    "o4-mini": "o4-mini-2025-04-16",
+}
+
+
+def snapshot_for(model: str) -> str:
+    """The model name the answer reports: the dated snapshot of a known alias."""
+    return MODEL_SNAPSHOTS.get(model, model)
+
+
+def usage(request: ChatRequest, choices: list[GeneratedChoice]) -> dict[str, Any]:
+    """The `usage` object: prompt and completion tokens with their details."""
+    completion = sum(choice.completion_tokens for choice in choices)
+    return {
+        "prompt_tokens": request.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": request.prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": sum(choice.reasoning_tokens for choice in choices),
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": "".join(call.arguments)},
+    }
+
+
+def _message(choice: GeneratedChoice) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if choice.content is None else "".join(choice.content),
+        "refusal": None,
+        "annotations": [],
+    }
+    if choice.tool_calls:
+        message["tool_calls"] = [_tool_call(call) for call in choice.tool_calls]
+    return message
+
+
+def completion_body(
+    request: ChatRequest, choices: list[GeneratedChoice], completion_id: str, created: int
+) -> bytes:
+    """The JSON body of a non-streamed answer."""
+    return to_json(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": snapshot_for(request.model),
+            "choices": [
+                {
+                    "index": choice.index,
+                    "message": _message(choice),
+                    "logprobs": {"content": choice.logprobs, "refusal": None}
+                    if request.logprobs
+                    else None,
+                    "finish_reason": choice.finish_reason,
+                }
+                for choice in choices
+            ],
+            "usage": usage(request, choices),
+            "service_tier": SERVICE_TIER,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+    )
+
+
+def event_stream(
+    request: ChatRequest, choices: list[GeneratedChoice], completion_id: str, created: int
+) -> bytes:
+    """The whole SSE body of a streamed answer, `data: [DONE]` included."""
+    prefix = b"".join(
+        (
+            b'data: {"id":',
+            to_json(completion_id),
+            b',"object":"chat.completion.chunk","created":',
+            str(created).encode(),
+            b',"model":',
+            to_json(snapshot_for(request.model)),
+            b',"service_tier":"',
+            SERVICE_TIER.encode(),
+            b'","system_fingerprint":"',
+            SYSTEM_FINGERPRINT.encode(),
+            b'","choices":[',
+        )
+    )
+    suffix = b'],"usage":null}\n\n' if request.include_usage else b"]}\n\n"
+    out: list[bytes] = []
+
+    def chunk(entry: dict[str, Any]) -> None:
+        out.extend((prefix, to_json(entry), suffix))
+
+    for choice in choices:
+        for entry in _choice_chunks(request, choice):
+            chunk(entry)
+    if request.include_usage:
+        out.extend((prefix, b'],"usage":', to_json(usage(request, choices)), b"}\n\n"))
+    out.append(b"data: [DONE]\n\n")
+    return b"".join(out)
+
+
+def _choice_chunks(request: ChatRequest, choice: GeneratedChoice) -> list[dict[str, Any]]:
+    """The `choices` entries streamed for one choice, in order."""
+    index = choice.index
+    empty_logprobs: dict[str, Any] | None = (
+        {"content": [], "refusal": None} if request.logprobs else None
+    )
+    entries: list[dict[str, Any]] = []
+    if choice.content is not None:
+        first_delta: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
+        entries.append(_entry(index, first_delta, empty_logprobs))
+        logprobs = choice.logprobs
+        for position, piece in enumerate(choice.content):
+            piece_logprobs = (
+                {"content": [logprobs[position]], "refusal": None} if logprobs is not None else None
+            )
+            entries.append(_entry(index, {"content": piece}, piece_logprobs))
+    else:
+        first_delta = {"role": "assistant", "content": None, "refusal": None}
+        for number, call in enumerate(choice.tool_calls):
+            header = {
+                "index": number,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            if number == 0:
+                entries.append(_entry(index, {**first_delta, "tool_calls": [header]}, None))
+            else:
+                entries.append(_entry(index, {"tool_calls": [header]}, None))
+            for fragment in call.arguments:
+                delta = {"tool_calls": [{"index": number, "function": {"arguments": fragment}}]}
+                entries.append(_entry(index, delta, None))
+        if not choice.tool_calls:
+            entries.append(_entry(index, first_delta, None))
+    entries.append(
+        {"index": index, "delta": {}, "logprobs": None, "finish_reason": choice.finish_reason}
+    )
+    return entries
+
+
+def _entry(index: int, delta: dict[str, Any], logprobs: dict[str, Any] | None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}

@@ -1,0 +1,51 @@
+"""The mutable state of one running simulator, shared by its endpoints.
+
+Kept apart from the endpoints so that a run-time reconfiguration (`PATCH /sim/config`)
+swaps the config and the limiter in one place, and a reset clears everything in one place.
+"""
+
+from typing import Any
+
+from simulator.config import RUNTIME_FIELDS, SimulatorConfig
+from simulator.faults import FaultInjector
+from simulator.ratelimit import RateLimiter
+from simulator.recorder import Recorder
+
+
+class SimulatorState:
+    """Config, limiter, fault injector and recorder of one simulator."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.limiter = RateLimiter(config.rpm, config.tpm, config.window_seconds)
+        self.faults = FaultInjector(config.seed)
+        self.recorder = Recorder(config.record_limit)
+
+    def reconfigure(self, changes: dict[str, Any]) -> SimulatorConfig:
+        """Apply run-time changes; raise `ValueError` for fields that cannot change live.
+
+        Pydantic's `ValidationError` (a `ValueError`) propagates for bad values, and the
+        old config stays in force.
+        """
+        unknown = set(changes) - RUNTIME_FIELDS
+        if unknown:
+            raise ValueError(
+                f"cannot change {sorted(unknown)} at run time; changeable: {sorted(RUNTIME_FIELDS)}"
+            )
+        config = SimulatorConfig.model_validate({**self.config.model_dump(), **changes})
+        limits_changed = (config.rpm, config.tpm, config.window_seconds) != (
+            self.config.rpm,
+            self.config.tpm,
+            self.config.window_seconds,
+        )
+        self.config = config
+        if limits_changed:
+            self.limiter = RateLimiter(config.rpm, config.tpm, config.window_seconds)
+        return config
+
+    def reset(self) -> None:
+        """Forget records, counters, `times=` counts and rate-limit usage."""
+        self.recorder.clear_records()
+        self.recorder.reset_stats()
+        self.faults.reset()
+        self.limiter = RateLimiter(self.config.rpm, self.config.tpm, self.config.window_seconds)
