@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: installs into .venv (with the dev extra), lints, type-checks, runs pytest.
+# Tests start their own simulator and workers, and an embedded Redis when none answers at
+# TIERQ_TEST_REDIS_URL (default redis://127.0.0.1:6379/15). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ops/bootstrap.sh dev
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+exec .venv/bin/pytest "$@"
