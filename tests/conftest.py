@@ -1,0 +1,123 @@
+"""Real parts for the tests: Redis, the simulator over HTTP, and Celery worker processes.
+
+Redis is the one at TIERQ_TEST_REDIS_URL (default: database 15 of the local server), or an
+embedded server when none answers. The database is flushed once per session, not per test:
+flushing under live workers would also delete kombu's queue bindings, and publishes to an
+unbound exchange are dropped. Tests stay independent by unique job ids and unique prompt
+nonces instead; a test that needs a worker configured differently starts its own with its own
+queue and key prefixes (`start_worker`).
+
+Fixtures that start processes stop them by PID at teardown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from devkit.local_redis import ensure_redis
+from devkit.processes import ManagedProcess, start_simulator, start_worker
+from producers.client import TierqClient
+from tests.support import (
+    API_KEY,
+    TEST_REDIS_URL,
+    WORKER_OVERRIDES,
+    Simulator,
+    clean_environment,
+    nonce,
+    settings_for,
+)
+from worker.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url, embedded = ensure_redis(TEST_REDIS_URL)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield url
+    if embedded is not None:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def simulator(logs_dir: Path) -> Iterator[Simulator]:
+    process, base_url = start_simulator(logs_dir / "simulator.log", args=["--seed", "1"])
+    sim = Simulator(base_url)
+    yield sim
+    sim.http.close()
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_url: str, simulator: Simulator) -> dict[str, str]:
+    return {
+        **clean_environment(),
+        **WORKER_OVERRIDES,
+        "TIERQ_REDIS_URL": redis_url,
+        "OPENAI_BASE_URL": simulator.base_url,
+        "OPENAI_API_KEY": API_KEY,
+    }
+
+
+@pytest.fixture(scope="session")
+def workers(worker_env: dict[str, str], logs_dir: Path) -> Iterator[dict[str, ManagedProcess]]:
+    """One worker process per default tier, shared by the session."""
+    tiers = list(settings_for(worker_env).tiers)
+    started = {
+        tier: start_worker(
+            tier, logs_dir / f"worker-{tier}.log", worker_env, concurrency=20, wait=False
+        )
+        for tier in tiers
+    }
+    try:
+        for process in started.values():
+            process.wait_until(lambda p=process: "worker.ready" in p.log_text())  # type: ignore[misc]
+        yield started
+    finally:
+        for process in started.values():
+            process.stop()
+
+
+@pytest.fixture
+def settings(worker_env: dict[str, str]) -> Settings:
+    return settings_for(worker_env)
+
+
+@pytest.fixture
+def client(settings: Settings, workers: dict[str, ManagedProcess]) -> Iterator[TierqClient]:
+    with TierqClient(settings) as tierq:
+        yield tierq
+
+
+@pytest.fixture
+def start_worker_with(
+    worker_env: dict[str, str], logs_dir: Path
+) -> Iterator[Callable[..., tuple[ManagedProcess, Settings]]]:
+    """Factory: a worker with its own settings, isolated by its own queue and key prefixes."""
+    started: list[ManagedProcess] = []
+
+    def start(tier: str = "fast", **overrides: str) -> tuple[ManagedProcess, Settings]:
+        isolation = nonce()
+        env = {
+            **worker_env,
+            "TIERQ_QUEUE_PREFIX": f"tierq-{isolation}.",
+            "TIERQ_KEY_PREFIX": f"tierq-{isolation}:",
+            **overrides,
+        }
+        process = start_worker(tier, logs_dir / f"worker-{tier}-{isolation}.log", env)
+        started.append(process)
+        return process, settings_for(env)
+
+    yield start
+    for process in started:
+        process.stop()

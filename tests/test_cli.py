@@ -1,0 +1,134 @@
+"""The `tierq` command, run as a user runs it: a separate process, output and exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from devkit.processes import ManagedProcess
+
+TIERQ = [sys.executable, "-m", "producers.cli"]
+
+
+def tierq(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TIERQ, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_submit_with_wait_prints_the_result_as_json(
+    worker_env: dict[str, str], workers: dict[str, ManagedProcess]
+) -> None:
+    done = tierq(
+        worker_env,
+        "submit",
+        "--model", "gpt-4o-mini",
+        "--system", "Be brief.",
+        "--user", "Name a colour.",
+        "--seed", "5",
+        "--max-tokens", "20",
+        "--wait", "--json",
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "succeeded"
+    assert result["tier"] == "fast"
+    assert result["usage"]["total_tokens"] > 0
+
+
+def test_submit_then_status_then_result(
+    worker_env: dict[str, str], workers: dict[str, ManagedProcess]
+) -> None:
+    submitted = tierq(worker_env, "submit", "--model", "gpt-4o", "--user", "Hello there")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+
+    answer = tierq(worker_env, "result", job_id, "--wait", "--timeout", "30")
+    status = tierq(worker_env, "status", job_id)
+
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip()
+    assert status.returncode == 0
+    assert f"{job_id}  succeeded  tier=standard  model=gpt-4o" in status.stdout
+
+
+def test_messages_can_come_as_json_on_stdin(
+    worker_env: dict[str, str], workers: dict[str, ManagedProcess]
+) -> None:
+    messages = [
+        {"role": "developer", "content": "Answer in JSON."},
+        {"role": "user", "content": "A colour?"},
+    ]
+
+    done = tierq(
+        worker_env,
+        "submit", "--model", "o4-mini", "--messages", "-", "--reasoning-effort", "low",
+        "--wait", "--json",
+        stdin=json.dumps(messages),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+
+
+def test_an_invalid_submission_exits_2_naming_the_field(worker_env: dict[str, str]) -> None:
+    done = tierq(worker_env, "submit", "--model", "gpt-4o", "--user", "hi", "--temperature", "3")
+
+    assert done.returncode == 2
+    assert "temperature" in done.stderr
+
+
+def test_a_failed_job_exits_1_and_shows_the_apis_error(
+    worker_env: dict[str, str], workers: dict[str, ManagedProcess]
+) -> None:
+    done = tierq(worker_env, "submit", "--model", "gpt-4o", "--user", "[sim fail=401]", "--wait")
+
+    assert done.returncode == 1
+    assert "failed" in done.stdout
+    assert "authentication_error 401" in done.stdout
+
+
+def test_an_unknown_job_exits_3(worker_env: dict[str, str]) -> None:
+    assert tierq(worker_env, "status", "nope").returncode == 3
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TIERQ_RESULT_TTL_SECONDS", "soon"),
+        ("TIERQ_RETRY__MAX_ATTEMPTS", "0"),
+        ("TIERQ_TIERS", '{"fast": {"models": []}}'),
+    ],
+)
+def test_a_wrong_setting_stops_the_worker_naming_the_variable(
+    worker_env: dict[str, str], variable: str, value: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "--tier", "fast"],
+        env={**worker_env, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode != 0
+    assert variable in done.stderr
+
+
+def test_an_unknown_tier_is_refused_with_the_list_of_tiers(worker_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "--tier", "turbo"],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert "fast, standard, reasoning" in done.stderr

@@ -1,0 +1,116 @@
+"""Polling results: get, wait, timeouts, expiry, and the asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from devkit.processes import ManagedProcess
+from producers.aio import AsyncTierqClient
+from producers.client import TierqClient
+from tests.support import nonce
+from worker.errors import JobNotFoundError, JobWaitTimeout
+from worker.results import JobStatus
+from worker.settings import Settings
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_submit_returns_at_once_with_a_queued_job(client: TierqClient) -> None:
+    started = time.monotonic()
+    job_id = client.submit(model="gpt-4o-mini", messages=user("[sim latency_ms=1500] slow one"))
+    elapsed = time.monotonic() - started
+
+    record = client.get(job_id)
+    assert elapsed < 1.0  # the call itself takes 1.5 s; submit does not wait for it
+    assert record.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+    assert record.model == "gpt-4o-mini"
+    assert client.wait(job_id, timeout=30).status is JobStatus.SUCCEEDED
+
+
+def test_wait_raises_a_clear_timeout_and_the_job_carries_on(client: TierqClient) -> None:
+    job_id = client.submit(model="gpt-4o-mini", messages=user("[sim latency_ms=2000] slow"))
+
+    started = time.monotonic()
+    with pytest.raises(JobWaitTimeout, match="keeps running") as timed_out:
+        client.wait(job_id, timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    assert timed_out.value.job_id == job_id
+
+    assert client.wait(job_id, timeout=30).status is JobStatus.SUCCEEDED
+
+
+def test_an_unknown_job_id_is_not_found(client: TierqClient) -> None:
+    with pytest.raises(JobNotFoundError):
+        client.get("no-such-job")
+    with pytest.raises(JobNotFoundError):
+        client.wait("no-such-job", timeout=1)
+
+
+def test_results_expire_after_the_ttl(
+    start_worker_with: Callable[..., tuple[ManagedProcess, Settings]],
+) -> None:
+    _, settings = start_worker_with("fast", TIERQ_RESULT_TTL_SECONDS="2")
+    with TierqClient(settings) as tierq:
+        job_id = tierq.submit(model="gpt-4o-mini", messages=user("short-lived"))
+        assert tierq.wait(job_id, timeout=30).status is JobStatus.SUCCEEDED
+        ttl = redis.Redis.from_url(settings.redis_url.get_secret_value()).ttl(
+            f"{settings.key_prefix}job:{job_id}"
+        )
+        assert 0 < ttl <= 2
+
+        time.sleep(ttl + 0.5)
+
+        with pytest.raises(JobNotFoundError, match="expired"):
+            tierq.get(job_id)
+
+
+def test_the_asyncio_client_submits_and_waits_without_blocking_the_loop(
+    settings: Settings, client: TierqClient
+) -> None:
+    async def scenario() -> tuple[list[JobStatus], int]:
+        ticks = 0
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(heartbeat())
+        async with AsyncTierqClient(settings) as tierq:
+            ids = await tierq.submit_many(
+                [{"model": "gpt-4o-mini", "messages": user(f"async {i}")} for i in range(5)]
+            )
+            one = await tierq.submit(model="o4-mini", messages=user("[sim latency_ms=300] hi"))
+            results = await tierq.wait_many([*ids, one], timeout=30)
+            with pytest.raises(JobWaitTimeout):
+                await tierq.wait(
+                    await tierq.submit(model="gpt-4o", messages=user("[sim latency_ms=3000] x")),
+                    timeout=0.2,
+                )
+        beat.cancel()
+        return [result.status for result in results], ticks
+
+    statuses, ticks = asyncio.run(scenario())
+
+    assert statuses == [JobStatus.SUCCEEDED] * 6
+    assert ticks > 10  # the loop kept running while the client waited
+
+
+def test_wait_many_polls_all_jobs_together(client: TierqClient) -> None:
+    ids = client.submit_many(
+        [{"model": "gpt-4o-mini", "messages": user(f"many {nonce()}")} for _ in range(20)]
+    )
+
+    results = client.wait_many(ids, timeout=30)
+
+    assert [r.job_id for r in results] == ids
+    assert {r.status for r in results} == {JobStatus.SUCCEEDED}
