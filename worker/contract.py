@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from worker.errors import InvalidJobError
+from worker.validation import FieldRuleError, describe_validation_error
 
 FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_STOP_SEQUENCES = 4
@@ -27,18 +27,11 @@ MAX_TOOLS = 128
 MAX_METADATA_PAIRS = 16
 
 
-class FieldRuleError(ValueError):
-    """A rule across fields, broken; `field` says which parameter to fix."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 class _Strict(BaseModel):
-    """Unknown fields are refused, as the API refuses them ("Unrecognized request argument")."""
+    """Unknown fields are refused, as the API refuses them ("Unrecognized request argument"),
+    and so are values of the wrong JSON type (no "1.5" for a number, no true for an integer)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 # --- content parts -------------------------------------------------------------------------
@@ -246,7 +239,7 @@ class JobRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tools: Annotated[list[FunctionTool], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: ReasoningEffort | None = None
@@ -325,10 +318,19 @@ def _check_tool_message_order(messages: list[Message]) -> None:
             )
         if isinstance(message, AssistantMessage) and message.tool_calls:
             pending = {call.id for call in message.tool_calls}
+    if pending:
+        raise FieldRuleError(
+            f"messages.{len(messages) - 1}",
+            "an assistant message with 'tool_calls' must be followed by tool messages "
+            f"answering each tool_call_id (missing: {', '.join(sorted(pending))})",
+        )
 
 
 class JobEnvelope(_Strict):
     """What travels on the queue: the request plus what the producer decided about it."""
+
+    # Lax at this level only: the timestamp arrives as an ISO string from JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     job_id: str
     tier: str
@@ -340,29 +342,6 @@ class JobEnvelope(_Strict):
         return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
 
 
-def describe_validation_error(error: ValidationError) -> InvalidJobError:
-    """Turn pydantic's report into an `InvalidJobError` whose message names every field."""
-    by_field: dict[str, list[str]] = {}
-    for item in error.errors(include_url=False):
-        # Union members show up in the path as "constrained-str", "list[...]": not fields.
-        parts = [str(part) for part in item["loc"] if _is_field_part(part)]
-        message = item["msg"]
-        rule = item.get("ctx", {}).get("error")
-        if isinstance(rule, FieldRuleError):
-            parts.append(rule.field)
-            message = str(rule)
-        messages = by_field.setdefault(".".join(parts) or "request", [])
-        if message not in messages:
-            messages.append(message)
-    problems = [{"field": field, "message": " or ".join(msgs)} for field, msgs in by_field.items()]
-    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-    return InvalidJobError(f"invalid job request: {summary}", problems)
-
-
-def _is_field_part(part: str | int) -> bool:
-    return isinstance(part, int) or part.replace("_", "a").isalnum()
-
-
 def parse_job_request(data: dict[str, Any] | JobRequest) -> JobRequest:
     """Validate a request given as a dict (or pass a `JobRequest` through)."""
     if isinstance(data, JobRequest):
@@ -370,7 +349,7 @@ def parse_job_request(data: dict[str, Any] | JobRequest) -> JobRequest:
     try:
         return JobRequest.model_validate(data)
     except ValidationError as error:
-        raise describe_validation_error(error) from None
+        raise describe_validation_error(error, JobRequest) from None
 
 
 def request_size_bytes(request: JobRequest) -> int:

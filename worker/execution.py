@@ -16,12 +16,13 @@ import structlog
 from pydantic import ValidationError
 
 from worker.completions import call_chat_completions
-from worker.contract import JobEnvelope, describe_validation_error
+from worker.contract import JobEnvelope
 from worker.errors import InvalidJobError, ProviderError
 from worker.jobstore import JobStore
 from worker.results import JobError, JobResult, JobStatus
 from worker.settings import Settings
 from worker.tiers import api_params
+from worker.validation import describe_validation_error
 
 log = structlog.get_logger("tierq.worker")
 
@@ -47,7 +48,7 @@ class JobRunner:
         try:
             return JobEnvelope.model_validate(message)
         except ValidationError as error:
-            raise describe_validation_error(error) from None
+            raise describe_validation_error(error, JobEnvelope) from None
 
     def run(self, message: Any, *, attempt: int, worker: str | None) -> JobResult:
         envelope = self.decode(message)

@@ -18,6 +18,7 @@ import openai
 
 from worker.errors import (
     AccessDeniedError,
+    PermanentProviderError,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -64,10 +65,14 @@ def translate(error: openai.OpenAIError) -> ProviderError:
         return ProviderUnavailableError("could not connect to the API", kind="connection_error")
     if isinstance(error, openai.APIStatusError):
         return _from_status(error)
+    if isinstance(error, openai.APIResponseValidationError):
+        # The body did not match the API's schema; the SDK does not retry this either.
+        return PermanentProviderError(str(error), kind="invalid_response")
     if isinstance(error, openai.APIError):
         # An error event inside a stream: no status, and the next attempt may well succeed.
         return ProviderUnavailableError(_api_message(error), kind="api_error", code=error.code)
-    return ProviderUnavailableError(str(error), kind="sdk_error")
+    # Anything else the SDK raises is not a transport fault; calling again would repeat it.
+    return PermanentProviderError(str(error), kind="sdk_error")
 
 
 def _api_message(error: openai.APIError) -> str:
@@ -82,21 +87,28 @@ def _from_status(error: openai.APIStatusError) -> ProviderError:
     headers = error.response.headers
     message = _api_message(error)
     fields: dict[str, Any] = {"status_code": status, "code": error.code, "param": error.param}
+    kind = _TRANSIENT_KINDS.get(status) or _PERMANENT_KINDS.get(status)
     should_retry = headers.get("x-should-retry")
 
     if status == 429 and "insufficient_quota" in (error.code, error.type):
         return QuotaExceededError(message, kind="quota_exceeded", **fields)
-    if should_retry == "false" or (status < 500 and status not in _TRANSIENT_KINDS):
-        kind = _PERMANENT_KINDS.get(status, "api_error")
+    transient = status in _TRANSIENT_KINDS or status >= 500
+    if should_retry is not None:
+        # The server's explicit word wins over the status, as in the SDK's _should_retry.
+        transient = should_retry == "true"
+    if not transient:
+        kind = kind or ("server_error" if status >= 500 else "api_error")
         if status in (401, 403):
             return AccessDeniedError(message, kind=kind, **fields)
+        if status >= 500:
+            return PermanentProviderError(message, kind=kind, **fields)
         return RequestRejectedError(message, kind=kind, **fields)
     retryable = {429: RateLimitedError, 408: ProviderTimeoutError}.get(
         status, ProviderUnavailableError
     )
     return retryable(
         message,
-        kind=_TRANSIENT_KINDS.get(status, "server_error"),
+        kind=kind or "server_error",
         retry_after_seconds=retry_after_seconds(headers),
         **fields,
     )

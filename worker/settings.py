@@ -9,10 +9,14 @@ or field by field with `__` (`TIERQ_RETRY__MAX_ATTEMPTS=8`).
 
 from __future__ import annotations
 
+import difflib
 import functools
+import os
 import re
+from collections.abc import Iterable
 from typing import Annotated
 
+from dotenv import dotenv_values
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -23,11 +27,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.errors import ConfigurationError
+from worker.validation import FieldRuleError
 
 ENV_PREFIX = "TIERQ_"
+# Variables of tierq's own tooling (the test suite's Redis URL), not settings.
+IGNORED_PREFIXES = ("TIERQ_TEST_",)
 TIER_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 # Celery's rate-limit grammar: a number, optionally per second, minute or hour.
 RATE_LIMIT_PATTERN = re.compile(r"^\d+(\.\d+)?(/[smh])?$")
@@ -87,7 +94,9 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         env_file_encoding="utf-8",
-        extra="forbid",
+        # Unknown TIERQ_* names are refused by `get_settings` (pydantic-settings would only
+        # see those in .env); other tools' variables in a shared .env are none of our business.
+        extra="ignore",
         frozen=True,
         populate_by_name=True,
     )
@@ -146,10 +155,11 @@ class Settings(BaseSettings):
             self.retry.backoff_max_seconds, self.retry.retry_after_max_seconds
         )
         if longest >= self.visibility_timeout_seconds:
-            raise ValueError(
-                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}) must exceed "
-                f"request_timeout_seconds + the longest retry wait ({longest:g}), or Redis "
-                "delivers a job twice"
+            raise FieldRuleError(
+                "visibility_timeout_seconds",
+                f"{self.visibility_timeout_seconds} must exceed "
+                f"{ENV_PREFIX}REQUEST_TIMEOUT_SECONDS + the longest retry wait ({longest:g}), "
+                "or Redis delivers a job twice",
             )
         return self
 
@@ -168,19 +178,56 @@ class Settings(BaseSettings):
         return sorted(model for tier in self.tiers.values() for model in tier.models)
 
 
+def _variable(location: str) -> str:
+    upper = location.upper()
+    return upper if upper.startswith(("OPENAI_", ENV_PREFIX)) else f"{ENV_PREFIX}{upper}"
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
-    for item in error.errors():
-        path = "__".join(str(part) for part in item["loc"]).upper()
-        variable = path if path.startswith("OPENAI_") else f"{ENV_PREFIX}{path}"
-        lines.append(f"{variable}: {item['msg']}")
+    for item in error.errors(include_url=False):
+        location = "__".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        rule = item.get("ctx", {}).get("error")
+        if isinstance(rule, FieldRuleError):
+            location, message = rule.field, str(rule)
+        lines.append(f"{_variable(location) if location else 'settings'}: {message}")
     return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def unknown_variables(names: Iterable[str]) -> list[str]:
+    """`TIERQ_*` names that set nothing (a typo would otherwise leave a default in force)."""
+    known = {name.upper() for name in Settings.model_fields} | {"OPENAI_API_KEY", "OPENAI_BASE_URL"}
+    problems = []
+    for name in names:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(IGNORED_PREFIXES):
+            continue
+        head = upper.removeprefix(ENV_PREFIX).split("__")[0]
+        if head in known:
+            continue
+        close = difflib.get_close_matches(head, known, n=1)
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        problems.append(f"{name}: unknown setting{hint}")
+    return problems
 
 
 @functools.cache
 def get_settings() -> Settings:
     """Read the settings once per process; a bad value raises `ConfigurationError` naming it."""
+    dotenv_path = Settings.model_config.get("env_file")
+    dotenv_names = list(dotenv_values(str(dotenv_path))) if dotenv_path else []
+    unknown = unknown_variables([*os.environ, *dotenv_names])
+    if unknown:
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(unknown))
     try:
         return Settings()
     except ValidationError as error:
         raise ConfigurationError(_describe(error)) from None
+    except SettingsError as error:
+        # Raised before validation, e.g. for a nested variable that is not valid JSON.
+        field = re.search(r'field "([^"]+)"', str(error))
+        variable = _variable(field.group(1)) if field else "a TIERQ_ variable"
+        raise ConfigurationError(
+            f"invalid settings:\n  {variable}: not valid JSON ({error.__cause__ or error})"
+        ) from None

@@ -59,8 +59,10 @@ def api_params(request: JobRequest, tier: TierSettings) -> dict[str, Any]:
     params = request.api_fields()
     if tier.reasoning and "max_tokens" in params:
         # Reasoning models take only max_completion_tokens, which also bounds reasoning tokens.
-        params["max_completion_tokens"] = params.pop("max_tokens")
+        max_tokens = params.pop("max_tokens")
+        if max_tokens is not None:
+            params["max_completion_tokens"] = max_tokens
     if params.get("stream"):
         # The usage of a streamed call arrives only when asked for, in a last chunk.
-        params["stream_options"] = {**params.get("stream_options", {}), "include_usage": True}
+        params["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
     return params
