@@ -42,6 +42,14 @@ class ChatCompletions:
 
     async def handle(self, request: Request) -> Response:
         """Answer one chat completion request."""
+        stats = self.state.recorder.stats
+        stats.enter()
+        try:
+            return await self._answer(request)
+        finally:
+            stats.leave()
+
+    async def _answer(self, request: Request) -> Response:
         started = time.perf_counter()
         received_at = time.time()
         body = await request.body()

@@ -50,6 +50,15 @@ class Stats:
     faults: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0  # in answered (200) requests
     completion_tokens: int = 0
+    in_flight: int = 0  # requests being answered right now
+    peak_in_flight: int = 0  # the most answered at once: proves a client's concurrency
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
     def as_json(self) -> dict[str, Any]:
         """The counters as `GET /sim/stats` returns them."""
@@ -63,6 +72,8 @@ class Stats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
         }
 
 

@@ -459,3 +459,24 @@ def test_the_test_suites_own_variables_are_not_settings(monkeypatch: pytest.Monk
     monkeypatch.setenv("TIERQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
     assert get_settings().redis_url.get_secret_value() == "redis://127.0.0.1:6379/0"
+
+
+def test_one_field_of_a_default_tier_can_be_adjusted_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TIERQ_TIERS__FAST__CONCURRENCY", "300")
+    monkeypatch.setenv("TIERQ_TIERS__REASONING__RATE_LIMIT", "60/m")
+
+    settings = get_settings()
+
+    assert settings.tiers["fast"].concurrency == 300
+    assert settings.tiers["fast"].models == ["gpt-4o-mini"]
+    assert settings.tiers["reasoning"].rate_limit == "60/m"
+    assert settings.tiers["reasoning"].reasoning is True
+    assert settings.tiers["standard"] == default_tiers()["standard"]
+
+
+def test_a_full_tier_table_replaces_the_default_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERQ_TIERS", json.dumps({"bulk": {"models": ["gpt-4o-mini"]}}))
+
+    assert list(get_settings().tiers) == ["bulk"]

@@ -4,7 +4,8 @@ Producers and workers share this module, so it must not import `openai` or Celer
 their unit; each field says in one line why it exists. Variables are `TIERQ_*`, except the
 provider's key and base URL, which keep the SDK's own names so an existing deployment's
 environment works unchanged. Nested groups are set as JSON (`TIERQ_RETRY='{"max_attempts": 8}'`)
-or field by field with `__` (`TIERQ_RETRY__MAX_ATTEMPTS=8`).
+or field by field with `__` (`TIERQ_RETRY__MAX_ATTEMPTS=8`). `TIERQ_TIERS` replaces the tier
+table; `TIERQ_TIERS__<TIER>__<FIELD>` adjusts one field of a default tier.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import functools
 import os
 import re
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Any
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -131,6 +132,29 @@ class Settings(BaseSettings):
     # "json" for machines, "console" for people, "auto" picks console on a terminal.
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _adjust_default_tiers(cls, value: Any) -> Any:
+        """`TIERQ_TIERS__FAST__CONCURRENCY=300` adjusts one field of a default tier.
+
+        An entry without `models` is an adjustment of the default tier of that name. When every
+        entry is one, they apply to the default table; a table with full entries replaces it.
+        """
+        if not isinstance(value, dict):
+            return value
+        defaults = {name: tier.model_dump() for name, tier in default_tiers().items()}
+        adjustments = {
+            name: entry
+            for name, entry in value.items()
+            if isinstance(entry, dict) and "models" not in entry and name in defaults
+        }
+        if not adjustments:
+            return value
+        table = dict(defaults) if len(adjustments) == len(value) else dict(value)
+        for name, entry in adjustments.items():
+            table[name] = {**defaults[name], **entry}
+        return table
 
     @field_validator("tiers")
     @classmethod

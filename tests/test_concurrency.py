@@ -1,0 +1,43 @@
+"""One worker process keeps a few hundred calls in flight (threads pool, pooled HTTP client)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from devkit.processes import ManagedProcess
+from producers.client import TierqClient
+from tests.support import Simulator, nonce
+from worker.results import JobStatus
+from worker.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+IN_FLIGHT = 300
+
+
+def test_one_worker_process_holds_hundreds_of_calls_in_flight(
+    start_worker_with: Callable[..., tuple[ManagedProcess, Settings]], simulator: Simulator
+) -> None:
+    # Given one fast-tier worker process at concurrency 300, and calls that take 3 s each
+    _, settings = start_worker_with("fast", TIERQ_TIERS__FAST__CONCURRENCY=str(IN_FLIGHT))
+    simulator.http.delete("/sim/stats").raise_for_status()
+    marker = nonce()
+    requests = [
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": f"{marker} {i} [sim latency_ms=3000]"}],
+        }
+        for i in range(IN_FLIGHT)
+    ]
+
+    # When 300 jobs are submitted at once
+    with TierqClient(settings) as tierq:
+        results = tierq.wait_many(tierq.submit_many(requests), timeout=90)
+
+    # Then the simulator saw nearly all of them in flight together, from that one process
+    assert {result.status for result in results} == {JobStatus.SUCCEEDED}
+    assert {result.worker for result in results} == {results[0].worker}
+    peak = simulator.http.get("/sim/stats").json()["peak_in_flight"]
+    assert peak >= IN_FLIGHT * 0.9, f"only {peak} calls were in flight at once"
