@@ -107,7 +107,7 @@ def _tokens(result: JobResult) -> str:
     usage = result.usage
     if usage is None:
         return "-"
-    text = f"{usage.prompt_tokens}+{usage.completion_tokens}"
+    text = f"{usage.prompt_tokens} in, {usage.completion_tokens} out"
     return text + (f" ({usage.reasoning_tokens} reasoning)" if usage.reasoning_tokens else "")
 
 
@@ -153,7 +153,7 @@ def run_demo(console: Console) -> int:
 
         table = Table(title=f"tierq demo: {len(submitted)} jobs in {elapsed:.1f}s")
         for column in ("job", "what", "tier", "model", "status", "attempts", "tokens", "latency"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=True)
         notes: list[str] = []
         for label, outcome in rows:
             if isinstance(outcome, str):
@@ -168,9 +168,8 @@ def run_demo(console: Console) -> int:
                 outcome.job_id[:8],
                 label,
                 outcome.tier,
-                outcome.answered_by or outcome.model,
-                f"[{style}]{outcome.status.value}[/]"
-                + (f" ({outcome.error.type})" if outcome.error else ""),
+                outcome.model,
+                f"[{style}]{outcome.status.value}[/]",
                 str(outcome.attempts),
                 _tokens(outcome),
                 f"{latency:.2f}s" if latency is not None else "-",
@@ -185,8 +184,11 @@ def run_demo(console: Console) -> int:
 @click.command("demo")
 def demo_command() -> None:
     """Run the demo: Redis (embedded if none), simulator (if no key), a worker per tier, jobs."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # a log or CI page: wide enough for the table
     try:
-        code = run_demo(Console())
+        code = run_demo(console)
     except ConfigurationError as error:
         raise click.ClickException(str(error)) from None
     raise SystemExit(code)

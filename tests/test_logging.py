@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from devkit.processes import ManagedProcess, log_events
 from producers.client import TierqClient
 from tests.support import API_KEY, nonce
 from worker.results import JobStatus
+from worker.settings import Settings
 
 
 def test_no_log_line_carries_the_prompt_the_completion_or_the_key(
@@ -59,3 +61,24 @@ def test_each_job_ends_in_one_canonical_json_line_with_latency_and_tokens(
     assert line["completion_tokens"] == result.usage.completion_tokens
     assert isinstance(line["api_ms"], float)
     json.dumps(line)  # a plain JSON object, nothing exotic
+
+
+def test_debug_logging_still_keeps_prompts_out(
+    start_worker_with: Callable[..., tuple[ManagedProcess, Settings]],
+) -> None:
+    worker, settings = start_worker_with("fast", TIERQ_LOG_LEVEL="DEBUG")
+    secret_prompt = f"debug-private-prompt-{nonce()}"
+
+    with TierqClient(settings) as tierq:
+        result = tierq.wait(
+            tierq.submit(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": secret_prompt}]
+            ),
+            timeout=30,
+        )
+
+    logs = worker.log_text()
+    assert result.status is JobStatus.SUCCEEDED
+    assert '"level": "debug"' in logs  # it really logged at DEBUG
+    assert secret_prompt not in logs
+    assert API_KEY not in logs

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 import redis
+from pydantic import SecretStr
 
-from devkit.processes import ManagedProcess
+from devkit.processes import ManagedProcess, free_port
 from producers.aio import AsyncTierqClient
 from producers.client import TierqClient
 from tests.support import nonce
-from worker.errors import JobNotFoundError, JobWaitTimeout
+from worker.errors import BrokerUnavailableError, JobNotFoundError, JobWaitTimeout
 from worker.results import JobStatus
 from worker.settings import Settings
 
@@ -114,3 +115,14 @@ def test_wait_many_polls_all_jobs_together(client: TierqClient) -> None:
 
     assert [r.job_id for r in results] == ids
     assert {r.status for r in results} == {JobStatus.SUCCEEDED}
+
+
+def test_a_producer_that_cannot_reach_redis_gets_a_clear_error(settings: Settings) -> None:
+    # Given nothing listens on the configured Redis port
+    unreachable = settings.model_copy(
+        update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")}
+    )
+
+    # Then submitting fails loudly, and says the job was not enqueued
+    with TierqClient(unreachable) as tierq, pytest.raises(BrokerUnavailableError, match="Redis"):
+        tierq.submit(model="gpt-4o-mini", messages=user("lost?"))

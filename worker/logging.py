@@ -17,8 +17,9 @@ import structlog
 
 from worker.settings import Settings
 
-# Loggers whose DEBUG output would carry prompts or headers.
-QUIET_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "urllib3")
+# Loggers whose DEBUG output would carry prompts or headers: the SDK and HTTP clients print
+# request bodies, Celery's pool prints each task's arguments (the whole job request).
+QUIET_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "urllib3", "celery.pool")
 
 
 def configure_logging(settings: Settings, *, stream: Any = None) -> None:
