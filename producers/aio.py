@@ -8,21 +8,14 @@ submission is a couple of Redis round trips, well under a millisecond on a local
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio
 
-from producers.client import (
-    DEFAULT_WAIT_SECONDS,
-    FIRST_POLL_SECONDS,
-    MAX_POLL_SECONDS,
-    POLL_GROWTH,
-    RequestLike,
-    TierqClient,
-)
-from worker.errors import JobNotFoundError, JobWaitTimeout
+from producers.client import RequestLike, TierqClient
+from producers.polling import DEFAULT_WAIT_SECONDS, Poller
+from worker.errors import JobNotFoundError
 from worker.results import JobResult
 from worker.settings import Settings, get_settings
 
@@ -68,25 +61,12 @@ class AsyncTierqClient:
     async def wait_many(
         self, job_ids: Sequence[str], timeout: float = DEFAULT_WAIT_SECONDS
     ) -> list[JobResult]:
-        deadline = time.monotonic() + timeout
-        done: dict[str, JobResult] = {}
-        interval = FIRST_POLL_SECONDS
+        poller = Poller(job_ids, timeout)
         while True:
-            pending = [job_id for job_id in job_ids if job_id not in done]
-            for job_id, result in zip(pending, await self.get_many(pending), strict=True):
-                if result is None:
-                    raise JobNotFoundError(job_id)
-                if result.status.is_final:
-                    done[job_id] = result
-            if len(done) == len(set(job_ids)):
-                return [done[job_id] for job_id in job_ids]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                first = next(job_id for job_id in job_ids if job_id not in done)
-                latest = await self.get(first)
-                raise JobWaitTimeout(first, timeout, latest.status.value)
-            await asyncio.sleep(min(interval, remaining))
-            interval = min(interval * POLL_GROWTH, MAX_POLL_SECONDS)
+            pending = poller.pending()
+            if poller.absorb(pending, await self.get_many(pending)):
+                return poller.results()
+            await asyncio.sleep(poller.next_sleep())
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -24,24 +24,18 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
+from producers.polling import DEFAULT_WAIT_SECONDS, Poller
 from worker.app import TASK_NAME, create_app
 from worker.contract import JobEnvelope, JobRequest, parse_job_request, request_size_bytes
 from worker.errors import (
     BrokerUnavailableError,
     JobNotFoundError,
-    JobWaitTimeout,
     PayloadTooLargeError,
 )
 from worker.jobstore import JobStore
 from worker.results import JobResult, JobStatus
 from worker.settings import Settings, get_settings
 from worker.tiers import route
-
-# Polling starts fast (short jobs) and backs off to this, so long waits cost little.
-FIRST_POLL_SECONDS = 0.02
-MAX_POLL_SECONDS = 0.5
-POLL_GROWTH = 1.5
-DEFAULT_WAIT_SECONDS = 300.0
 
 RequestLike = JobRequest | Mapping[str, Any]
 
@@ -143,24 +137,12 @@ class TierqClient:
         self, job_ids: Sequence[str], timeout: float = DEFAULT_WAIT_SECONDS
     ) -> list[JobResult]:
         """Wait for every job; one round trip per poll for all unfinished jobs together."""
-        deadline = time.monotonic() + timeout
-        done: dict[str, JobResult] = {}
-        interval = FIRST_POLL_SECONDS
+        poller = Poller(job_ids, timeout)
         while True:
-            pending = [job_id for job_id in job_ids if job_id not in done]
-            for job_id, result in zip(pending, self._store.get_many(pending), strict=True):
-                if result is None:
-                    raise JobNotFoundError(job_id)
-                if result.status.is_final:
-                    done[job_id] = result
-            if len(done) == len(set(job_ids)):
-                return [done[job_id] for job_id in job_ids]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                first = next(job_id for job_id in job_ids if job_id not in done)
-                raise JobWaitTimeout(first, timeout, self._store.status(first) or "unknown")
-            time.sleep(min(interval, remaining))
-            interval = min(interval * POLL_GROWTH, MAX_POLL_SECONDS)
+            pending = poller.pending()
+            if poller.absorb(pending, self._store.get_many(pending)):
+                return poller.results()
+            time.sleep(poller.next_sleep())
 
     def close(self) -> None:
         self._store.redis.close()
