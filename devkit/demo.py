@@ -28,11 +28,15 @@ from worker.results import JobResult
 from worker.settings import get_settings
 
 SIMULATED_KEY = "sk-simulator-demo"
+NOT_AN_IMAGE = "https://tierq.invalid/not-an-image.png"
 GREETING = [{"role": "system", "content": "You are a concise assistant."}]
 
 
 def demo_jobs(simulated: bool) -> list[tuple[str, dict[str, Any]]]:
     """(label, request) pairs across every tier and the interesting paths."""
+
+    # The API answers 400 for an image it cannot fetch; the simulator is told to do the same.
+    bad_image_hint = " [sim fail=400 code=invalid_image_url]" if simulated else ""
 
     def user(text: str) -> list[dict[str, str]]:
         return [*GREETING, {"role": "user", "content": text}]
@@ -82,7 +86,18 @@ def demo_jobs(simulated: bool) -> list[tuple[str, dict[str, Any]]]:
         ("reasoning", {"model": "o3", "messages": user("Prove there are infinitely many primes.")}),
         (
             "API refuses",
-            {"model": "gpt-4o-mini", "messages": user("Hello"), "max_tokens": 1_000_000},
+            {
+                "model": "gpt-4o-mini",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is in this image?" + bad_image_hint},
+                            {"type": "image_url", "image_url": {"url": NOT_AN_IMAGE}},
+                        ],
+                    }
+                ],
+            },
         ),
         (
             "refused at submit",
@@ -153,7 +168,7 @@ def run_demo(console: Console) -> int:
 
         table = Table(title=f"tierq demo: {len(submitted)} jobs in {elapsed:.1f}s")
         for column in ("job", "what", "tier", "model", "status", "attempts", "tokens", "latency"):
-            table.add_column(column, no_wrap=True)
+            table.add_column(column, no_wrap=column not in ("what", "tokens"))
         notes: list[str] = []
         for label, outcome in rows:
             if isinstance(outcome, str):
@@ -176,7 +191,7 @@ def run_demo(console: Console) -> int:
             )
         console.print(table)
         for note in notes:
-            console.print(f"[dim]{note}[/]")
+            console.print(note, style="dim", markup=False)
         console.print(f"[dim]Worker and simulator logs: {logs}[/]")
     return 0
 

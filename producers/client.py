@@ -18,6 +18,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from kombu.exceptions import OperationalError
 
 from producers.polling import DEFAULT_WAIT_SECONDS, Poller
 from worker.app import TASK_NAME, create_app
+from worker.budget import check_fits, job_cost
 from worker.contract import JobEnvelope, JobRequest, parse_job_request, request_size_bytes
 from worker.errors import (
     BrokerUnavailableError,
@@ -40,13 +42,24 @@ from worker.tiers import route
 RequestLike = JobRequest | Mapping[str, Any]
 
 
-def prepare(settings: Settings, request: RequestLike) -> tuple[JobRequest, str]:
-    """Validate a request against the contract, the payload limit and the tier table."""
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    request: JobRequest
+    tier: str
+    prompt_tokens: int
+
+
+def prepare(settings: Settings, request: RequestLike) -> PreparedJob:
+    """Validate a request: the contract, the payload limit, the tier table, and the budgets
+    (a job over its model's context window or whole TPM limit could never run)."""
     parsed = parse_job_request(dict(request) if isinstance(request, Mapping) else request)
     size = request_size_bytes(parsed)
     if size > settings.max_request_bytes:
         raise PayloadTooLargeError(size, settings.max_request_bytes)
-    return parsed, route(parsed, settings)
+    tier = route(parsed, settings)
+    cost = job_cost(parsed, settings)
+    check_fits(parsed, cost, settings)
+    return PreparedJob(parsed, tier, cost.prompt_tokens)
 
 
 def new_job_id() -> str:
@@ -72,8 +85,14 @@ class TierqClient:
         prepared = [prepare(self.settings, request) for request in requests]
         submitted_at = datetime.now(UTC)
         envelopes = [
-            JobEnvelope(job_id=new_job_id(), tier=tier, submitted_at=submitted_at, request=req)
-            for req, tier in prepared
+            JobEnvelope(
+                job_id=new_job_id(),
+                tier=job.tier,
+                submitted_at=submitted_at,
+                request=job.request,
+                estimated_prompt_tokens=job.prompt_tokens,
+            )
+            for job in prepared
         ]
         records = [
             JobResult(

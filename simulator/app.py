@@ -31,6 +31,7 @@ from simulator.errors import ApiError
 from simulator.models import list_models, retrieve_model
 from simulator.responses import error_response, json_response
 from simulator.state import SimulatorState
+from worker.tokens import ENCODING_URLS, encoding
 
 
 class SimControls:
@@ -98,6 +99,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(config: SimulatorConfig | None = None) -> Starlette:
     """Build the simulator application for `config` (defaults if omitted)."""
     state = SimulatorState(config or SimulatorConfig())
+    # Load the tokenizer now, not on the first request (a few hundred ms).
+    for name in ENCODING_URLS:
+        encoding(name)
     chat = ChatCompletions(state)
     sim = SimControls(state)
     routes: list[Any] = [

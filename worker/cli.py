@@ -15,12 +15,14 @@ import click
 import structlog
 from celery import signals
 
+from worker.admission import AdmissionGate
 from worker.app import create_app
 from worker.completions import build_client
 from worker.errors import ConfigurationError
 from worker.execution import JobRunner
 from worker.jobstore import JobStore
 from worker.logging import configure_logging
+from worker.ratelimit import SharedRateLimiter
 from worker.settings import Settings, get_settings
 from worker.tasks import register_tasks
 
@@ -73,11 +75,14 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     configure_logging(settings)
 
     app = create_app(settings)
+    store = JobStore.from_settings(settings)
+    limiter = SharedRateLimiter(store.redis, settings) if settings.limiter.enabled else None
     runner = JobRunner(
         settings,
         tier=tier,
         client=build_client(settings, max_connections=concurrency),
-        store=JobStore.from_settings(settings),
+        store=store,
+        gate=AdmissionGate(settings, limiter),
     )
     register_tasks(app, runner)
     if tier_settings.rate_limit:
@@ -95,6 +100,7 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
         models=tier_settings.models,
         concurrency=concurrency,
         rate_limit=tier_settings.rate_limit,
+        shared_limiter=settings.limiter.enabled,
     )
     app.worker_main(worker_argv(settings, tier, concurrency, loglevel or settings.log_level))
 

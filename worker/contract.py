@@ -336,6 +336,8 @@ class JobEnvelope(_Strict):
     tier: str
     submitted_at: datetime
     request: JobRequest
+    # The producer's count of prompt tokens, so workers need not tokenize again.
+    estimated_prompt_tokens: int | None = None
 
     def to_message(self) -> dict[str, Any]:
         # exclude_unset keeps the request exactly as the caller set it across the JSON hop.

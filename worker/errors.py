@@ -74,6 +74,28 @@ class PayloadTooLargeError(InvalidJobError):
         self.limit_bytes = limit_bytes
 
 
+class RequestTooLargeError(InvalidJobError):
+    """Raised when a job could never run: over its model's context window or whole TPM limit."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(
+            f"invalid job request: {field}: {message}", [{"field": field, "message": message}]
+        )
+        self.field = field
+
+
+class AdmissionDeferred(TierqError):
+    """Raised inside a worker when the shared rate limit cannot admit a job soon.
+
+    The task puts the job back on its queue to start after `wait_seconds`, which frees the
+    worker's slot and does not count as an attempt.
+    """
+
+    def __init__(self, wait_seconds: float) -> None:
+        super().__init__(f"rate limit: next start in {wait_seconds:.2f}s")
+        self.wait_seconds = wait_seconds
+
+
 class BrokerUnavailableError(TierqError, ConnectionError):
     """Raised when Redis cannot be reached; the job was not enqueued and may be submitted again."""
 
@@ -116,6 +138,7 @@ class ProviderError(TierqError):
         status_code: int | None = None,
         code: str | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -123,6 +146,8 @@ class ProviderError(TierqError):
         self.status_code = status_code
         self.code = code
         self.param = param
+        # The answer's x-ratelimit-* and retry-after headers: the limiter learns from them.
+        self.headers = headers or {}
 
     def __repr__(self) -> str:
         status = f" {self.status_code}" if self.status_code is not None else ""

@@ -15,9 +15,10 @@ import openai
 import structlog
 from pydantic import ValidationError
 
+from worker.admission import AdmissionGate
 from worker.completions import call_chat_completions
 from worker.contract import JobEnvelope
-from worker.errors import InvalidJobError, ProviderError
+from worker.errors import InvalidJobError, ProviderError, RateLimitedError, RequestTooLargeError
 from worker.jobstore import JobStore
 from worker.results import JobError, JobResult, JobStatus
 from worker.settings import Settings
@@ -35,12 +36,19 @@ class JobRunner:
     """Runs jobs of one tier in one worker process; shared by all of the pool's threads."""
 
     def __init__(
-        self, settings: Settings, *, tier: str, client: openai.OpenAI, store: JobStore
+        self,
+        settings: Settings,
+        *,
+        tier: str,
+        client: openai.OpenAI,
+        store: JobStore,
+        gate: AdmissionGate,
     ) -> None:
         self.settings = settings
         self.tier = tier
         self.client = client
         self.store = store
+        self.gate = gate
 
     @staticmethod
     def decode(message: Any) -> JobEnvelope:
@@ -57,6 +65,8 @@ class JobRunner:
         tier = self.settings.tiers.get(envelope.tier)
         if tier is None:
             raise InvalidJobError(f"tier {envelope.tier!r} is not in this worker's tier table")
+        # Wait for the shared RPM/TPM budget before the job counts as running.
+        cost = self.gate.before_call(envelope)
 
         started_at = utcnow()
         running = self._record(envelope, JobStatus.RUNNING, attempt, worker, started_at=started_at)
@@ -68,9 +78,14 @@ class JobRunner:
         log.debug("job.started", queued_ms=_ms(started_at - envelope.submitted_at))
 
         began = time.perf_counter()
-        outcome = call_chat_completions(self.client, api_params(request, tier))
+        try:
+            outcome = call_chat_completions(self.client, api_params(request, tier))
+        except RateLimitedError as error:
+            self.gate.after_rate_limited(request.model, cost, error)
+            raise
         api_ms = (time.perf_counter() - began) * 1000
         completion = outcome.completion
+        self.gate.after_answer(request.model, cost, outcome.headers, completion.usage)
         result = running.model_copy(
             update={
                 "status": JobStatus.SUCCEEDED,
@@ -182,6 +197,8 @@ class JobRunner:
 def _job_error(error: BaseException, *, retried: bool) -> JobError:
     if isinstance(error, ProviderError):
         return JobError(retried=retried, **error.to_dict())
+    if isinstance(error, RequestTooLargeError):
+        return JobError(type="request_too_large", message=str(error), param=error.field)
     if isinstance(error, InvalidJobError):
         return JobError(type="invalid_request", message=str(error), retried=False)
     # A bug or an unforeseen fault: say so, without a traceback's worth of internals.

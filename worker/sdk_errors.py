@@ -86,7 +86,16 @@ def _from_status(error: openai.APIStatusError) -> ProviderError:
     status = error.status_code
     headers = error.response.headers
     message = _api_message(error)
-    fields: dict[str, Any] = {"status_code": status, "code": error.code, "param": error.param}
+    fields: dict[str, Any] = {
+        "status_code": status,
+        "code": error.code,
+        "param": error.param,
+        "headers": {
+            name: value
+            for name, value in headers.items()
+            if name.startswith("x-ratelimit-") or name.startswith("retry-after")
+        },
+    }
     kind = _TRANSIENT_KINDS.get(status) or _PERMANENT_KINDS.get(status)
     should_retry = headers.get("x-should-retry")
 

