@@ -150,3 +150,10 @@ def log_events(log_path: Path) -> list[dict[str, object]]:
             except json.JSONDecodeError:
                 continue
     return events
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a live process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); after the ")" they sit at 11 and 12.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -13,9 +13,11 @@ import importlib
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, TextIO
 
 import click
+import redis
 
 from worker.errors import (
     BrokerUnavailableError,
@@ -297,6 +299,64 @@ def result(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
         record = client.wait(job_id, timeout=timeout) if wait else client.get(job_id)
         _print_result(record, as_json)
         _exit_for(record)
+
+    _guarded(run)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per group.")
+def limits(as_json: bool) -> None:
+    """Show each model's (or group's) RPM/TPM limit, where it came from, and its use."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from worker.jobstore import connect
+    from worker.ratelimit import SharedRateLimiter
+    from worker.settings import get_settings
+
+    def run() -> None:
+        settings = get_settings()
+        limiter = SharedRateLimiter(connect(settings), settings)
+        groups: dict[str, list[str]] = {
+            name: list(group.models or [name]) for name, group in settings.rate_limits.items()
+        }
+        for model in settings.known_models():
+            members = groups.setdefault(settings.limit_group_for(model), [])
+            if model not in members:
+                members.append(model)
+        try:
+            usages = [limiter.usage(group, models) for group, models in sorted(groups.items())]
+        except redis.RedisError as error:
+            raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
+        if as_json:
+            click.echo(json.dumps([asdict(usage) for usage in usages], indent=2))
+            return
+        table = Table(title="Rate limits (shared by every worker)")
+        for column in ("group", "models", "limit", "source", "this minute", "last minute", "state"):
+            table.add_column(column)
+        for u in usages:
+            limit = " / ".join(
+                f"{value:,} {unit}" for value, unit in ((u.rpm, "RPM"), (u.tpm, "TPM")) if value
+            )
+            state = (
+                f"paused {u.paused_for_seconds:.1f}s"
+                if u.paused_for_seconds
+                else (
+                    f"next start in {u.next_start_in_seconds:.1f}s"
+                    if u.next_start_in_seconds
+                    else "open"
+                )
+            )
+            table.add_row(
+                u.group,
+                ", ".join(u.models),
+                limit or "not known yet",
+                u.source,
+                f"{u.requests_this_minute} req, {u.tokens_this_minute:,} tok",
+                f"{u.requests_last_minute} req, {u.tokens_last_minute:,} tok",
+                state,
+            )
+        Console().print(table)
 
     _guarded(run)
 

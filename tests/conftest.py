@@ -100,24 +100,74 @@ def client(settings: Settings, workers: dict[str, ManagedProcess]) -> Iterator[T
 
 
 @pytest.fixture
-def start_worker_with(
+def start_fleet(
     worker_env: dict[str, str], logs_dir: Path
-) -> Iterator[Callable[..., tuple[ManagedProcess, Settings]]]:
-    """Factory: a worker with its own settings, isolated by its own queue and key prefixes."""
+) -> Iterator[Callable[..., tuple[list[ManagedProcess], Settings]]]:
+    """Factory: worker processes sharing their own settings, isolated by their own queue and
+    key prefixes; `base_url` points them at another simulator."""
     started: list[ManagedProcess] = []
 
-    def start(tier: str = "fast", **overrides: str) -> tuple[ManagedProcess, Settings]:
+    def start(
+        tier: str = "fast",
+        *,
+        workers: int = 1,
+        base_url: str | None = None,
+        concurrency: int | None = None,
+        **overrides: str,
+    ) -> tuple[list[ManagedProcess], Settings]:
         isolation = nonce()
         env = {
             **worker_env,
             "TIERQ_QUEUE_PREFIX": f"tierq-{isolation}.",
             "TIERQ_KEY_PREFIX": f"tierq-{isolation}:",
+            **({"OPENAI_BASE_URL": base_url} if base_url else {}),
             **overrides,
         }
-        process = start_worker(tier, logs_dir / f"worker-{tier}-{isolation}.log", env)
-        started.append(process)
-        return process, settings_for(env)
+        fleet = [
+            start_worker(
+                tier,
+                logs_dir / f"worker-{tier}-{isolation}-{n}.log",
+                env,
+                concurrency=concurrency,
+                wait=False,
+            )
+            for n in range(workers)
+        ]
+        started.extend(fleet)
+        for process in fleet:
+            process.wait_until(lambda p=process: "worker.ready" in p.log_text())  # type: ignore[misc]
+        return fleet, settings_for(env)
 
     yield start
     for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_worker_with(
+    start_fleet: Callable[..., tuple[list[ManagedProcess], Settings]],
+) -> Callable[..., tuple[ManagedProcess, Settings]]:
+    """Factory: one worker with its own settings (see `start_fleet`)."""
+
+    def start(tier: str = "fast", **overrides: str) -> tuple[ManagedProcess, Settings]:
+        fleet, settings = start_fleet(tier, **overrides)
+        return fleet[0], settings
+
+    return start
+
+
+@pytest.fixture
+def start_simulator_with(logs_dir: Path) -> Iterator[Callable[..., Simulator]]:
+    """Factory: a simulator of its own, started with `args` (e.g. "--rpm", "600")."""
+    started: list[tuple[ManagedProcess, Simulator]] = []
+
+    def start(*args: str) -> Simulator:
+        process, base_url = start_simulator(logs_dir / f"simulator-{nonce()}.log", args=args)
+        simulator = Simulator(base_url)
+        started.append((process, simulator))
+        return simulator
+
+    yield start
+    for process, simulator in started:
+        simulator.http.close()
         process.stop()

