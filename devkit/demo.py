@@ -201,7 +201,7 @@ def demo_command() -> None:
     """Run the demo: Redis (embedded if none), simulator (if no key), a worker per tier, jobs."""
     console = Console()
     if not console.is_terminal:
-        console = Console(width=120)  # a log or CI page: wide enough for the table
+        console = Console(width=150)  # a log or CI page: wide enough for the table
     try:
         code = run_demo(console)
     except ConfigurationError as error:

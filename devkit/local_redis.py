@@ -47,6 +47,8 @@ class EmbeddedRedis:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     directory: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="tierq-redis-"))
+    # Append-only persistence, so a restart keeps queues and job records (as in production).
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
@@ -58,7 +60,8 @@ class EmbeddedRedis:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
             "--dir", self.directory,
         ]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,7 +73,8 @@ class EmbeddedRedis:
             time.sleep(0.05)
         return self
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
+        """End the server; `keep_data` leaves its files for a restart on the same port."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -78,7 +82,8 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def ensure_redis(url: str) -> tuple[str, EmbeddedRedis | None]:

@@ -11,11 +11,12 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import redis
 import redis.asyncio
 
-from producers.client import RequestLike, TierqClient
+from producers.client import PRODUCER_SOCKET_TIMEOUT_SECONDS, RequestLike, TierqClient
 from producers.polling import DEFAULT_WAIT_SECONDS, Poller
-from worker.errors import JobNotFoundError
+from worker.errors import BrokerUnavailableError, JobNotFoundError
 from worker.results import JobResult
 from worker.settings import Settings, get_settings
 
@@ -29,7 +30,8 @@ class AsyncTierqClient:
         self._redis = redis.asyncio.Redis.from_url(
             self.settings.redis_url.get_secret_value(),
             socket_keepalive=True,
-            socket_connect_timeout=5,
+            socket_connect_timeout=PRODUCER_SOCKET_TIMEOUT_SECONDS,
+            socket_timeout=PRODUCER_SOCKET_TIMEOUT_SECONDS,
             health_check_interval=25,
         )
 
@@ -43,12 +45,21 @@ class AsyncTierqClient:
         return await asyncio.to_thread(self._sync.submit_many, list(requests))
 
     async def get(self, job_id: str) -> JobResult:
-        raw = await self._redis.hget(self._key(job_id), "record")
+        try:
+            raw = await self._redis.hget(self._key(job_id), "record")
+        except redis.RedisError as error:
+            raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
         if not raw:
             raise JobNotFoundError(job_id)
         return JobResult.from_json(raw)
 
     async def get_many(self, job_ids: Sequence[str]) -> list[JobResult | None]:
+        try:
+            return await self._fetch(job_ids)
+        except redis.RedisError as error:
+            raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
+
+    async def _fetch(self, job_ids: Sequence[str]) -> list[JobResult | None]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hget(self._key(job_id), "record")
@@ -64,8 +75,13 @@ class AsyncTierqClient:
         poller = Poller(job_ids, timeout)
         while True:
             pending = poller.pending()
-            if poller.absorb(pending, await self.get_many(pending)):
-                return poller.results()
+            try:
+                records = await self._fetch(pending)
+            except redis.RedisError as error:
+                poller.broker_failed(error)
+            else:
+                if poller.absorb(pending, records):
+                    return poller.results()
             await asyncio.sleep(poller.next_sleep())
 
     async def aclose(self) -> None:

@@ -99,8 +99,11 @@ def _read_json(source: str) -> Any:
         stream = sys.stdin
         text = stream.read()
     else:
-        with open(source, encoding="utf-8") as stream:
-            text = stream.read()
+        try:
+            with open(source, encoding="utf-8") as stream:
+                text = stream.read()
+        except OSError as error:
+            _fail(f"{source}: {error.strerror}", EXIT_INVALID)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -316,7 +319,9 @@ def limits(as_json: bool) -> None:
 
     def run() -> None:
         settings = get_settings()
-        limiter = SharedRateLimiter(connect(settings), settings)
+        limiter = SharedRateLimiter(
+            connect(settings, socket_timeout_seconds=2.0, retries=3), settings
+        )
         groups: dict[str, list[str]] = {
             name: list(group.models or [name]) for name, group in settings.rate_limits.items()
         }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,12 +34,15 @@ from worker.errors import (
     JobNotFoundError,
     PayloadTooLargeError,
 )
-from worker.jobstore import JobStore
+from worker.jobstore import JobStore, connect
 from worker.results import JobResult, JobStatus
 from worker.settings import Settings, get_settings
 from worker.tiers import route
 
 RequestLike = JobRequest | Mapping[str, Any]
+# A producer's Redis commands give up in seconds, so deadlines (wait's timeout) hold.
+PRODUCER_SOCKET_TIMEOUT_SECONDS = 2.0
+PRODUCER_REDIS_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,14 @@ class TierqClient:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self._app = create_app(self.settings)
-        self._store = JobStore.from_settings(self.settings)
+        self._store = JobStore.from_settings(
+            self.settings,
+            connect(
+                self.settings,
+                socket_timeout_seconds=PRODUCER_SOCKET_TIMEOUT_SECONDS,
+                retries=PRODUCER_REDIS_RETRIES,
+            ),
+        )
 
     # --- submitting ------------------------------------------------------------------------
 
@@ -139,14 +149,16 @@ class TierqClient:
 
     def get(self, job_id: str) -> JobResult:
         """The job's record as it stands; raises `JobNotFoundError` for unknown or expired ids."""
-        result = self._store.get(job_id)
+        with _broker_errors():
+            result = self._store.get(job_id)
         if result is None:
             raise JobNotFoundError(job_id)
         return result
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobResult | None]:
         """Records for many jobs in one round trip; None for unknown or expired ids."""
-        return self._store.get_many(job_ids)
+        with _broker_errors():
+            return self._store.get_many(job_ids)
 
     def wait(self, job_id: str, timeout: float = DEFAULT_WAIT_SECONDS) -> JobResult:
         """Block until the job has succeeded or failed; raises `JobWaitTimeout` after `timeout`."""
@@ -155,12 +167,21 @@ class TierqClient:
     def wait_many(
         self, job_ids: Sequence[str], timeout: float = DEFAULT_WAIT_SECONDS
     ) -> list[JobResult]:
-        """Wait for every job; one round trip per poll for all unfinished jobs together."""
+        """Wait for every job; one round trip per poll for all unfinished jobs together.
+
+        A Redis outage shorter than the wait is ridden out; a longer one raises
+        `BrokerUnavailableError` at the deadline.
+        """
         poller = Poller(job_ids, timeout)
         while True:
             pending = poller.pending()
-            if poller.absorb(pending, self._store.get_many(pending)):
-                return poller.results()
+            try:
+                records = self._store.get_many(pending)
+            except redis.RedisError as error:
+                poller.broker_failed(error)
+            else:
+                if poller.absorb(pending, records):
+                    return poller.results()
             time.sleep(poller.next_sleep())
 
     def close(self) -> None:
@@ -172,6 +193,14 @@ class TierqClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _broker_errors() -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as error:
+        raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
 
 
 def _merge(request: RequestLike | None, params: Mapping[str, Any]) -> RequestLike:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from worker.errors import JobNotFoundError, JobWaitTimeout
+from worker.errors import BrokerUnavailableError, JobNotFoundError, JobWaitTimeout
 from worker.results import JobResult
 
 FIRST_POLL_SECONDS = 0.02
@@ -42,6 +42,11 @@ class Poller:
             if record.status.is_final:
                 self._done[job_id] = record
         return not self.pending()
+
+    def broker_failed(self, error: Exception) -> None:
+        """A poll could not reach Redis: keep trying until the deadline, then say so."""
+        if time.monotonic() >= self._deadline:
+            raise BrokerUnavailableError(f"cannot reach Redis to read job records: {error}")
 
     def results(self) -> list[JobResult]:
         return [self._done[job_id] for job_id in self.job_ids]

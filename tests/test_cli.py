@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from devkit.processes import ManagedProcess
+from devkit.processes import ManagedProcess, free_port
 
 TIERQ = [sys.executable, "-m", "producers.cli"]
 
@@ -96,6 +96,23 @@ def test_a_failed_job_exits_1_and_shows_the_apis_error(
 
 def test_an_unknown_job_exits_3(worker_env: dict[str, str]) -> None:
     assert tierq(worker_env, "status", "nope").returncode == 3
+
+
+def test_an_unreachable_redis_exits_5_with_a_message(worker_env: dict[str, str]) -> None:
+    env = {**worker_env, "TIERQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+
+    done = tierq(env, "status", "some-job")
+
+    assert done.returncode == 5
+    assert "cannot reach Redis" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_messages_file_exits_2_naming_it(worker_env: dict[str, str]) -> None:
+    done = tierq(worker_env, "submit", "--model", "gpt-4o", "--messages", "/no/such/file.json")
+
+    assert done.returncode == 2
+    assert "/no/such/file.json: No such file or directory" in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -209,6 +209,8 @@ def test_a_value_inside_the_api_range_is_accepted_and_sent(field: str, value: ob
         pytest.param("max_tokens", 0, id="max_tokens-zero"),
         pytest.param("max_completion_tokens", 0, id="max_completion_tokens-zero"),
         pytest.param("user", "u" * 513, id="user-too-long"),
+        pytest.param("seed", 2**63, id="seed-above-int64"),
+        pytest.param("seed", -(2**63) - 1, id="seed-below-int64"),
     ],
 )
 def test_a_value_outside_the_api_range_is_refused_naming_the_field(
@@ -339,7 +341,7 @@ def test_tools_with_every_tool_choice_are_accepted() -> None:
 
 @pytest.mark.parametrize(
     "choice",
-    ["auto", "required", {"type": "function", "function": {"name": "get_weather"}}],
+    ["none", "auto", "required", {"type": "function", "function": {"name": "get_weather"}}],
 )
 def test_tool_choice_without_tools_is_refused_naming_tool_choice(choice: object) -> None:
     error = assert_refused_naming(request(tool_choice=choice), "tool_choice")

@@ -7,6 +7,8 @@ runs it through the `openai` SDK over HTTP to the simulator, and the test reads 
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
@@ -15,6 +17,8 @@ import redis
 
 from producers.client import TierqClient
 from tests.support import API_KEY, Simulator, nonce
+from worker.app import TASK_NAME, create_app
+from worker.contract import JobEnvelope, JobRequest
 from worker.errors import InvalidJobError, UnknownModelError
 from worker.results import JobStatus
 from worker.settings import Settings
@@ -243,3 +247,44 @@ def test_tool_calls_and_json_output_come_back_whole(client: TierqClient) -> None
     assert call.function.name == "lookup"
     assert "term" in json.loads(call.function.arguments)
     assert isinstance(json.loads(json_result.content or ""), dict)
+
+
+@pytest.mark.parametrize(
+    ("tier", "request_fields", "reason"),
+    [
+        ("reasoning", {"model": "o3", "temperature": 0.2}, "temperature"),
+        ("fast", {"model": "gpt-4o"}, "not served by tier 'fast'"),
+    ],
+)
+def test_a_hand_made_message_that_breaks_the_rules_is_refused_by_the_worker(
+    client: TierqClient,
+    settings: Settings,
+    simulator: Simulator,
+    tier: str,
+    request_fields: dict[str, Any],
+    reason: str,
+) -> None:
+    # Given a message put on a tier's queue by hand, past the producer's checks
+    marker = nonce()
+    envelope = JobEnvelope(
+        job_id=f"hand-made-{marker}",
+        tier=tier,
+        submitted_at=datetime.now(UTC),
+        request=JobRequest.model_validate(
+            {"messages": [{"role": "user", "content": marker}], **request_fields}
+        ),
+    )
+    app = create_app(settings)
+    app.send_task(TASK_NAME, args=[envelope.to_message()], task_id=envelope.job_id)
+
+    # Then the worker fails it without calling the API (and records it: no producer did)
+    deadline = time.monotonic() + 30
+    while client.get_many([envelope.job_id]) == [None] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = client.wait(envelope.job_id, timeout=30)
+    app.close()
+    assert result.status is JobStatus.FAILED
+    assert result.error is not None
+    assert result.error.type == "invalid_request"
+    assert reason in result.error.message
+    assert simulator.requests_with(marker) == []

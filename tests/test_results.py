@@ -123,6 +123,14 @@ def test_a_producer_that_cannot_reach_redis_gets_a_clear_error(settings: Setting
         update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")}
     )
 
-    # Then submitting fails loudly, and says the job was not enqueued
-    with TierqClient(unreachable) as tierq, pytest.raises(BrokerUnavailableError, match="Redis"):
-        tierq.submit(model="gpt-4o-mini", messages=user("lost?"))
+    # Then submitting fails loudly, and says the job was not enqueued; reading and waiting
+    # say so too, and waiting keeps to its deadline (give or take one poll's timeout)
+    with TierqClient(unreachable) as tierq:
+        with pytest.raises(BrokerUnavailableError, match="Redis"):
+            tierq.submit(model="gpt-4o-mini", messages=user("lost?"))
+        with pytest.raises(BrokerUnavailableError):
+            tierq.get("some-job")
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailableError):
+            tierq.wait("some-job", timeout=1)
+        assert time.monotonic() - started < 10

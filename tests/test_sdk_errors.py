@@ -115,7 +115,7 @@ def test_a_connection_failure_is_retryable_and_has_no_status() -> None:
         None,
         None,
     )
-    assert error.message == "could not connect to the API"
+    assert error.message == "the connection to the API failed"
 
 
 def test_an_error_event_inside_a_stream_is_retryable_with_the_apis_message_and_code() -> None:

@@ -480,3 +480,26 @@ def test_a_full_tier_table_replaces_the_default_one(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("TIERQ_TIERS", json.dumps({"bulk": {"models": ["gpt-4o-mini"]}}))
 
     assert list(get_settings().tiers) == ["bulk"]
+
+
+def test_a_default_tiers_models_can_be_changed_without_losing_the_other_tiers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TIERQ_TIERS__FAST__MODELS", '["gpt-4o-mini", "gpt-4.1-mini"]')
+
+    tiers = get_settings().tiers
+
+    assert tiers["fast"].models == ["gpt-4o-mini", "gpt-4.1-mini"]
+    assert set(tiers) == {"fast", "standard", "reasoning"}
+
+
+def test_a_tier_can_be_added_field_by_field_beside_the_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TIERQ_TIERS__BULK__MODELS", '["gpt-4.1"]')
+    monkeypatch.setenv("TIERQ_TIERS__BULK__CONCURRENCY", "20")
+
+    tiers = get_settings().tiers
+
+    assert set(tiers) == {"fast", "standard", "reasoning", "bulk"}
+    assert (tiers["bulk"].models, tiers["bulk"].concurrency) == (["gpt-4.1"], 20)

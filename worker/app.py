@@ -22,6 +22,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     broker_url = settings.redis_url.get_secret_value()
     return {
         "broker_url": broker_url,
+        # kombu's Redis transport with a fix that keeps a worker alive through a Redis restart.
+        "broker_transport": "worker.broker:Transport",
         # Job records and results are tierq's own (worker.jobstore): Celery stores nothing.
         # The job store's client retries on connection errors and expires records after
         # result_ttl_seconds, the two things result_backend_always_retry/result_expires give.

@@ -14,8 +14,9 @@ from typing import Any
 import httpx2
 import openai
 from openai.lib.streaming.chat import ChatCompletionStreamState
+from pydantic import ValidationError
 
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, PermanentProviderError, ProviderUnavailableError
 from worker.results import ChatCompletion
 from worker.sdk_errors import translate
 from worker.settings import Settings
@@ -62,6 +63,15 @@ def call_chat_completions(client: openai.OpenAI, params: dict[str, Any]) -> Call
         return CallOutcome(ChatCompletion.model_validate_json(raw.content), headers)
     except openai.OpenAIError as error:
         raise translate(error) from error
+    except ValidationError as error:
+        # The API answered (and likely billed) but the body is not a chat completion: calling
+        # again would pay twice for the same answer, so this fails the job, naming the field.
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise PermanentProviderError(
+            f"the API's answer is not a chat completion ({where}: {first['msg']})",
+            kind="invalid_response",
+        ) from None
 
 
 def _assemble_stream(stream: openai.Stream[Any]) -> ChatCompletion:
@@ -71,11 +81,21 @@ def _assemble_stream(stream: openai.Stream[Any]) -> ChatCompletion:
     final usage chunk per choice; we only drop the helper's `parsed` fields.
     """
     state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
+    chunks = 0
     with stream:
         for chunk in stream:
             state.handle_chunk(chunk)
-    snapshot = state.current_completion_snapshot.model_dump(mode="json")
+            chunks += 1
+    if not chunks:
+        raise ProviderUnavailableError("the API's stream ended before any chunk", kind="api_error")
+    # Nulls the stream never set are dropped, then filled by our model's defaults: the result
+    # has the same keys an unstreamed answer has, not the accumulator's own extras.
+    snapshot = state.current_completion_snapshot.model_dump(mode="json", exclude_none=True)
     snapshot["object"] = "chat.completion"
     for choice in snapshot.get("choices", []):
-        choice.get("message", {}).pop("parsed", None)
+        message = choice.get("message", {})
+        message.pop("parsed", None)
+        for call in message.get("tool_calls") or []:
+            call.pop("index", None)
+            call.get("function", {}).pop("parsed_arguments", None)
     return ChatCompletion.model_validate(snapshot)

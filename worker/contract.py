@@ -232,7 +232,7 @@ class JobRequest(_Strict):
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)]
         | None
     ) = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     n: Annotated[int, Field(ge=1, le=128)] = 1
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
@@ -273,7 +273,7 @@ class JobRequest(_Strict):
 
     def _check_tools(self) -> None:
         names = {tool.function.name for tool in self.tools or []}
-        if self.tool_choice is not None and self.tool_choice != "none" and not names:
+        if self.tool_choice is not None and not names:
             raise FieldRuleError(
                 "tool_choice", "tool_choice is only allowed when tools are specified"
             )

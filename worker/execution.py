@@ -8,6 +8,8 @@ The task wrapper (`worker.tasks`) turns `RetryableProviderError` into a Celery r
 from __future__ import annotations
 
 import time
+import uuid
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,14 +20,26 @@ from pydantic import ValidationError
 from worker.admission import AdmissionGate
 from worker.completions import call_chat_completions
 from worker.contract import JobEnvelope
-from worker.errors import InvalidJobError, ProviderError, RateLimitedError, RequestTooLargeError
+from worker.errors import (
+    AdmissionDeferred,
+    BrokerUnavailableError,
+    InvalidJobError,
+    ProviderError,
+    RateLimitedError,
+    RequestTooLargeError,
+)
 from worker.jobstore import JobStore
 from worker.results import JobError, JobResult, JobStatus
-from worker.settings import Settings
-from worker.tiers import api_params
+from worker.settings import Settings, TierSettings
+from worker.tiers import api_params, check_model_rules
 from worker.validation import describe_validation_error
 
 log = structlog.get_logger("tierq.worker")
+# The token of the attempt this thread is running, for the retry and failure hooks Celery
+# calls after the task body (in the same thread).
+_attempt_token: ContextVar[str | None] = ContextVar("tierq_attempt_token", default=None)
+# A claim outlives the longest call by this margin before another delivery may take over.
+LEASE_MARGIN_SECONDS = 30.0
 
 
 def utcnow() -> datetime:
@@ -49,6 +63,7 @@ class JobRunner:
         self.client = client
         self.store = store
         self.gate = gate
+        self.lease_seconds = settings.request_timeout_seconds + LEASE_MARGIN_SECONDS
 
     @staticmethod
     def decode(message: Any) -> JobEnvelope:
@@ -58,23 +73,31 @@ class JobRunner:
         except ValidationError as error:
             raise describe_validation_error(error, JobEnvelope) from None
 
-    def run(self, message: Any, *, attempt: int, worker: str | None) -> JobResult:
+    def run(self, message: Any, *, attempt: int, worker: str | None) -> JobResult | None:
+        """One attempt; None when the job was left to the attempt that holds it."""
+        _attempt_token.set(None)
         envelope = self.decode(message)
         request = envelope.request
         structlog.contextvars.bind_contextvars(model=request.model, tier=envelope.tier)
-        tier = self.settings.tiers.get(envelope.tier)
-        if tier is None:
-            raise InvalidJobError(f"tier {envelope.tier!r} is not in this worker's tier table")
+        tier = self._check_tier(envelope)
         # Wait for the shared RPM/TPM budget before the job counts as running.
         cost = self.gate.before_call(envelope)
 
+        token = uuid.uuid4().hex
         started_at = utcnow()
         running = self._record(envelope, JobStatus.RUNNING, attempt, worker, started_at=started_at)
-        finished = self.store.start(running)
-        if finished is not None:
+        claim = self.store.claim(running, token, self.lease_seconds)
+        if claim.finished is not None:
             # A redelivered message of a job that already ended: its call is not made again.
-            log.info("job.already_finished", status=finished.status.value)
-            return finished
+            log.info("job.already_finished", status=claim.finished.status.value)
+            return claim.finished
+        if not claim.claimed:
+            # Another delivery of this job is running (Redis restores unacked messages when a
+            # connection drops). Look again once its lease would have lapsed: if its worker
+            # died meanwhile, this delivery takes over; nothing is lost, nothing paid twice.
+            log.info("job.duplicate_delivery", lease_left_seconds=round(claim.busy_for_seconds, 3))
+            raise AdmissionDeferred(claim.busy_for_seconds + 1.0)
+        _attempt_token.set(token)
         log.debug("job.started", queued_ms=_ms(started_at - envelope.submitted_at))
 
         began = time.perf_counter()
@@ -95,9 +118,23 @@ class JobRunner:
                 "finished_at": utcnow(),
             }
         )
-        self.store.save(result)
+        self.store.settle(result, token)
         self._log_finished(result, api_ms=api_ms)
         return result
+
+    def _check_tier(self, envelope: JobEnvelope) -> TierSettings:
+        """The worker checks the producer's routing again: a hand-made message is not trusted."""
+        tier = self.settings.tiers.get(envelope.tier)
+        if tier is None or envelope.tier != self.tier:
+            raise InvalidJobError(
+                f"job for tier {envelope.tier!r} reached a worker of tier {self.tier!r}"
+            )
+        if self.settings.tier_of(envelope.request.model) != envelope.tier:
+            raise InvalidJobError(
+                f"model {envelope.request.model!r} is not served by tier {envelope.tier!r}"
+            )
+        check_model_rules(envelope.request, tier)
+        return tier
 
     def record_retry(
         self, message: Any, *, attempt: int, worker: str | None, error: ProviderError, wait: float
@@ -113,7 +150,7 @@ class JobRunner:
             error=_job_error(error, retried=True),
             retry_at=retry_at,
         )
-        self.store.save(record)
+        self.store.settle(record, _attempt_token.get())
         log.warning(
             "job.retrying",
             attempt=attempt,
@@ -136,7 +173,7 @@ class JobRunner:
         record = self._record(
             envelope, JobStatus.FAILED, attempt, worker, error=job_error, finished_at=utcnow()
         )
-        self.store.save(record)
+        self.store.settle(record, _attempt_token.get())
         log.error(
             "job.finished",
             status="failed",
@@ -197,6 +234,8 @@ class JobRunner:
 def _job_error(error: BaseException, *, retried: bool) -> JobError:
     if isinstance(error, ProviderError):
         return JobError(retried=retried, **error.to_dict())
+    if isinstance(error, BrokerUnavailableError):
+        return JobError(type="broker_unavailable", message=str(error), retried=retried)
     if isinstance(error, RequestTooLargeError):
         return JobError(type="request_too_large", message=str(error), param=error.field)
     if isinstance(error, InvalidJobError):

@@ -4,7 +4,8 @@ Why not Celery's result backend: a job must be known from the moment it is accep
 answers PENDING for any id, known or not), a failure must carry the API's error rather than a
 Python exception, and status, attempts and timestamps belong in one record that later features
 (idempotency, cancellation, tenants) extend. The record is a hash of two fields: `status`, so a
-script can act on it atomically, and `record`, the `JobResult` as JSON.
+script can act on it atomically, and `record`, the `JobResult` as JSON; while an attempt runs,
+`owner` (the attempt's token) and `lease_until` say who holds the job and until when.
 
 Every write refreshes the TTL (`result_ttl_seconds`), so a result stays readable that long after
 the job's last change. The client retries on connection errors and timeouts (what Celery's
@@ -14,6 +15,7 @@ the job's last change. The client retries on connection errors and timeouts (wha
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -27,28 +29,71 @@ HEALTH_CHECK_INTERVAL_SECONDS = 25
 # Attempts of one Redis command across a brief outage (with exponential back-off, ~10 s in all).
 REDIS_COMMAND_RETRIES = 8
 
-# Write the record unless the job already ended: a redelivered message must not reopen a
-# finished job (and pay for its call again). Returns the finished record, or false.
-_START_UNLESS_FINAL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'succeeded' or status == 'failed' then
-  return redis.call('HGET', KEYS[1], 'record')
+# Claim a job for one attempt (a delivery of its message), identified by a token.
+# - A job that already ended is not reopened: its call is never paid for again. -> final
+# - A job another attempt is running, with its lease still valid, is left to it: Redis hands
+#   unacked messages out again when a worker's connection drops, while the first attempt is
+#   still running. -> busy, with the seconds left on that lease
+# - Otherwise (queued, retrying, or a running attempt whose lease lapsed: its worker died)
+#   the record becomes this attempt's, for `lease` seconds. -> claimed
+_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local s = redis.call('HMGET', KEYS[1], 'status', 'owner', 'lease_until')
+if s[1] == 'succeeded' or s[1] == 'failed' then
+  return {'final', redis.call('HGET', KEYS[1], 'record')}
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'record', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return false
+if s[1] == 'running' and s[2] and s[2] ~= ARGV[1] then
+  local left = (tonumber(s[3]) or 0) - now
+  if left > 0 then return {'busy', tostring(left)} end
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'record', ARGV[2], 'owner', ARGV[1],
+           'lease_until', tostring(now + tonumber(ARGV[3])))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {'claimed', ''}
+"""
+
+# Record an attempt's outcome (retrying, succeeded, failed). Only the attempt holding the claim
+# (or, before any claim, anyone) writes, and a success is never overwritten: a late duplicate
+# cannot turn a paid answer into a failure. Returns 1 when written.
+_SETTLE = """
+local s = redis.call('HMGET', KEYS[1], 'status', 'owner')
+if s[1] == 'succeeded' then return 0 end
+if s[2] and s[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'record', ARGV[3])
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
 """
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A pooled client for job records, resilient to brief Redis outages."""
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of `JobStore.claim`: claimed, or why not."""
+
+    claimed: bool
+    finished: JobResult | None = None
+    busy_for_seconds: float = 0.0
+
+
+def connect(
+    settings: Settings,
+    *,
+    socket_timeout_seconds: float = 10.0,
+    retries: int = REDIS_COMMAND_RETRIES,
+) -> redis.Redis:
+    """A pooled client for job records, resilient to brief Redis outages.
+
+    Workers ride out an outage of several seconds; producers pass shorter timeouts, so a
+    caller with a deadline (`wait(timeout=...)`) hears of a hung Redis in seconds.
+    """
     return redis.Redis.from_url(
         settings.redis_url.get_secret_value(),
         socket_keepalive=True,
-        socket_connect_timeout=5,
-        socket_timeout=10,
+        socket_connect_timeout=min(5.0, socket_timeout_seconds),
+        socket_timeout=socket_timeout_seconds,
         health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), REDIS_COMMAND_RETRIES),
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         decode_responses=False,
     )
@@ -61,7 +106,8 @@ class JobStore:
         self._redis = client
         self._key_prefix = key_prefix
         self._ttl_seconds = ttl_seconds
-        self._start_script = client.register_script(_START_UNLESS_FINAL)
+        self._claim_script = client.register_script(_CLAIM)
+        self._settle_script = client.register_script(_SETTLE)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> JobStore:
@@ -95,13 +141,26 @@ class JobStore:
             pipe.expire(key, self._ttl_seconds)
         pipe.execute()
 
-    def start(self, result: JobResult) -> JobResult | None:
-        """Record an attempt as started, unless the job already ended; then return that record."""
-        finished = self._start_script(
+    def claim(self, result: JobResult, token: str, lease_seconds: float) -> Claim:
+        """Make the job this attempt's (status running), unless it ended or another attempt
+        holds a live lease on it."""
+        outcome, detail = self._claim_script(
             keys=[self.key(result.job_id)],
-            args=[result.status.value, result.to_json(), self._ttl_seconds],
+            args=[token, result.to_json(), lease_seconds, self._ttl_seconds],
         )
-        return JobResult.from_json(finished) if finished else None
+        if outcome == b"final":
+            return Claim(claimed=False, finished=JobResult.from_json(detail))
+        if outcome == b"busy":
+            return Claim(claimed=False, busy_for_seconds=float(detail))
+        return Claim(claimed=True)
+
+    def settle(self, result: JobResult, token: str | None) -> bool:
+        """Write an attempt's outcome if this attempt (`token`) still owns the job."""
+        written = self._settle_script(
+            keys=[self.key(result.job_id)],
+            args=[token or "", result.status.value, result.to_json(), self._ttl_seconds],
+        )
+        return bool(written)
 
     def get(self, job_id: str) -> JobResult | None:
         raw = self._redis.hget(self.key(job_id), "record")

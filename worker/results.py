@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 
 class JobStatus(StrEnum):
@@ -43,7 +43,8 @@ class ToolCallOut(_APIShape):
 
 
 class ResponseMessage(_APIShape):
-    role: str = "assistant"
+    # Some OpenAI-compatible servers stream no role; the API's answer is always the assistant.
+    role: Annotated[str, BeforeValidator(lambda role: role or "assistant")] = "assistant"
     content: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCallOut] | None = None
@@ -109,7 +110,7 @@ class Usage(_APIShape):
 class ChatCompletion(_APIShape):
     id: str
     object: str = "chat.completion"
-    created: int
+    created: int | None = None
     model: str
     choices: list[Choice]
     usage: Usage | None = None

@@ -62,7 +62,8 @@ def translate(error: openai.OpenAIError) -> ProviderError:
     if isinstance(error, openai.APITimeoutError):
         return ProviderTimeoutError("the API call timed out", kind="timeout")
     if isinstance(error, openai.APIConnectionError):
-        return ProviderUnavailableError("could not connect to the API", kind="connection_error")
+        # Refused, reset, or cut mid-answer: the connection failed, the API said nothing.
+        return ProviderUnavailableError("the connection to the API failed", kind="connection_error")
     if isinstance(error, openai.APIStatusError):
         return _from_status(error)
     if isinstance(error, openai.APIResponseValidationError):

@@ -5,7 +5,7 @@ their unit; each field says in one line why it exists. Variables are `TIERQ_*`, 
 provider's key and base URL, which keep the SDK's own names so an existing deployment's
 environment works unchanged. Nested groups are set as JSON (`TIERQ_RETRY='{"max_attempts": 8}'`)
 or field by field with `__` (`TIERQ_RETRY__MAX_ATTEMPTS=8`). `TIERQ_TIERS` replaces the tier
-table; `TIERQ_TIERS__<TIER>__<FIELD>` adjusts one field of a default tier.
+table; `TIERQ_TIERS__<TIER>__<FIELD>` changes one field of a default tier, or adds a tier.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import difflib
 import functools
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from dotenv import dotenv_values
@@ -28,7 +28,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from worker.errors import ConfigurationError
 from worker.validation import FieldRuleError
@@ -177,28 +183,73 @@ class Settings(BaseSettings):
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("openai_api_key", mode="before")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _an_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
     @field_validator("tiers", mode="before")
     @classmethod
     def _adjust_default_tiers(cls, value: Any) -> Any:
-        """`TIERQ_TIERS__FAST__CONCURRENCY=300` adjusts one field of a default tier.
+        """Lay field-by-field variables over the default tier table.
 
-        An entry without `models` is an adjustment of the default tier of that name. When every
-        entry is one, they apply to the default table; a table with full entries replaces it.
+        `TIERQ_TIERS__FAST__CONCURRENCY=300` or `TIERQ_TIERS__FAST__MODELS='[...]'` change one
+        field of a default tier, `TIERQ_TIERS__BULK__MODELS='[...]'` adds a tier beside the
+        defaults. A table given whole (`TIERQ_TIERS`) replaces the defaults, except that its
+        entries without `models` adjust the default tier of that name.
         """
         if not isinstance(value, dict):
             return value
         defaults = {name: tier.model_dump() for name, tier in default_tiers().items()}
-        adjustments = {
-            name: entry
-            for name, entry in value.items()
-            if isinstance(entry, dict) and "models" not in entry and name in defaults
-        }
-        if not adjustments:
-            return value
-        table = dict(defaults) if len(adjustments) == len(value) else dict(value)
-        for name, entry in adjustments.items():
-            table[name] = {**defaults[name], **entry}
+        entries = {name: entry for name, entry in value.items() if name != _FIELD_BY_FIELD}
+        if value.get(_FIELD_BY_FIELD):
+            table = dict(defaults)
+        else:
+            partial = [
+                name
+                for name, entry in entries.items()
+                if isinstance(entry, dict) and "models" not in entry and name in defaults
+            ]
+            if not partial:
+                return entries
+            table = dict(defaults) if len(partial) == len(entries) else {}
+        for name, entry in entries.items():
+            if isinstance(entry, dict):
+                table[name] = {**defaults.get(name, {}), **table.get(name, {}), **entry}
+            else:
+                table[name] = entry
         return table
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            _MarkFieldByFieldTiers(settings_cls, env_settings, lambda: list(os.environ)),
+            _MarkFieldByFieldTiers(settings_cls, dotenv_settings, _dotenv_names),
+            file_secret_settings,
+        )
 
     @field_validator("tiers")
     @classmethod
@@ -268,6 +319,44 @@ class Settings(BaseSettings):
         return sorted(model for tier in self.tiers.values() for model in tier.models)
 
 
+# Marks a tier table built only from TIERQ_TIERS__<TIER>__<FIELD> variables.
+_FIELD_BY_FIELD = "__field_by_field__"
+
+
+class _MarkFieldByFieldTiers(PydanticBaseSettingsSource):
+    """Wraps a source so the tier validator can tell field-by-field variables from a table."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        inner: PydanticBaseSettingsSource,
+        names: Callable[[], list[str]],
+    ) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+        self._names = names
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._inner()
+        names = {name.upper() for name in self._names()}
+        whole = f"{ENV_PREFIX}TIERS"
+        if (
+            isinstance(data.get("tiers"), dict)
+            and whole not in names
+            and any(name.startswith(f"{whole}__") for name in names)
+        ):
+            data["tiers"] = {_FIELD_BY_FIELD: True, **data["tiers"]}
+        return data
+
+
+def _dotenv_names() -> list[str]:
+    path = Settings.model_config.get("env_file")
+    return list(dotenv_values(str(path))) if path and os.path.exists(str(path)) else []
+
+
 def _variable(location: str) -> str:
     upper = location.upper()
     return upper if upper.startswith(("OPENAI_", ENV_PREFIX)) else f"{ENV_PREFIX}{upper}"
@@ -305,9 +394,7 @@ def unknown_variables(names: Iterable[str]) -> list[str]:
 @functools.cache
 def get_settings() -> Settings:
     """Read the settings once per process; a bad value raises `ConfigurationError` naming it."""
-    dotenv_path = Settings.model_config.get("env_file")
-    dotenv_names = list(dotenv_values(str(dotenv_path))) if dotenv_path else []
-    unknown = unknown_variables([*os.environ, *dotenv_names])
+    unknown = unknown_variables([*os.environ, *_dotenv_names()])
     if unknown:
         raise ConfigurationError("invalid settings:\n  " + "\n  ".join(unknown))
     try:

@@ -17,11 +17,12 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 from worker.app import TASK_NAME
 from worker.errors import (
     AdmissionDeferred,
+    BrokerUnavailableError,
     InvalidJobError,
     PermanentProviderError,
     RetryableProviderError,
@@ -36,6 +37,7 @@ class CompletionTask(Task):  # type: ignore[type-arg]
 
     runner: JobRunner
     retry_after_max_seconds: float
+    max_defer_seconds: float
 
     def retry(
         self,
@@ -51,27 +53,39 @@ class CompletionTask(Task):  # type: ignore[type-arg]
         if isinstance(exc, RetryableProviderError) and exc.retry_after_seconds is not None:
             asked = min(exc.retry_after_seconds, self.retry_after_max_seconds)
             countdown = max(countdown or 0.0, asked)
-        limit = self.max_retries if max_retries is None else max_retries
-        if isinstance(exc, RetryableProviderError) and (
-            limit is None or self.request.retries < limit
-        ):
-            self.runner.record_retry(
-                (self.request.args or [None])[0],
-                attempt=self.request.retries + 1,
-                worker=self.request.hostname,
-                error=exc,
-                wait=countdown or 0.0,
+        message = (self.request.args or [None])[0]
+        attempt = self.request.retries + 1
+        try:
+            return super().retry(
+                args=args,
+                kwargs=kwargs,
+                exc=exc,
+                throw=throw,
+                eta=eta,
+                countdown=countdown,
+                max_retries=max_retries,
+                **options,
             )
-        return super().retry(
-            args=args,
-            kwargs=kwargs,
-            exc=exc,
-            throw=throw,
-            eta=eta,
-            countdown=countdown,
-            max_retries=max_retries,
-            **options,
-        )
+        except Retry:
+            # Published: the job now waits for its next attempt (recorded after the publish,
+            # so a record never says "retrying" for a retry that was not queued).
+            if isinstance(exc, RetryableProviderError):
+                self.runner.record_retry(
+                    message,
+                    attempt=attempt,
+                    worker=self.request.hostname,
+                    error=exc,
+                    wait=countdown or 0.0,
+                )
+            raise
+        except Reject as rejected:
+            # Celery could not publish the retry (the broker stayed away through the publish
+            # retry policy) and drops the message: the job ends here, failed, and says why.
+            error = BrokerUnavailableError(f"the retry could not be queued: {rejected}")
+            self.runner.record_failure(
+                message, attempt=attempt, worker=self.request.hostname, error=error
+            )
+            raise
 
     def defer(self, countdown: float) -> Retry:
         """Put the job back on its queue to start after `countdown` s, keeping its attempt count.
@@ -79,6 +93,8 @@ class CompletionTask(Task):  # type: ignore[type-arg]
         Celery's `retry()` would count this as an attempt; waiting for the rate limit is not
         one. The message is re-published exactly as `retry()` does, with `retries` unchanged.
         """
+        # A countdown longer than the visibility timeout would have Redis deliver it twice.
+        countdown = min(countdown, self.max_defer_seconds)
         signature = self.signature_from_request(
             self.request, countdown=countdown, retries=self.request.retries
         )
@@ -111,6 +127,7 @@ def register_tasks(app: Celery, runner: JobRunner) -> Task:  # type: ignore[type
         throws=(PermanentProviderError, InvalidJobError),
         runner=runner,
         retry_after_max_seconds=retry.retry_after_max_seconds,
+        max_defer_seconds=runner.settings.visibility_timeout_seconds / 2,
     )
     def complete(self: CompletionTask, message: dict[str, Any]) -> None:
         try:

@@ -1,0 +1,103 @@
+"""Redis faults while jobs are in flight: nothing lost, nothing paid for twice, workers live on.
+
+Each test runs its own Redis (the embedded server, with append-only persistence) so it can cut
+connections or restart it without touching the other tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from devkit.local_redis import EmbeddedRedis
+from devkit.processes import ManagedProcess
+from producers.client import TierqClient
+from tests.support import Simulator, nonce
+from worker.results import JobStatus
+from worker.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
+
+
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(appendonly=True).start()
+    yield server
+    server.stop()
+
+
+def slow_jobs(marker: str, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": f"{marker} {i} [sim latency_ms=2500]"}],
+        }
+        for i in range(count)
+    ]
+
+
+def wait_until_running(client: TierqClient, ids: list[str]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if all(r and r.status is JobStatus.RUNNING for r in client.get_many(ids)):
+            return
+        time.sleep(0.05)
+    raise AssertionError("jobs did not start")
+
+
+def test_cut_broker_connections_pay_for_no_call_twice(
+    start_fleet: Fleet, simulator: Simulator, private_redis: EmbeddedRedis
+) -> None:
+    # Given 5 jobs in flight on one worker
+    workers, settings = start_fleet(TIERQ_REDIS_URL=private_redis.url)
+    marker = nonce()
+    with TierqClient(settings) as client:
+        ids = client.submit_many(slow_jobs(marker, 5))
+        wait_until_running(client, ids)
+
+        # When every client connection to Redis is cut (kombu then hands the unacknowledged
+        # messages out again, while the first deliveries are still running)
+        redis.Redis.from_url(private_redis.url).execute_command("CLIENT", "KILL", "TYPE", "normal")
+        results = client.wait_many(ids, timeout=60)
+        time.sleep(3)  # the redelivered copies come back to find the jobs finished
+
+    # Then every job succeeded once, the API was called once per job, the worker lives on
+    assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 5
+    assert [r.attempts for r in results] == [1] * 5
+    assert len(simulator.requests_with(marker)) == 5
+    assert workers[0].alive()
+
+
+def test_a_worker_survives_a_redis_restart_with_jobs_in_flight(
+    start_fleet: Fleet, simulator: Simulator, private_redis: EmbeddedRedis
+) -> None:
+    workers, settings = start_fleet(TIERQ_REDIS_URL=private_redis.url)
+    marker = nonce()
+    with TierqClient(settings) as client:
+        ids = client.submit_many(slow_jobs(marker, 5))
+        wait_until_running(client, ids)
+
+        # When Redis goes away for a few seconds and comes back with its data
+        private_redis.stop(keep_data=True)
+        time.sleep(3)
+        private_redis.start()
+
+        results = client.wait_many(ids, timeout=60)
+        after = client.wait(
+            client.submit(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"{marker} after"}]
+            ),
+            timeout=60,
+        )
+
+    assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 5
+    assert after.status is JobStatus.SUCCEEDED  # the worker reconnected and takes new jobs
+    assert len(simulator.requests_with(marker)) == 6
+    assert workers[0].alive()
+    assert "Unrecoverable error" not in workers[0].log_text()
