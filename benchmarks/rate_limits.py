@@ -39,9 +39,14 @@ from rich.console import Console
 from rich.table import Table
 
 from devkit.local_redis import ensure_redis
-from devkit.processes import ManagedProcess, cpu_seconds, start_simulator, start_worker
+from devkit.processes import (
+    ManagedProcess,
+    cpu_seconds,
+    settings_for,
+    start_simulator,
+    start_worker,
+)
 from producers.client import TierqClient
-from worker.settings import Settings
 from worker.tokens import count_prompt_tokens
 
 WORKERS = 3
@@ -148,7 +153,7 @@ def run(scenario: Scenario, redis_url: str, logs: Path, console: Console) -> Out
         ]
         for worker in workers:
             worker.wait_until(lambda w=worker: "worker.ready" in w.log_text())
-        settings = _settings_for(env)
+        settings = settings_for(env)
         cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         started = time.monotonic()
         with TierqClient(settings) as client:
@@ -199,17 +204,6 @@ def run(scenario: Scenario, redis_url: str, logs: Path, console: Console) -> Out
     )
     console.print(f"[dim]{scenario.name}: done in {wall:.1f}s[/]")
     return outcome
-
-
-def _settings_for(env: dict[str, str]) -> Settings:
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        return Settings(_env_file=None)  # type: ignore[call-arg]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def scenarios(quick: bool) -> list[Scenario]:

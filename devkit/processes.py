@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from worker.settings import Settings
+
 READY_TIMEOUT_SECONDS = 60.0
 
 
@@ -157,3 +159,16 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # utime and stime are fields 14 and 15 of stat(5); after the ")" they sit at 11 and 12.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settings_for(env: Mapping[str, str]) -> Settings:
+    """The settings a process started with `env` reads (without any .env file), so a parent
+    can talk to the Redis and queues of the children it started."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        return Settings(_env_file=None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

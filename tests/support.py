@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: the simulator's handle, nonces, settings for a child's env."""
+"""Helpers shared by the tests: the simulator's handle, nonces, a child's environment."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx2
 
-from worker.settings import Settings
+from devkit.processes import settings_for
 
 TEST_REDIS_URL = os.environ.get("TIERQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # A recognisable fake key: the log tests look for it in every worker log.
@@ -52,13 +52,12 @@ def clean_environment() -> dict[str, str]:
     }
 
 
-def settings_for(env: dict[str, str]) -> Settings:
-    """The settings a process started with `env` reads (without any .env file)."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        return Settings(_env_file=None)  # type: ignore[call-arg]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+__all__ = [
+    "API_KEY",
+    "TEST_REDIS_URL",
+    "WORKER_OVERRIDES",
+    "Simulator",
+    "clean_environment",
+    "nonce",
+    "settings_for",
+]
