@@ -8,14 +8,20 @@ submission is a couple of Redis round trips, well under a millisecond on a local
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio
+from redis.asyncio.client import PubSub as AsyncPubSub
 
-from producers.client import PRODUCER_SOCKET_TIMEOUT_SECONDS, RequestLike, TierqClient
-from producers.polling import DEFAULT_WAIT_SECONDS, Poller
+from producers.client import (
+    PRODUCER_SOCKET_TIMEOUT_SECONDS,
+    SUBSCRIBE_BATCH,
+    RequestLike,
+    TierqClient,
+)
+from producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
 from worker.errors import BrokerUnavailableError, JobNotFoundError
 from worker.results import JobResult
 from worker.settings import Settings, get_settings
@@ -72,17 +78,63 @@ class AsyncTierqClient:
     async def wait_many(
         self, job_ids: Sequence[str], timeout: float = DEFAULT_WAIT_SECONDS
     ) -> list[JobResult]:
-        poller = Poller(job_ids, timeout)
-        while True:
-            pending = poller.pending()
+        finished = {record.job_id: record async for record in self.as_completed(job_ids, timeout)}
+        return [finished[job_id] for job_id in job_ids]
+
+    async def as_completed(
+        self, job_ids: Sequence[str], timeout: float = DEFAULT_WAIT_SECONDS
+    ) -> AsyncIterator[JobResult]:
+        """Yield each job's record as soon as it finishes (see `TierqClient.as_completed`)."""
+        waiter = Waiter(job_ids, timeout)
+        while not waiter.done():
             try:
-                records = await self._fetch(pending)
+                async for record in self._watch(waiter):
+                    yield record
             except redis.RedisError as error:
-                poller.broker_failed(error)
-            else:
-                if poller.absorb(pending, records):
-                    return poller.results()
-            await asyncio.sleep(poller.next_sleep())
+                await asyncio.sleep(waiter.broker_failed(error))
+
+    async def _watch(self, waiter: Waiter) -> AsyncIterator[JobResult]:
+        subscription = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            channels = [self._done_channel(job_id) for job_id in waiter.pending()]
+            for start in range(0, len(channels), SUBSCRIBE_BATCH):
+                await subscription.subscribe(*channels[start : start + SUBSCRIBE_BATCH])
+            announced: list[str] = []
+            while not waiter.done():
+                check = waiter.to_check(announced)
+                finished = (
+                    waiter.finished_among(check, await self._statuses(check)) if check else []
+                )
+                for record in await self._fetch(finished) if finished else []:
+                    if record is not None:
+                        waiter.finish(record)
+                        yield record
+                if not waiter.done():
+                    announced = await self._announced(subscription, waiter.next_wake())
+        finally:
+            await subscription.aclose()  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    async def _announced(subscription: AsyncPubSub, wait_seconds: float) -> list[str]:
+        ids = []
+        message = await subscription.get_message(
+            ignore_subscribe_messages=True, timeout=wait_seconds
+        )
+        while message is not None:
+            if message.get("type") == "message":
+                data = message["data"]
+                ids.append(data.decode() if isinstance(data, bytes) else data)
+            message = await subscription.get_message(ignore_subscribe_messages=True, timeout=0)
+        return ids
+
+    async def _statuses(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self._key(job_id), "status")
+            return list(await pipe.execute())
+
+    def _done_channel(self, job_id: str) -> str:
+        return f"{self.settings.key_prefix}done:{job_id}"
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -24,8 +24,9 @@ from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
+from redis.client import PubSub
 
-from producers.polling import DEFAULT_WAIT_SECONDS, Poller
+from producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
 from worker.app import TASK_NAME, create_app
 from worker.budget import check_fits, job_cost
 from worker.contract import JobEnvelope, JobRequest, parse_job_request, request_size_bytes
@@ -43,6 +44,8 @@ RequestLike = JobRequest | Mapping[str, Any]
 # A producer's Redis commands give up in seconds, so deadlines (wait's timeout) hold.
 PRODUCER_SOCKET_TIMEOUT_SECONDS = 2.0
 PRODUCER_REDIS_RETRIES = 3
+# Channels per SUBSCRIBE command when waiting on many jobs.
+SUBSCRIBE_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,22 +170,46 @@ class TierqClient:
     def wait_many(
         self, job_ids: Sequence[str], timeout: float = DEFAULT_WAIT_SECONDS
     ) -> list[JobResult]:
-        """Wait for every job; one round trip per poll for all unfinished jobs together.
+        """Wait for every job; the records come back in the order of `job_ids`."""
+        finished = {record.job_id: record for record in self.as_completed(job_ids, timeout)}
+        return [finished[job_id] for job_id in job_ids]
 
-        A Redis outage shorter than the wait is ridden out; a longer one raises
+    def as_completed(
+        self, job_ids: Sequence[str], timeout: float = DEFAULT_WAIT_SECONDS
+    ) -> Iterator[JobResult]:
+        """Yield each job's record as soon as it finishes (succeeded or failed).
+
+        Raises `JobWaitTimeout` once `timeout` has passed with jobs still pending. A Redis
+        outage shorter than the wait is ridden out; a longer one raises
         `BrokerUnavailableError` at the deadline.
         """
-        poller = Poller(job_ids, timeout)
-        while True:
-            pending = poller.pending()
+        waiter = Waiter(job_ids, timeout)
+        while not waiter.done():
             try:
-                records = self._store.get_many(pending)
+                yield from self._watch(waiter)
             except redis.RedisError as error:
-                poller.broker_failed(error)
-            else:
-                if poller.absorb(pending, records):
-                    return poller.results()
-            time.sleep(poller.next_sleep())
+                time.sleep(waiter.broker_failed(error))
+
+    def _watch(self, waiter: Waiter) -> Iterator[JobResult]:
+        store = self._store
+        subscription = store.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            # Subscribe first, then read: a job finishing in between is announced, not missed.
+            channels = [store.done_channel(job_id) for job_id in waiter.pending()]
+            for start in range(0, len(channels), SUBSCRIBE_BATCH):
+                subscription.subscribe(*channels[start : start + SUBSCRIBE_BATCH])
+            announced: list[str] = []
+            while not waiter.done():
+                check = waiter.to_check(announced)
+                finished = waiter.finished_among(check, store.statuses(check)) if check else []
+                for record in store.get_many(finished) if finished else []:
+                    if record is not None:
+                        waiter.finish(record)
+                        yield record
+                if not waiter.done():
+                    announced = _announced(subscription, waiter.next_wake())
+        finally:
+            subscription.close()
 
     def close(self) -> None:
         self._store.redis.close()
@@ -193,6 +220,21 @@ class TierqClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _announced(subscription: PubSub, wait_seconds: float) -> list[str]:
+    """Job ids announced as finished: waits up to `wait_seconds` for the first, takes the rest."""
+    ids = []
+    message = subscription.get_message(timeout=wait_seconds)
+    while message is not None:
+        if message.get("type") == "message":
+            ids.append(_decode(message["data"]))
+        message = subscription.get_message(timeout=0)
+    return ids
+
+
+def _decode(data: bytes | str) -> str:
+    return data.decode() if isinstance(data, bytes) else data
 
 
 @contextlib.contextmanager

@@ -134,3 +134,25 @@ def test_a_producer_that_cannot_reach_redis_gets_a_clear_error(settings: Setting
         with pytest.raises(BrokerUnavailableError):
             tierq.wait("some-job", timeout=1)
         assert time.monotonic() - started < 10
+
+
+def test_as_completed_yields_each_job_as_it_finishes(client: TierqClient) -> None:
+    slow = client.submit(model="gpt-4o-mini", messages=user("[sim latency_ms=1500] slow"))
+    fast = client.submit(model="gpt-4o-mini", messages=user("fast"))
+
+    order = [record.job_id for record in client.as_completed([slow, fast], timeout=30)]
+
+    assert order == [fast, slow]
+
+
+def test_the_asyncio_client_yields_jobs_as_they_finish(
+    settings: Settings, client: TierqClient
+) -> None:
+    async def scenario() -> list[str]:
+        async with AsyncTierqClient(settings) as tierq:
+            slow = await tierq.submit(model="gpt-4o", messages=user("[sim latency_ms=1500] s"))
+            fast = await tierq.submit(model="gpt-4o", messages=user("f"))
+            finished = [r.job_id async for r in tierq.as_completed([slow, fast], timeout=30)]
+            return [{slow: "slow", fast: "fast"}[job_id] for job_id in finished]
+
+    assert asyncio.run(scenario()) == ["fast", "slow"]

@@ -55,7 +55,8 @@ return {'claimed', ''}
 
 # Record an attempt's outcome (retrying, succeeded, failed). Only the attempt holding the claim
 # (or, before any claim, anyone) writes, and a success is never overwritten: a late duplicate
-# cannot turn a paid answer into a failure. Returns 1 when written.
+# cannot turn a paid answer into a failure. A final outcome is announced on the job's channel,
+# for waiters (producers/waiting.py). Returns 1 when written.
 _SETTLE = """
 local s = redis.call('HMGET', KEYS[1], 'status', 'owner')
 if s[1] == 'succeeded' then return 0 end
@@ -63,6 +64,9 @@ if s[2] and s[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'record', ARGV[3])
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
 return 1
 """
 
@@ -121,6 +125,10 @@ class JobStore:
     def redis(self) -> redis.Redis:
         return self._redis
 
+    @property
+    def key_prefix(self) -> str:
+        return self._key_prefix
+
     def key(self, job_id: str) -> str:
         return f"{self._key_prefix}job:{job_id}"
 
@@ -158,9 +166,27 @@ class JobStore:
         """Write an attempt's outcome if this attempt (`token`) still owns the job."""
         written = self._settle_script(
             keys=[self.key(result.job_id)],
-            args=[token or "", result.status.value, result.to_json(), self._ttl_seconds],
+            args=[
+                token or "",
+                result.status.value,
+                result.to_json(),
+                self._ttl_seconds,
+                self.done_channel(result.job_id),
+                result.job_id,
+            ],
         )
         return bool(written)
+
+    def done_channel(self, job_id: str) -> str:
+        """The pub/sub channel on which the job's final outcome is announced."""
+        return f"{self._key_prefix}done:{job_id}"
+
+    def statuses(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """Each job's status alone (not its record), in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.key(job_id), "status")
+        return list(pipe.execute())
 
     def get(self, job_id: str) -> JobResult | None:
         raw = self._redis.hget(self.key(job_id), "record")
