@@ -20,6 +20,9 @@ from worker.settings import Settings
 # Loggers whose DEBUG output would carry prompts or headers: the SDK and HTTP clients print
 # request bodies, Celery's pool prints each task's arguments (the whole job request).
 QUIET_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "urllib3", "celery.pool")
+# Celery's own line per task received and per task done: tierq logs one canonical line per job
+# (job.finished) with more in it, so these two are held at WARNING (their errors still show).
+PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 
 
 def configure_logging(settings: Settings, *, stream: Any = None) -> None:
@@ -61,5 +64,5 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    for name in QUIET_LOGGERS:
+    for name in (*QUIET_LOGGERS, *PER_TASK_LOGGERS):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -22,6 +22,7 @@ lower a configured limit that is higher than what the API allows.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import redis
@@ -33,6 +34,8 @@ from worker.settings import LimiterSettings, Settings
 LEARNED = -1
 # Seconds a usage counter (per group and minute) is kept, for `tierq limits`.
 USAGE_TTL_SECONDS = 180
+# How long a process trusts that a group has no limit at all before asking Redis again.
+OPEN_GROUP_RECHECK_SECONDS = 1.0
 
 _COMMON = """
 local t = redis.call('TIME')
@@ -53,7 +56,8 @@ end
 
 # KEYS: state hash, usage key prefix. ARGV: rpm, tpm, cost tokens, burst s, headroom, max wait s.
 # Returns {status, wait seconds, tpm}: status 1 reserved (start after wait), 0 not reserved
-# (the wait is longer than max wait), -1 the call alone exceeds the TPM limit.
+# (the wait is longer than max wait), -1 the call alone exceeds the TPM limit, 2 the group has
+# no limit and no pause (nothing reserved or counted).
 _ACQUIRE = (
     _COMMON
     + """
@@ -69,6 +73,8 @@ if tpm > 0 and cost > tpm then return {-1, '0', tostring(tpm)} end
 
 local tat_r = tonumber(s[1]) or 0
 local tat_t = tonumber(s[2]) or 0
+local paused = (tonumber(s[3]) or 0) > now
+if rpm <= 0 and tpm <= 0 and not paused then return {2, '0', '0'} end
 local start = math.max(now, tonumber(s[3]) or 0)
 local step_r = interval_of(rpm, headroom)
 local step_t = interval_of(tpm, headroom) * cost
@@ -155,7 +161,13 @@ class GroupUsage:
 
 
 class SharedRateLimiter:
-    """Admits calls within each group's RPM and TPM; thread-safe, one per process is enough."""
+    """Admits calls within each group's RPM and TPM; thread-safe, one per process is enough.
+
+    A group with no limit configured, none learned and no pause has nothing to admit against;
+    after one script call says so, the process skips the script for that group for
+    `OPEN_GROUP_RECHECK_SECONDS` (a limit learned or a 429 seen by any worker is picked up
+    within that time; one seen by this process, at once).
+    """
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._redis = client
@@ -166,6 +178,7 @@ class SharedRateLimiter:
         self._adjust = client.register_script(_ADJUST)
         self._pause = client.register_script(_PAUSE)
         self._learned: dict[str, tuple[int | None, int | None]] = {}
+        self._open_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def _keys(self, group: str) -> list[str]:
@@ -179,6 +192,8 @@ class SharedRateLimiter:
 
     def acquire(self, group: str, cost_tokens: int) -> Admission:
         """Reserve a start time for one call costing `cost_tokens` (prompt + output reserved)."""
+        if self._open_until.get(group, 0.0) > time.monotonic():
+            return Admission(reserved=True, wait_seconds=0.0)
         rpm, tpm = self._limits(group)
         status, wait, limit = self._acquire(
             keys=self._keys(group),
@@ -192,6 +207,9 @@ class SharedRateLimiter:
                 USAGE_TTL_SECONDS,
             ],
         )
+        if int(status) == 2:
+            self._open_until[group] = time.monotonic() + OPEN_GROUP_RECHECK_SECONDS
+            return Admission(reserved=True, wait_seconds=0.0)
         return Admission(
             reserved=int(status) == 1,
             wait_seconds=max(0.0, float(wait)),
@@ -199,9 +217,13 @@ class SharedRateLimiter:
             tpm=int(float(limit)),
         )
 
+    def is_open(self, group: str) -> bool:
+        """Whether this process believes `group` has no limit (no budget to correct)."""
+        return self._open_until.get(group, 0.0) > time.monotonic()
+
     def adjust(self, group: str, delta_tokens: int) -> None:
         """Correct a call's spent tokens by `delta_tokens` once its real usage is known."""
-        if delta_tokens:
+        if delta_tokens and not self.is_open(group):
             _, tpm = self._limits(group)
             self._adjust(
                 keys=self._keys(group),
@@ -210,6 +232,7 @@ class SharedRateLimiter:
 
     def pause(self, group: str, seconds: float) -> float:
         """Hold every worker's calls in `group` for `seconds` (a 429, or the API says "spent")."""
+        self._open_until.pop(group, None)
         return float(self._pause(keys=self._keys(group)[:1], args=[max(0.0, seconds)]))
 
     def learn(self, group: str, headers: RateLimitHeaders) -> None:
@@ -221,6 +244,7 @@ class SharedRateLimiter:
             if self._learned.get(group) == learned:
                 return
             self._learned[group] = learned
+        self._open_until.pop(group, None)
         items: list[str | int] = []
         for name, value in (("learned_rpm", learned[0]), ("learned_tpm", learned[1])):
             if value is not None:

@@ -1,0 +1,1 @@
+"""Benchmark scripts: each starts its own simulator and workers and prints its figures."""

@@ -1,0 +1,48 @@
+"""The reference every user knows: `AsyncOpenAI` with an `asyncio.Semaphore`, no queue at all.
+
+    python -m benchmarks.direct_client BASE_URL JOBS CONCURRENCY
+
+Run as its own process so its CPU time is its own; prints one JSON line: jobs, seconds,
+cpu_seconds (user + system).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+
+import openai
+
+
+async def run(base_url: str, jobs: int, concurrency: int) -> float:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-benchmark", max_retries=0)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"job {i}"}]
+            )
+
+    await one(-1)  # warm the connection pool
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(jobs)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+def main() -> None:
+    base_url, jobs, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = asyncio.run(run(base_url, jobs, concurrency))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    print(json.dumps({"jobs": jobs, "seconds": seconds, "cpu_seconds": cpu}))
+
+
+if __name__ == "__main__":
+    main()
