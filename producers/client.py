@@ -44,6 +44,8 @@ RequestLike = JobRequest | Mapping[str, Any]
 # A producer's Redis commands give up in seconds, so deadlines (wait's timeout) hold.
 PRODUCER_SOCKET_TIMEOUT_SECONDS = 2.0
 PRODUCER_REDIS_RETRIES = 3
+# Messages per pipelined publish when submitting many jobs.
+PUBLISH_BATCH = 500
 # Channels per SUBSCRIBE command when waiting on many jobs.
 SUBSCRIBE_BATCH = 1000
 
@@ -124,24 +126,39 @@ class TierqClient:
         except redis.RedisError as error:
             raise BrokerUnavailableError(f"cannot reach Redis to record the job: {error}") from None
         published: list[str] = []
+        batch: list[JobEnvelope] = []
         try:
             with self._app.producer_or_acquire() as producer:
-                for envelope in envelopes:
-                    self._app.send_task(
-                        TASK_NAME,
-                        args=[envelope.to_message()],
-                        task_id=envelope.job_id,
-                        producer=producer,
-                    )
-                    published.append(envelope.job_id)
+                for start in range(0, len(envelopes), PUBLISH_BATCH):
+                    batch = envelopes[start : start + PUBLISH_BATCH]
+                    # kombu's batch sends the whole batch in one pipelined round trip.
+                    with producer.batch(max_size=PUBLISH_BATCH + 1):
+                        for envelope in batch:
+                            self._publish(envelope, producer)
+                    published.extend(envelope.job_id for envelope in batch)
         except (OperationalError, redis.RedisError, OSError) as error:
-            unpublished = [e.job_id for e in envelopes if e.job_id not in set(published)]
-            self._forget(unpublished)
+            # The failed batch may or may not have reached Redis; its records stay (they expire
+            # with the TTL) so its jobs can still be looked up. Later ones were never sent.
+            unsent = envelopes[len(published) + len(batch) :]
+            self._forget([envelope.job_id for envelope in unsent])
             raise BrokerUnavailableError(
-                f"cannot reach the broker; {len(published)} of {len(envelopes)} jobs were "
-                f"enqueued before it failed: {error}"
+                f"cannot reach the broker: {len(published)} of {len(envelopes)} jobs were "
+                f"enqueued, {len(batch)} may have been, {len(unsent)} were not: {error}",
+                job_ids=published,
             ) from None
         return published
+
+    def _publish(self, envelope: JobEnvelope, producer: Any) -> None:
+        self._app.send_task(
+            TASK_NAME,
+            args=[envelope.to_message()],
+            task_id=envelope.job_id,
+            producer=producer,
+            # What Celery would put in the message headers (and show in Flower and events) is
+            # a repr of the arguments: the prompt. Name the job instead, which is also cheaper.
+            argsrepr=f"(job {envelope.job_id})",
+            kwargsrepr="{}",
+        )
 
     def _forget(self, job_ids: Sequence[str]) -> None:
         # The records expire on their own if this fails too; the caller already gets an error.

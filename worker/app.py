@@ -54,7 +54,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # TCP keepalive: NATs and load balancers drop silent connections.
             "socket_keepalive": True,
             "socket_connect_timeout": 5,
-            "retry_on_timeout": True,
+            # No command-level retry on a timeout: a retried LPUSH could enqueue a job twice,
+            # and kombu batches publishes (one round trip for many) only without it. Lost
+            # connections are retried by Celery (below, and broker_connection_retry).
+            "retry_on_timeout": False,
         },
         # A publish (a submission, or a retry re-queued with its countdown) that meets a broker
         # blip is retried for about 30 s before it fails loudly; it is never dropped silently.

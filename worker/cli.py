@@ -8,7 +8,9 @@ Redis connections are per greenlet). Concurrency comes from the tier's settings 
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -17,7 +19,7 @@ from celery import signals
 
 from worker.admission import AdmissionGate
 from worker.app import create_app
-from worker.completions import build_client
+from worker.completions import CallOutcome, build_client, call_chat_completions
 from worker.errors import ConfigurationError
 from worker.execution import JobRunner
 from worker.jobstore import JobStore
@@ -77,10 +79,13 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     app = create_app(settings)
     store = JobStore.from_settings(settings)
     limiter = SharedRateLimiter(store.redis, settings) if settings.limiter.enabled else None
+    call: Callable[[dict[str, Any]], CallOutcome] = functools.partial(
+        call_chat_completions, build_client(settings, max_connections=concurrency)
+    )
     runner = JobRunner(
         settings,
         tier=tier,
-        client=build_client(settings, max_connections=concurrency),
+        call=call,
         store=store,
         gate=AdmissionGate(settings, limiter),
     )

@@ -64,14 +64,18 @@ def call_chat_completions(client: openai.OpenAI, params: dict[str, Any]) -> Call
     except openai.OpenAIError as error:
         raise translate(error) from error
     except ValidationError as error:
-        # The API answered (and likely billed) but the body is not a chat completion: calling
-        # again would pay twice for the same answer, so this fails the job, naming the field.
-        first = error.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise PermanentProviderError(
-            f"the API's answer is not a chat completion ({where}: {first['msg']})",
-            kind="invalid_response",
-        ) from None
+        raise _not_a_completion(error) from None
+
+
+def _not_a_completion(error: ValidationError) -> PermanentProviderError:
+    # The API answered (and likely billed) but the body is not a chat completion: calling
+    # again would pay twice for the same answer, so this fails the job, naming the field.
+    first = error.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return PermanentProviderError(
+        f"the API's answer is not a chat completion ({where}: {first['msg']})",
+        kind="invalid_response",
+    )
 
 
 def _assemble_stream(stream: openai.Stream[Any]) -> ChatCompletion:
@@ -86,6 +90,10 @@ def _assemble_stream(stream: openai.Stream[Any]) -> ChatCompletion:
         for chunk in stream:
             state.handle_chunk(chunk)
             chunks += 1
+    return _completion_from(state, chunks)
+
+
+def _completion_from(state: ChatCompletionStreamState[Any], chunks: int) -> ChatCompletion:
     if not chunks:
         raise ProviderUnavailableError("the API's stream ended before any chunk", kind="api_error")
     # Nulls the stream never set are dropped, then filled by our model's defaults: the result

@@ -97,7 +97,14 @@ class AdmissionDeferred(TierqError):
 
 
 class BrokerUnavailableError(TierqError, ConnectionError):
-    """Raised when Redis cannot be reached; the job was not enqueued and may be submitted again."""
+    """Raised when Redis cannot be reached; the job was not enqueued and may be submitted again.
+
+    From `submit_many`, `job_ids` lists the jobs that were enqueued before the failure.
+    """
+
+    def __init__(self, message: str, job_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids or []
 
 
 class JobNotFoundError(TierqError, LookupError):

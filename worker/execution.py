@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import openai
 import structlog
 from pydantic import ValidationError
 
 from worker.admission import AdmissionGate
-from worker.completions import call_chat_completions
+from worker.completions import CallOutcome
 from worker.contract import JobEnvelope
 from worker.errors import (
     AdmissionDeferred,
@@ -54,13 +54,13 @@ class JobRunner:
         settings: Settings,
         *,
         tier: str,
-        client: openai.OpenAI,
+        call: Callable[[dict[str, Any]], CallOutcome],
         store: JobStore,
         gate: AdmissionGate,
     ) -> None:
         self.settings = settings
         self.tier = tier
-        self.client = client
+        self.call = call
         self.store = store
         self.gate = gate
         self.lease_seconds = settings.request_timeout_seconds + LEASE_MARGIN_SECONDS
@@ -102,7 +102,7 @@ class JobRunner:
 
         began = time.perf_counter()
         try:
-            outcome = call_chat_completions(self.client, api_params(request, tier))
+            outcome = self.call(api_params(request, tier))
         except RateLimitedError as error:
             self.gate.after_rate_limited(request.model, cost, error)
             raise
