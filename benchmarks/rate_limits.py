@@ -1,7 +1,7 @@
 """Fleet-wide rate limits: Celery's per-worker `rate_limit` against tierq's shared limiter.
 
-    .venv/bin/python benchmarks/rate_limits.py            # the full run (about 5 minutes)
-    .venv/bin/python benchmarks/rate_limits.py --quick    # a smoke run (under a minute)
+    .venv/bin/python -m benchmarks.rate_limits            # the full run (about 5 minutes)
+    .venv/bin/python -m benchmarks.rate_limits --quick    # a smoke run (under a minute)
 
 The same workload, side by side in one run: a burst of jobs on 3 worker processes of one tier,
 against the simulator enforcing an RPM limit, then a TPM limit, through
