@@ -75,6 +75,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # tierq configures logging itself (structlog); Celery must not replace the root logger.
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
+        # On SIGTERM (remapped to Celery's cold shutdown by `tierq worker`), running jobs get
+        # this long to finish before the rest are handed back to the queue.
+        "worker_soft_shutdown_timeout": settings.shutdown_grace_seconds,
         # Status is recorded by tierq (running, retrying, ...); Celery's STARTED state is unused.
         "task_track_started": False,
         "enable_utc": True,

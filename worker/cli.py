@@ -9,6 +9,7 @@ Redis connections are per greenlet). Concurrency comes from the tier's settings 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +19,14 @@ import structlog
 from celery import signals
 
 from worker.admission import AdmissionGate
-from worker.app import create_app
+from worker.app import TASK_NAME, create_app
 from worker.completions import CallOutcome, build_client, call_chat_completions
 from worker.errors import ConfigurationError
 from worker.execution import JobRunner
 from worker.jobstore import JobStore
 from worker.logging import configure_logging
 from worker.ratelimit import SharedRateLimiter
+from worker.recovery import Leases
 from worker.settings import Settings, get_settings
 from worker.tasks import register_tasks
 
@@ -53,7 +55,6 @@ def _keep_our_logging(**_: Any) -> None:
 def worker_argv(settings: Settings, tier: str, concurrency: int, loglevel: str) -> list[str]:
     return [
         "worker",
-        "--pool=threads",
         f"--concurrency={concurrency}",
         f"--queues={settings.queue_for(tier)}",
         # Unique per process, so several workers of a tier can share a host.
@@ -82,14 +83,30 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     call: Callable[[dict[str, Any]], CallOutcome] = functools.partial(
         call_chat_completions, build_client(settings, max_connections=concurrency)
     )
+
+    def requeue(job_id: str, message: dict[str, Any], attempts: int) -> None:
+        # The reaper's re-queue: the kept message, on the job's tier queue, attempts kept.
+        app.send_task(
+            TASK_NAME,
+            args=[message],
+            task_id=job_id,
+            retries=max(0, attempts - 1),
+            argsrepr=f"(job {job_id})",
+            kwargsrepr="{}",
+        )
+
+    leases = Leases(store, settings.lease_seconds, requeue)
     runner = JobRunner(
         settings,
         tier=tier,
         call=call,
         store=store,
         gate=AdmissionGate(settings, limiter),
+        leases=leases,
     )
     register_tasks(app, runner)
+    # Celery's threads pool, minus the final join of calls given up on (worker/pool.py).
+    app.conf.worker_pool = "worker.pool:TaskPool"
     if tier_settings.rate_limit:
         # Celery's rate limit is per worker process: a per-process cap, not a fleet-wide one.
         app.conf.task_annotations = {"tierq.complete": {"rate_limit": tier_settings.rate_limit}}
@@ -107,7 +124,22 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
         rate_limit=tier_settings.rate_limit,
         shared_limiter=settings.limiter.enabled,
     )
-    app.worker_main(worker_argv(settings, tier, concurrency, loglevel or settings.log_level))
+    # SIGTERM takes Celery's cold shutdown with a soft wait (worker_soft_shutdown_timeout):
+    # running jobs finish within the grace period, the rest go back to the queue. Celery's
+    # default (a warm shutdown) would wait for every running job however long it takes.
+    os.environ["REMAP_SIGTERM"] = "SIGQUIT"
+    leases.start()
+    code: int | str | None = 0
+    try:
+        app.worker_main(worker_argv(settings, tier, concurrency, loglevel or settings.log_level))
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        leases.stop()
+    # Exit now: the interpreter would otherwise join pool threads still in a call that the
+    # shutdown gave up on (their jobs are back on the queue).
+    logging.shutdown()
+    os._exit(code if isinstance(code, int) else 1)
 
 
 @click.command("worker")

@@ -7,6 +7,7 @@ The task wrapper (`worker.tasks`) turns `RetryableProviderError` into a Celery r
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from worker.errors import (
     RequestTooLargeError,
 )
 from worker.jobstore import JobStore
+from worker.recovery import Leases
 from worker.results import JobError, JobResult, JobStatus
 from worker.settings import Settings, TierSettings
 from worker.tiers import api_params, check_model_rules
@@ -38,8 +40,6 @@ log = structlog.get_logger("tierq.worker")
 # The token of the attempt this thread is running, for the retry and failure hooks Celery
 # calls after the task body (in the same thread).
 _attempt_token: ContextVar[str | None] = ContextVar("tierq_attempt_token", default=None)
-# A claim outlives the longest call by this margin before another delivery may take over.
-LEASE_MARGIN_SECONDS = 30.0
 
 
 def utcnow() -> datetime:
@@ -57,13 +57,14 @@ class JobRunner:
         call: Callable[[dict[str, Any]], CallOutcome],
         store: JobStore,
         gate: AdmissionGate,
+        leases: Leases,
     ) -> None:
         self.settings = settings
         self.tier = tier
         self.call = call
         self.store = store
         self.gate = gate
-        self.lease_seconds = settings.request_timeout_seconds + LEASE_MARGIN_SECONDS
+        self.leases = leases
 
     @staticmethod
     def decode(message: Any) -> JobEnvelope:
@@ -80,13 +81,12 @@ class JobRunner:
         request = envelope.request
         structlog.contextvars.bind_contextvars(model=request.model, tier=envelope.tier)
         tier = self._check_tier(envelope)
-        # Wait for the shared RPM/TPM budget before the job counts as running.
-        cost = self.gate.before_call(envelope)
 
         token = uuid.uuid4().hex
         started_at = utcnow()
         running = self._record(envelope, JobStatus.RUNNING, attempt, worker, started_at=started_at)
-        claim = self.store.claim(running, token, self.lease_seconds)
+        kept = json.dumps(message, separators=(",", ":"))
+        claim = self.store.claim(running, token, self.leases.lease_seconds, kept)
         if claim.finished is not None:
             # A redelivered message of a job that already ended: its call is not made again.
             log.info("job.already_finished", status=claim.finished.status.value)
@@ -98,7 +98,28 @@ class JobRunner:
             log.info("job.duplicate_delivery", lease_left_seconds=round(claim.busy_for_seconds, 3))
             raise AdmissionDeferred(claim.busy_for_seconds + 1.0)
         _attempt_token.set(token)
-        log.debug("job.started", queued_ms=_ms(started_at - envelope.submitted_at))
+        self.leases.hold(envelope.job_id, token)
+        try:
+            return self._attempt(envelope, tier, running, token)
+        finally:
+            self.leases.release(envelope.job_id)
+
+    def _attempt(
+        self, envelope: JobEnvelope, tier: TierSettings, running: JobResult, token: str
+    ) -> JobResult:
+        request = envelope.request
+        try:
+            # Wait for the shared RPM/TPM budget (the claim is held, so a crash here loses
+            # nothing: the reaper re-queues the job when its lease lapses).
+            cost = self.gate.before_call(envelope)
+        except AdmissionDeferred as deferred:
+            # The wait is long: hand the job back, queued, and on watch until it is due.
+            queued = running.model_copy(update={"status": JobStatus.QUEUED, "started_at": None})
+            self.store.settle(
+                queued, token, due_in_seconds=deferred.wait_seconds + self.leases.lease_seconds
+            )
+            raise
+        log.debug("job.started", queued_ms=_ms(utcnow() - envelope.submitted_at))
 
         began = time.perf_counter()
         try:
@@ -118,7 +139,9 @@ class JobRunner:
                 "finished_at": utcnow(),
             }
         )
-        self.store.settle(result, token)
+        if not self.store.settle(result, token):
+            log.info("job.result_discarded", reason="cancelled, or taken over by another attempt")
+            return result
         self._log_finished(result, api_ms=api_ms)
         return result
 
@@ -150,7 +173,10 @@ class JobRunner:
             error=_job_error(error, retried=True),
             retry_at=retry_at,
         )
-        self.store.settle(record, _attempt_token.get())
+        # The retry is due after `wait`; if no worker has taken it a lease later, it is reaped.
+        self.store.settle(
+            record, _attempt_token.get(), due_in_seconds=wait + self.leases.lease_seconds
+        )
         log.warning(
             "job.retrying",
             attempt=attempt,
@@ -173,7 +199,10 @@ class JobRunner:
         record = self._record(
             envelope, JobStatus.FAILED, attempt, worker, error=job_error, finished_at=utcnow()
         )
-        self.store.settle(record, _attempt_token.get())
+        # Dead letters: jobs that failed for want of attempts or of a broker, not for what
+        # they asked; `tierq retry` can run them again.
+        dead = job_error.retried or job_error.type in ("broker_unavailable", "internal_error")
+        self.store.settle(record, _attempt_token.get(), dead_letter=dead)
         log.error(
             "job.finished",
             status="failed",

@@ -21,6 +21,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from worker.keys import Keys
 from worker.results import JobResult, JobStatus
 from worker.settings import Settings
 
@@ -29,46 +30,68 @@ HEALTH_CHECK_INTERVAL_SECONDS = 25
 # Attempts of one Redis command across a brief outage (with exponential back-off, ~10 s in all).
 REDIS_COMMAND_RETRIES = 8
 
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
 # Claim a job for one attempt (a delivery of its message), identified by a token.
-# - A job that already ended is not reopened: its call is never paid for again. -> final
+# KEYS: job, watch. ARGV: token, running record, lease seconds, ttl, queue message, job id.
+# - A job that already ended (succeeded, failed, cancelled) is not reopened: its call is never
+#   paid for again. -> final
 # - A job another attempt is running, with its lease still valid, is left to it: Redis hands
 #   unacked messages out again when a worker's connection drops, while the first attempt is
 #   still running. -> busy, with the seconds left on that lease
 # - Otherwise (queued, retrying, or a running attempt whose lease lapsed: its worker died)
-#   the record becomes this attempt's, for `lease` seconds. -> claimed
-_CLAIM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+#   the record becomes this attempt's for `lease` seconds (renewed while it runs), the job goes
+#   on the watch list until then, and the message is kept for a re-queue. -> claimed
+_CLAIM = (
+    _NOW
+    + """
 local s = redis.call('HMGET', KEYS[1], 'status', 'owner', 'lease_until')
-if s[1] == 'succeeded' or s[1] == 'failed' then
+if s[1] == 'succeeded' or s[1] == 'failed' or s[1] == 'cancelled' then
   return {'final', redis.call('HGET', KEYS[1], 'record')}
 end
 if s[1] == 'running' and s[2] and s[2] ~= ARGV[1] then
   local left = (tonumber(s[3]) or 0) - now
   if left > 0 then return {'busy', tostring(left)} end
 end
+local lease_until = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'running', 'record', ARGV[2], 'owner', ARGV[1],
-           'lease_until', tostring(now + tonumber(ARGV[3])))
+           'lease_until', tostring(lease_until))
+redis.call('HSETNX', KEYS[1], 'message', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], lease_until, ARGV[6])
 return {'claimed', ''}
 """
+)
 
-# Record an attempt's outcome (retrying, succeeded, failed). Only the attempt holding the claim
-# (or, before any claim, anyone) writes, and a success is never overwritten: a late duplicate
-# cannot turn a paid answer into a failure. A final outcome is announced on the job's channel,
-# for waiters (producers/waiting.py). Returns 1 when written.
-_SETTLE = """
+# Record an attempt's outcome: retrying, succeeded, failed, or (released for a rate-limit wait)
+# queued. KEYS: job, watch, dead. ARGV: token, status, record, ttl, done channel, job id,
+# seconds until the job must have moved on (non-final outcomes), dead-letter it (1 or 0).
+# Only the attempt holding the claim (or, before any claim, anyone) writes; a success or a
+# cancellation is never overwritten, so a late duplicate cannot turn a paid answer into a
+# failure. A final outcome leaves the watch list and is announced on the job's channel, for
+# waiters (producers/waiting.py); an exhausted one joins the dead letters. Returns 1 if written.
+_SETTLE = (
+    _NOW
+    + """
 local s = redis.call('HMGET', KEYS[1], 'status', 'owner')
-if s[1] == 'succeeded' then return 0 end
+if s[1] == 'succeeded' or s[1] == 'cancelled' then return 0 end
 if s[2] and s[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'record', ARGV[3])
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' then
+  redis.call('ZREM', KEYS[2], ARGV[6])
   redis.call('PUBLISH', ARGV[5], ARGV[6])
+else
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[7]), ARGV[6])
 end
+if ARGV[8] == '1' then redis.call('ZADD', KEYS[3], now, ARGV[6]) end
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +132,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, *, key_prefix: str, ttl_seconds: int) -> None:
         self._redis = client
         self._key_prefix = key_prefix
+        self.keys = Keys(key_prefix)
         self._ttl_seconds = ttl_seconds
         self._claim_script = client.register_script(_CLAIM)
         self._settle_script = client.register_script(_SETTLE)
@@ -130,7 +154,7 @@ class JobStore:
         return self._key_prefix
 
     def key(self, job_id: str) -> str:
-        return f"{self._key_prefix}job:{job_id}"
+        return self.keys.job(job_id)
 
     def save(self, result: JobResult) -> None:
         """Write the record as it stands and restart its TTL."""
@@ -149,12 +173,19 @@ class JobStore:
             pipe.expire(key, self._ttl_seconds)
         pipe.execute()
 
-    def claim(self, result: JobResult, token: str, lease_seconds: float) -> Claim:
+    def claim(self, result: JobResult, token: str, lease_seconds: float, message: str) -> Claim:
         """Make the job this attempt's (status running), unless it ended or another attempt
-        holds a live lease on it."""
+        holds a live lease on it. `message` (the queue message, JSON) is kept for a re-queue."""
         outcome, detail = self._claim_script(
-            keys=[self.key(result.job_id)],
-            args=[token, result.to_json(), lease_seconds, self._ttl_seconds],
+            keys=[self.key(result.job_id), self.keys.watch],
+            args=[
+                token,
+                result.to_json(),
+                lease_seconds,
+                self._ttl_seconds,
+                message,
+                result.job_id,
+            ],
         )
         if outcome == b"final":
             return Claim(claimed=False, finished=JobResult.from_json(detail))
@@ -162,24 +193,38 @@ class JobStore:
             return Claim(claimed=False, busy_for_seconds=float(detail))
         return Claim(claimed=True)
 
-    def settle(self, result: JobResult, token: str | None) -> bool:
-        """Write an attempt's outcome if this attempt (`token`) still owns the job."""
+    def settle(
+        self,
+        result: JobResult,
+        token: str | None,
+        *,
+        due_in_seconds: float = 0.0,
+        dead_letter: bool = False,
+    ) -> bool:
+        """Write an attempt's outcome if this attempt (`token`) still owns the job.
+
+        A job that is not finished (retrying, or queued again) must move on within
+        `due_in_seconds`, or a reaper re-queues it; `dead_letter` adds a failed job to the
+        dead letters.
+        """
         written = self._settle_script(
-            keys=[self.key(result.job_id)],
+            keys=[self.key(result.job_id), self.keys.watch, self.keys.dead],
             args=[
                 token or "",
                 result.status.value,
                 result.to_json(),
                 self._ttl_seconds,
-                self.done_channel(result.job_id),
+                self.keys.done_channel(result.job_id),
                 result.job_id,
+                due_in_seconds,
+                "1" if dead_letter else "0",
             ],
         )
         return bool(written)
 
     def done_channel(self, job_id: str) -> str:
         """The pub/sub channel on which the job's final outcome is announced."""
-        return f"{self._key_prefix}done:{job_id}"
+        return self.keys.done_channel(job_id)
 
     def statuses(self, job_ids: Sequence[str]) -> list[bytes | None]:
         """Each job's status alone (not its record), in one round trip."""

@@ -169,6 +169,13 @@ class Settings(BaseSettings):
     request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
     # How long job records (and their results) stay readable in Redis.
     result_ttl_seconds: Annotated[int, Field(ge=1)] = 86_400
+    # A running job's claim lasts this long unless its worker renews it (every third of it);
+    # a job whose worker died is re-queued about this long after (worker/recovery.py).
+    lease_seconds: Annotated[int, Field(ge=5, le=600)] = 30
+    # After SIGTERM (an orchestrator scaling down), running jobs get this long to finish; the
+    # rest are handed back to the queue and run elsewhere. Keep it under the orchestrator's own
+    # grace (Kubernetes: terminationGracePeriodSeconds, 30 by default).
+    shutdown_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 25.0
     # Redis's redelivery delay for a job whose worker died; must outlast any call plus retry wait.
     visibility_timeout_seconds: Annotated[int, Field(ge=60)] = 3_600
     # Largest accepted job request, as JSON; bigger ones are refused before enqueueing.

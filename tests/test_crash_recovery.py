@@ -1,0 +1,153 @@
+"""Workers killed or stopped mid-call: no job lost, none paid for twice, recovery in seconds.
+
+Each test prints its figures (jobs, results, API calls, recovery time) for the record.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from devkit.processes import ManagedProcess, log_events
+from producers.client import TierqClient
+from tests.support import Simulator, nonce
+from worker.results import JobStatus
+from worker.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
+# The test workers' 3 s call timeout would cut these 20 s calls.
+LONG_CALLS = {"TIERQ_REQUEST_TIMEOUT_SECONDS": "60"}
+
+
+def slow_jobs(marker: str, count: int, latency_ms: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "user", "content": f"{marker} {i} [sim latency_ms={latency_ms}]"}
+            ],
+        }
+        for i in range(count)
+    ]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until `condition` held; fails the test after `timeout`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def same_queues(settings: Settings) -> dict[str, str]:
+    """Settings for another worker on the same queues and job records as `settings`."""
+    return {"TIERQ_QUEUE_PREFIX": settings.queue_prefix, "TIERQ_KEY_PREFIX": settings.key_prefix}
+
+
+def finished_lines(workers: list[ManagedProcess]) -> list[str]:
+    return [
+        str(event["job_id"])
+        for worker in workers
+        for event in log_events(worker.log_path)
+        if event.get("event") == "job.finished" and event.get("status") == "succeeded"
+    ]
+
+
+def test_a_killed_workers_jobs_run_again_elsewhere_within_a_minute(
+    start_fleet: Fleet, simulator: Simulator
+) -> None:
+    # Given worker A runs 50 jobs of 10 s each, with a 6 s lease
+    lease = {"TIERQ_LEASE_SECONDS": "6", **LONG_CALLS}
+    (doomed,), settings = start_fleet(concurrency=50, **lease)
+    marker = nonce()
+    with TierqClient(settings) as client:
+        ids = client.submit_many(slow_jobs(marker, 50, 10_000))
+        wait_for(
+            lambda: all(r and r.status is JobStatus.RUNNING for r in client.get_many(ids)),
+            30,
+            "50 jobs running",
+        )
+        # When A is killed outright, and worker B (same tier, same settings) is running
+        doomed_node = client.get(ids[0]).worker
+        (survivor,), _ = start_fleet(concurrency=50, **lease, **same_queues(settings))
+        doomed.signal(signal.SIGKILL)
+
+        def all_running_elsewhere() -> bool:
+            return all(
+                r is not None and r.status is JobStatus.RUNNING and r.worker != doomed_node
+                for r in client.get_many(ids)
+            )
+
+        recovery = wait_for(all_running_elsewhere, 60, "every job running again on B")
+        results = client.wait_many(ids, timeout=90)
+
+    calls = simulator.requests_with(marker)
+    print(  # the figures of this run, for the record
+        f"\nSIGKILL: jobs=50 results={len(results)} api_calls={len(calls)} recovery={recovery:.1f}s"
+    )
+    # Then nothing is lost, each job has one result, and the API was called at most twice per
+    # job (the call cut by the kill, and the one that finished)
+    assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 50
+    assert recovery <= 60
+    assert len(calls) <= 50 + 50
+    assert sorted(finished_lines([survivor])) == sorted(ids)
+
+
+def test_sigterm_lets_running_jobs_finish_and_loses_nothing(
+    start_fleet: Fleet, simulator: Simulator
+) -> None:
+    # Given worker A runs 10 jobs of 2 s with 20 more queued behind them (grace: 20 s)
+    (stopping,), settings = start_fleet(concurrency=10, TIERQ_SHUTDOWN_GRACE_SECONDS="20")
+    marker = nonce()
+    with TierqClient(settings) as client:
+        ids = client.submit_many(slow_jobs(marker, 30, 2_000))
+        wait_for(
+            lambda: sum(r is not None and r.status is JobStatus.RUNNING
+                        for r in client.get_many(ids)) == 10,
+            30,
+            "10 jobs running",
+        )  # fmt: skip
+        # When A is told to stop (what an orchestrator sends) and B takes over the queue
+        stopping.signal(signal.SIGTERM)
+        (successor,), _ = start_fleet(concurrency=10, **same_queues(settings))
+        results = client.wait_many(ids, timeout=90)
+        wait_for(lambda: not stopping.alive(), 30, "A exiting")
+
+    calls = simulator.requests_with(marker)
+    print(f"\nSIGTERM: jobs=30 results={len(results)} api_calls={len(calls)}")
+    # Then A finished what it ran, B ran the rest, and each job was called exactly once
+    assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 30
+    assert len(calls) == 30
+    assert sorted(finished_lines([stopping, successor])) == sorted(ids)
+
+
+def test_sigterm_past_the_grace_period_hands_running_jobs_back(
+    start_fleet: Fleet, simulator: Simulator
+) -> None:
+    # Given worker A runs 5 jobs of 10 s, and may take only 2 s to stop
+    settings_a = {"TIERQ_SHUTDOWN_GRACE_SECONDS": "2", "TIERQ_LEASE_SECONDS": "5", **LONG_CALLS}
+    (stopping,), settings = start_fleet(concurrency=5, **settings_a)
+    marker = nonce()
+    with TierqClient(settings) as client:
+        ids = client.submit_many(slow_jobs(marker, 5, 10_000))
+        wait_for(
+            lambda: all(r and r.status is JobStatus.RUNNING for r in client.get_many(ids)),
+            30,
+            "5 jobs running",
+        )
+        stopping.signal(signal.SIGTERM)
+        stopped = wait_for(lambda: not stopping.alive(), 30, "A exiting within its grace")
+        start_fleet(concurrency=5, TIERQ_LEASE_SECONDS="5", **LONG_CALLS, **same_queues(settings))
+        results = client.wait_many(ids, timeout=120)
+
+    print(f"\nSIGTERM past grace: A stopped in {stopped:.1f}s; results={len(results)}")
+    assert stopped < 15
+    assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 5

@@ -1,0 +1,41 @@
+"""Every Redis key and channel tierq writes (besides Celery's own queues), named in one place.
+
+All start with the configured prefix (`TIERQ_KEY_PREFIX`, "tierq:"), so several deployments
+can share one Redis and an operator can find everything of tierq's with one pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        """Hash: status, record (JobResult JSON), message (the queue message), owner, lease."""
+        return f"{self.prefix}job:{job_id}"
+
+    def done_channel(self, job_id: str) -> str:
+        """Pub/sub channel on which a job's end is announced to waiters."""
+        return f"{self.prefix}done:{job_id}"
+
+    @property
+    def watch(self) -> str:
+        """Sorted set: job id -> when it must have moved on (lease end, retry due) or be
+        re-queued by a worker's reaper."""
+        return f"{self.prefix}watch"
+
+    @property
+    def dead(self) -> str:
+        """Sorted set: job id -> when it failed after exhausting its attempts (dead letters)."""
+        return f"{self.prefix}dead"
+
+    def idempotency(self, key: str) -> str:
+        """String: the job id and request fingerprint a caller's idempotency key maps to."""
+        return f"{self.prefix}idem:{key}"
+
+    def ratelimit(self, group: str) -> str:
+        """Hash: a rate-limit group's GCRA state, pause and learned limits."""
+        return f"{self.prefix}ratelimit:{group}"
