@@ -47,8 +47,21 @@ class AsyncTierqClient:
     async def submit(self, request: RequestLike | None = None, /, **params: Any) -> str:
         return await asyncio.to_thread(self._sync.submit, request, **params)
 
-    async def submit_many(self, requests: Iterable[RequestLike]) -> list[str]:
-        return await asyncio.to_thread(self._sync.submit_many, list(requests))
+    async def submit_many(
+        self,
+        requests: Iterable[RequestLike],
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        return await asyncio.to_thread(self._sync.submit_many, list(requests), idempotency_keys)
+
+    async def cancel(self, job_id: str) -> JobResult:
+        return await asyncio.to_thread(self._sync.cancel, job_id)
+
+    async def retry(self, job_id: str) -> str:
+        return await asyncio.to_thread(self._sync.retry, job_id)
+
+    async def dead_letters(self, limit: int = 100) -> list[JobResult]:
+        return await asyncio.to_thread(self._sync.dead_letters, limit)
 
     async def get(self, job_id: str) -> JobResult:
         try:

@@ -3,8 +3,8 @@
 Subcommands of other packages are imported only when invoked (click's lazy-group pattern), so
 `tierq submit` loads neither `openai` nor the worker's tasks.
 
-Exit status: 0 done (or job succeeded), 1 job failed, 2 bad usage or invalid job request,
-3 unknown job, 4 timed out waiting, 5 Redis unreachable.
+Exit status: 0 done (or job succeeded), 1 job failed or cancelled, 2 bad usage or invalid
+job request, 3 unknown job, 4 timed out waiting, 5 Redis unreachable.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def _print_status(result: JobResult) -> None:
 
 
 def _exit_for(result: JobResult) -> None:
-    if result.status is JobStatus.FAILED:
+    if result.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         sys.exit(EXIT_JOB_FAILED)
 
 
@@ -181,6 +181,10 @@ def _exit_for(result: JobResult) -> None:
 )
 @click.option("--end-user", "end_user", help="The API's `user` field (an end-user id).")
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Job metadata (repeat).")
+@click.option(
+    "--idempotency-key",
+    help="Submitting the same request with the same key again returns the first job's id.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="For --wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the job id, or the result).")
@@ -190,7 +194,7 @@ def submit(**options: Any) -> None:
 
     def run() -> None:
         client = _client()
-        job_id = client.submit(request)
+        job_id = client.submit(request, idempotency_key=options["idempotency_key"])
         if not options["wait"]:
             click.echo(json.dumps({"job_id": job_id}) if options["as_json"] else job_id)
             return
@@ -302,6 +306,48 @@ def result(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
         record = client.wait(job_id, timeout=timeout) if wait else client.get(job_id)
         _print_result(record, as_json)
         _exit_for(record)
+
+    _guarded(run)
+
+
+@cli.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a job: if queued it never reaches the API; if running its result is discarded."""
+
+    def run() -> None:
+        record = _client().cancel(job_id)
+        _print_status(record)
+
+    _guarded(run)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+def dead(limit: int, as_json: bool) -> None:
+    """List dead letters: jobs that failed after exhausting their attempts, newest first."""
+
+    def run() -> None:
+        records = _client().dead_letters(limit)
+        if as_json:
+            click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+            return
+        if not records:
+            click.echo("no dead letters")
+        for record in records:
+            _print_status(record)
+
+    _guarded(run)
+
+
+@cli.command()
+@click.argument("job_id")
+def retry(job_id: str) -> None:
+    """Run a dead letter again with a fresh attempt budget (same job id)."""
+
+    def run() -> None:
+        click.echo(_client().retry(job_id))
 
     _guarded(run)
 

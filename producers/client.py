@@ -32,9 +32,12 @@ from worker.budget import check_fits, job_cost
 from worker.contract import JobEnvelope, JobRequest, parse_job_request, request_size_bytes
 from worker.errors import (
     BrokerUnavailableError,
+    IdempotencyConflictError,
+    InvalidJobError,
     JobNotFoundError,
     PayloadTooLargeError,
 )
+from worker.jobcontrol import JobControl, fingerprint
 from worker.jobstore import JobStore, connect
 from worker.results import JobResult, JobStatus
 from worker.settings import Settings, get_settings
@@ -46,6 +49,8 @@ PRODUCER_SOCKET_TIMEOUT_SECONDS = 2.0
 PRODUCER_REDIS_RETRIES = 3
 # Messages per pipelined publish when submitting many jobs.
 PUBLISH_BATCH = 500
+# A retried dead letter is re-queued by a worker's reaper if its publish never arrives.
+RETRY_REQUEUE_AFTER_SECONDS = 60.0
 # Channels per SUBSCRIBE command when waiting on many jobs.
 SUBSCRIBE_BATCH = 1000
 
@@ -88,16 +93,39 @@ class TierqClient:
                 retries=PRODUCER_REDIS_RETRIES,
             ),
         )
+        self._control = JobControl(self._store)
 
     # --- submitting ------------------------------------------------------------------------
 
-    def submit(self, request: RequestLike | None = None, /, **params: Any) -> str:
-        """Enqueue one job and return its id; raises `InvalidJobError` before enqueueing."""
-        return self.submit_many([_merge(request, params)])[0]
+    def submit(
+        self,
+        request: RequestLike | None = None,
+        /,
+        *,
+        idempotency_key: str | None = None,
+        **params: Any,
+    ) -> str:
+        """Enqueue one job and return its id; raises `InvalidJobError` before enqueueing.
 
-    def submit_many(self, requests: Iterable[RequestLike]) -> list[str]:
-        """Enqueue many jobs; all are validated first, so one bad request enqueues none."""
+        With an `idempotency_key`, submitting the same request again (for the result TTL)
+        returns the first job's id and enqueues nothing; a different request under the same
+        key raises `IdempotencyConflictError`.
+        """
+        keys = [idempotency_key] if idempotency_key is not None else None
+        return self.submit_many([_merge(request, params)], idempotency_keys=keys)[0]
+
+    def submit_many(
+        self,
+        requests: Iterable[RequestLike],
+        idempotency_keys: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """Enqueue many jobs; all are validated first, so one bad request enqueues none.
+
+        `idempotency_keys`, if given, holds one key (or None) per request, as for `submit`.
+        """
         prepared = [prepare(self.settings, request) for request in requests]
+        if idempotency_keys is not None and len(idempotency_keys) != len(prepared):
+            raise ValueError("idempotency_keys must hold one key (or None) per request")
         submitted_at = datetime.now(UTC)
         envelopes = [
             JobEnvelope(
@@ -109,6 +137,14 @@ class TierqClient:
             )
             for job in prepared
         ]
+        reused: dict[int, str] = {}
+        reserved: list[str] = []
+        if idempotency_keys is not None:
+            reused, reserved = self._reserve_keys(envelopes, idempotency_keys)
+        job_ids = [reused.get(i, envelope.job_id) for i, envelope in enumerate(envelopes)]
+        envelopes = [envelope for i, envelope in enumerate(envelopes) if i not in reused]
+        if not envelopes:
+            return job_ids
         records = [
             JobResult(
                 job_id=envelope.job_id,
@@ -124,6 +160,7 @@ class TierqClient:
             # The record first: a worker fast enough to start before it exists still finds it.
             self._store.save_many(records)
         except redis.RedisError as error:
+            self._release_keys(reserved)
             raise BrokerUnavailableError(f"cannot reach Redis to record the job: {error}") from None
         published: list[str] = []
         batch: list[JobEnvelope] = []
@@ -141,12 +178,78 @@ class TierqClient:
             # with the TTL) so its jobs can still be looked up. Later ones were never sent.
             unsent = envelopes[len(published) + len(batch) :]
             self._forget([envelope.job_id for envelope in unsent])
+            self._release_keys(reserved)
             raise BrokerUnavailableError(
                 f"cannot reach the broker: {len(published)} of {len(envelopes)} jobs were "
                 f"enqueued, {len(batch)} may have been, {len(unsent)} were not: {error}",
                 job_ids=published,
             ) from None
-        return published
+        return job_ids
+
+    def _reserve_keys(
+        self, envelopes: Sequence[JobEnvelope], keys: Sequence[str | None]
+    ) -> tuple[dict[int, str], list[str]]:
+        """Take idempotency keys; the earlier job of each key already used, and the new keys."""
+        wanted = [(i, key) for i, key in enumerate(keys) if key is not None]
+        try:
+            reservations = self._control.reserve(
+                [
+                    (key, envelopes[i].job_id, fingerprint(envelopes[i].request))
+                    for i, key in wanted
+                ],
+                self.settings.result_ttl_seconds,
+            )
+        except redis.RedisError as error:
+            raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
+        new_keys = [key for (_, key), r in zip(wanted, reservations, strict=True) if r.new]
+        for (_, key), reservation in zip(wanted, reservations, strict=True):
+            if reservation.conflict:
+                self._release_keys(new_keys)
+                raise IdempotencyConflictError(key, reservation.job_id)
+        reused = {i: r.job_id for (i, _), r in zip(wanted, reservations, strict=True) if not r.new}
+        return reused, new_keys
+
+    def _release_keys(self, keys: Sequence[str]) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self._control.release(keys)
+
+    # --- after submission -------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> JobResult:
+        """Cancel a job: a queued one never reaches the API; a running one's result is
+        discarded. A finished job is left as it is. Returns the job's record."""
+        record = self.get(job_id)
+        with _broker_errors():
+            _, after = self._control.cancel(record)
+        if after is None:
+            raise JobNotFoundError(job_id)
+        return after
+
+    def dead_letters(self, limit: int = 100) -> list[JobResult]:
+        """Jobs that failed after exhausting their attempts (or without a broker), newest first."""
+        with _broker_errors():
+            return self._control.dead_letters(limit)
+
+    def retry(self, job_id: str) -> str:
+        """Run a dead letter again, with a fresh attempt budget; returns its (same) job id."""
+        record = self.get(job_id)
+        with _broker_errors():
+            message = self._control.retry_dead(record, RETRY_REQUEUE_AFTER_SECONDS)
+        if message is None:
+            raise InvalidJobError(
+                f"job {job_id!r} is {record.status.value}, not a dead letter; "
+                "only jobs that failed after their attempts (tierq dead) can be retried",
+                [{"field": "job_id", "message": "not a dead letter"}],
+            )
+        try:
+            with self._app.producer_or_acquire() as producer:
+                self._publish(JobEnvelope.model_validate(message), producer)
+        except (OperationalError, redis.RedisError, OSError) as error:
+            raise BrokerUnavailableError(
+                f"job {job_id} is queued again but could not be published ({error}); a worker's "
+                f"reaper will publish it within {RETRY_REQUEUE_AFTER_SECONDS:.0f}s"
+            ) from None
+        return job_id
 
     def _publish(self, envelope: JobEnvelope, producer: Any) -> None:
         self._app.send_task(

@@ -25,7 +25,7 @@ DEFAULT_WAIT_SECONDS = 300.0
 RECHECK_SECONDS = 1.0
 # Pause before trying again after Redis could not be reached (until the deadline).
 BROKER_RETRY_SECONDS = 0.2
-_FINAL = {JobStatus.SUCCEEDED.value.encode(), JobStatus.FAILED.value.encode()}
+_FINAL = {status.value.encode() for status in JobStatus if status.is_final}
 
 
 class Waiter:

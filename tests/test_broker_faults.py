@@ -55,7 +55,9 @@ def test_cut_broker_connections_pay_for_no_call_twice(
     start_fleet: Fleet, simulator: Simulator, private_redis: EmbeddedRedis
 ) -> None:
     # Given 5 jobs in flight on one worker
-    workers, settings = start_fleet(TIERQ_REDIS_URL=private_redis.url)
+    workers, settings = start_fleet(
+        TIERQ_REDIS_URL=private_redis.url, TIERQ_REQUEST_TIMEOUT_SECONDS="30"
+    )
     marker = nonce()
     with TierqClient(settings) as client:
         ids = client.submit_many(slow_jobs(marker, 5))
@@ -77,7 +79,9 @@ def test_cut_broker_connections_pay_for_no_call_twice(
 def test_a_worker_survives_a_redis_restart_with_jobs_in_flight(
     start_fleet: Fleet, simulator: Simulator, private_redis: EmbeddedRedis
 ) -> None:
-    workers, settings = start_fleet(TIERQ_REDIS_URL=private_redis.url)
+    workers, settings = start_fleet(
+        TIERQ_REDIS_URL=private_redis.url, TIERQ_REQUEST_TIMEOUT_SECONDS="30"
+    )
     marker = nonce()
     with TierqClient(settings) as client:
         ids = client.submit_many(slow_jobs(marker, 5))

@@ -21,7 +21,12 @@ def test_one_worker_process_holds_hundreds_of_calls_in_flight(
     start_worker_with: Callable[..., tuple[ManagedProcess, Settings]], simulator: Simulator
 ) -> None:
     # Given one fast-tier worker process at concurrency 300, and calls that take 3 s each
-    _, settings = start_worker_with("fast", TIERQ_TIERS__FAST__CONCURRENCY=str(IN_FLIGHT))
+    _, settings = start_worker_with(
+        "fast",
+        TIERQ_TIERS__FAST__CONCURRENCY=str(IN_FLIGHT),
+        # The test workers' 3 s call timeout is too close to these 3 s calls under load.
+        TIERQ_REQUEST_TIMEOUT_SECONDS="30",
+    )
     simulator.http.delete("/sim/stats").raise_for_status()
     marker = nonce()
     requests = [

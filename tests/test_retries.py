@@ -8,13 +8,16 @@ Workers here run with 4 attempts, back-off capped at 2 s and a 3 s request timeo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from devkit.processes import ManagedProcess
 from producers.client import TierqClient
 from tests.support import Simulator, nonce
 from worker.results import JobStatus
+from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +134,65 @@ def test_a_retrying_job_shows_its_status_and_attempt_while_it_waits(
 
     assert (JobStatus.RETRYING, 1) in seen
     assert result.status is JobStatus.SUCCEEDED
+
+
+def test_a_fault_storm_ends_every_job_succeeded_or_dead_lettered_with_its_reason(
+    start_fleet: Callable[..., tuple[list[ManagedProcess], Settings]],
+    start_simulator_with: Callable[..., Simulator],
+) -> None:
+    # Given an API answering 30% 429s, 10% timeouts and 5% 5xx, and the default 6 attempts
+    simulator = start_simulator_with(
+        "--fail-rate", "429=0.3", "--fail-rate", "timeout=0.1", "--fail-rate", "500=0.05",
+        "--seed", "5",
+    )  # fmt: skip
+    _, settings = start_fleet(
+        workers=2, concurrency=30, base_url=simulator.base_url, TIERQ_RETRY__MAX_ATTEMPTS="6"
+    )
+    marker = nonce()
+
+    with TierqClient(settings) as client:
+        ids = client.submit_many(
+            [{"model": "gpt-4o-mini", "messages": user(f"{marker} {i}")} for i in range(100)]
+        )
+        results = client.wait_many(ids, timeout=180)
+        dead = {record.job_id for record in client.dead_letters(1000)}
+
+    succeeded = [r for r in results if r.status is JobStatus.SUCCEEDED]
+    failed = [r for r in results if r.status is JobStatus.FAILED]
+    calls = simulator.requests_with(marker)
+    print(
+        f"\nfault storm: jobs=100 succeeded={len(succeeded)} dead_lettered={len(failed)} "
+        f"api_calls={len(calls)} attempts={sum(r.attempts for r in results)}"
+    )
+    assert len(succeeded) + len(failed) == 100  # none left running or retrying
+    for record in failed:
+        assert record.job_id in dead
+        assert record.attempts == 6
+        assert record.error is not None
+        assert record.error.type in ("rate_limited", "timeout", "server_error")
+    assert len(succeeded) >= 95
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unstreamed", "streamed"])
+def test_a_job_past_its_tiers_time_limit_fails_at_once_and_frees_its_slot(
+    start_fleet: Callable[..., tuple[list[ManagedProcess], Settings]], stream: bool
+) -> None:
+    # Given a tier whose calls may last 1.5 s at most, on a worker with one slot
+    _, settings = start_fleet(concurrency=1, TIERQ_TIERS__FAST__TIME_LIMIT_SECONDS="1.5")
+
+    with TierqClient(settings) as client:
+        started = time.monotonic()
+        slow = client.submit(
+            model="gpt-4o-mini", messages=user("[sim latency_ms=5000] slow"), stream=stream
+        )
+        after = client.submit(model="gpt-4o-mini", messages=user("next"))
+        slow_result, after_result = client.wait_many([slow, after], timeout=30)
+        elapsed = time.monotonic() - started
+
+    assert slow_result.status is JobStatus.FAILED
+    assert slow_result.attempts == 1
+    assert slow_result.error is not None
+    assert slow_result.error.type == "time_limit_exceeded"
+    assert "1.5s" in slow_result.error.message
+    assert after_result.status is JobStatus.SUCCEEDED  # the one slot was freed for it
+    assert elapsed < 5

@@ -80,7 +80,9 @@ def test_the_default_tier_table_is_fast_standard_and_reasoning() -> None:
     assert tiers == {
         "fast": TierSettings(models=["gpt-4o-mini"]),
         "standard": TierSettings(models=["gpt-4o"]),
-        "reasoning": TierSettings(models=["o4-mini", "o3"], reasoning=True, concurrency=50),
+        "reasoning": TierSettings(
+            models=["o4-mini", "o3"], reasoning=True, concurrency=50, request_timeout_seconds=600
+        ),
     }
     assert tiers == default_tiers()
 
@@ -396,32 +398,43 @@ def test_an_unknown_tier_field_is_refused() -> None:
 # --- redelivery must not overlap a live job -----------------------------------------------------
 
 
+# One tier whose calls use the global timeout, so the arithmetic below is the global one.
+ONE_TIER = {"fast": TierSettings(models=["gpt-4o-mini"])}
+
+
 def test_a_visibility_timeout_not_longer_than_a_call_plus_the_longest_wait_is_refused() -> None:
-    # The defaults: a 120 s call plus a retry-after of up to 120 s.
+    # A 120 s call plus a retry-after of up to 120 s.
     with pytest.raises(ValidationError) as caught:
-        Settings(visibility_timeout_seconds=240, _env_file=None)
+        Settings(tiers=ONE_TIER, visibility_timeout_seconds=240, _env_file=None)
 
     assert (
-        "240 must exceed TIERQ_REQUEST_TIMEOUT_SECONDS + the longest retry wait (240), "
-        "or Redis delivers a job twice"
+        "240 must exceed the longest call timeout (TIERQ_REQUEST_TIMEOUT_SECONDS, or a tier's) "
+        "+ the longest retry wait (240), or Redis delivers a job twice"
     ) in str(caught.value)
 
 
 def test_a_visibility_timeout_just_past_a_call_plus_the_longest_wait_is_accepted() -> None:
-    assert (
-        Settings(visibility_timeout_seconds=241, _env_file=None).visibility_timeout_seconds == 241
-    )
+    settings = Settings(tiers=ONE_TIER, visibility_timeout_seconds=241, _env_file=None)
+
+    assert settings.visibility_timeout_seconds == 241
+
+
+def test_the_longest_call_is_the_longest_of_any_tier() -> None:
+    # The default reasoning tier's calls may last 600 s: 600 + 120 s of retry-after.
+    with pytest.raises(ValidationError, match=r"longest retry wait \(720\)"):
+        Settings(visibility_timeout_seconds=700, _env_file=None)
 
 
 def test_the_longest_wait_is_the_longer_of_back_off_cap_and_retry_after_cap() -> None:
     retry = RetrySettings(backoff_max_seconds=600, retry_after_max_seconds=30)
 
     with pytest.raises(ValidationError, match=r"longest retry wait \(720\)"):
-        Settings(retry=retry, visibility_timeout_seconds=700, _env_file=None)
+        Settings(tiers=ONE_TIER, retry=retry, visibility_timeout_seconds=700, _env_file=None)
 
 
 def test_short_calls_and_waits_allow_a_short_visibility_timeout() -> None:
     settings = Settings(
+        tiers=ONE_TIER,
         request_timeout_seconds=10,
         retry=RetrySettings(backoff_max_seconds=20, retry_after_max_seconds=30),
         visibility_timeout_seconds=60,

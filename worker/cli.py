@@ -80,8 +80,11 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     app = create_app(settings)
     store = JobStore.from_settings(settings)
     limiter = SharedRateLimiter(store.redis, settings) if settings.limiter.enabled else None
+    client = build_client(
+        settings, max_connections=concurrency, timeout_seconds=settings.call_timeout_for(tier)
+    )
     call: Callable[[dict[str, Any]], CallOutcome] = functools.partial(
-        call_chat_completions, build_client(settings, max_connections=concurrency)
+        call_chat_completions, client, time_limit_seconds=tier_settings.time_limit_seconds
     )
 
     def requeue(job_id: str, message: dict[str, Any], attempts: int) -> None:

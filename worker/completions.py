@@ -8,6 +8,7 @@ connection or a TLS handshake of its own.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,11 @@ class CallOutcome:
     headers: dict[str, str]
 
 
-def build_client(settings: Settings, *, max_connections: int) -> openai.OpenAI:
+def build_client(
+    settings: Settings, *, max_connections: int, timeout_seconds: float | None = None
+) -> openai.OpenAI:
     """The process's one client; the key is revealed here and nowhere else."""
+    timeout = timeout_seconds or settings.request_timeout_seconds
     if settings.openai_api_key is None:
         raise ConfigurationError(
             "OPENAI_API_KEY is not set: a worker needs the provider's key "
@@ -41,30 +45,47 @@ def build_client(settings: Settings, *, max_connections: int) -> openai.OpenAI:
         limits=httpx2.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         ),
-        timeout=httpx2.Timeout(settings.request_timeout_seconds, connect=5.0),
+        timeout=httpx2.Timeout(timeout, connect=5.0),
     )
     return openai.OpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
         max_retries=0,
-        timeout=settings.request_timeout_seconds,
+        timeout=timeout,
         http_client=http_client,
     )
 
 
-def call_chat_completions(client: openai.OpenAI, params: dict[str, Any]) -> CallOutcome:
-    """Run one Chat Completions call; SDK errors leave as tierq `ProviderError`s."""
+def call_chat_completions(
+    client: openai.OpenAI, params: dict[str, Any], *, time_limit_seconds: float | None = None
+) -> CallOutcome:
+    """Run one Chat Completions call; SDK errors leave as tierq `ProviderError`s.
+
+    `time_limit_seconds` is the tier's hard limit: a call (a stream included) running past it
+    is abandoned and fails the job, instead of being retried like a timeout.
+    """
+    deadline = time.monotonic() + time_limit_seconds if time_limit_seconds else None
     try:
         raw = client.chat.completions.with_raw_response.create(**params)
         headers = dict(raw.headers)
         if params.get("stream"):
-            return CallOutcome(_assemble_stream(raw.parse()), headers)
+            stream = raw.parse()
+            return CallOutcome(_assemble_stream(stream, deadline, time_limit_seconds), headers)
         # The raw body is validated once, into our own model: no SDK model built and dumped.
         return CallOutcome(ChatCompletion.model_validate_json(raw.content), headers)
     except openai.OpenAIError as error:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise _past_time_limit(time_limit_seconds) from error
         raise translate(error) from error
     except ValidationError as error:
         raise _not_a_completion(error) from None
+
+
+def _past_time_limit(limit: float | None) -> PermanentProviderError:
+    return PermanentProviderError(
+        f"the call ran past the tier's time limit of {limit or 0:g}s (TIME_LIMIT_SECONDS)",
+        kind="time_limit_exceeded",
+    )
 
 
 def _not_a_completion(error: ValidationError) -> PermanentProviderError:
@@ -78,7 +99,9 @@ def _not_a_completion(error: ValidationError) -> PermanentProviderError:
     )
 
 
-def _assemble_stream(stream: openai.Stream[Any]) -> ChatCompletion:
+def _assemble_stream(
+    stream: openai.Stream[Any], deadline: float | None, limit: float | None
+) -> ChatCompletion:
     """Join a streamed answer into the same shape an unstreamed call returns.
 
     The SDK's own accumulator merges content, tool-call argument fragments, logprobs and the
@@ -90,6 +113,8 @@ def _assemble_stream(stream: openai.Stream[Any]) -> ChatCompletion:
         for chunk in stream:
             state.handle_chunk(chunk)
             chunks += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _past_time_limit(limit)
     return _completion_from(state, chunks)
 
 

@@ -74,6 +74,19 @@ class PayloadTooLargeError(InvalidJobError):
         self.limit_bytes = limit_bytes
 
 
+class IdempotencyConflictError(InvalidJobError):
+    """Raised when an idempotency key was used for a different request; nothing was enqueued."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was used for a different request (job {job_id}); "
+            "use a new key for a new request",
+            [{"field": "idempotency_key", "message": "used for a different request"}],
+        )
+        self.key = key
+        self.job_id = job_id
+
+
 class RequestTooLargeError(InvalidJobError):
     """Raised when a job could never run: over its model's context window or whole TPM limit."""
 

@@ -60,6 +60,12 @@ class TierSettings(BaseModel):
     concurrency: Annotated[int, Field(ge=1, le=1000)] = 100
     # Celery's per-process cap, in its own grammar ("600/m"); None leaves it uncapped.
     rate_limit: str | None = None
+    # Soft limit: one call's timeout for this tier (a call past it is retried); None: the
+    # global TIERQ_REQUEST_TIMEOUT_SECONDS. Reasoning models think for minutes.
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
+    # Hard limit: one attempt, streaming included, may not run longer; past it the job fails
+    # (time_limit_exceeded) and frees its slot. None: no limit beyond the soft one.
+    time_limit_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
 
     @field_validator("rate_limit")
     @classmethod
@@ -74,7 +80,9 @@ def default_tiers() -> dict[str, TierSettings]:
     return {
         "fast": TierSettings(models=["gpt-4o-mini"]),
         "standard": TierSettings(models=["gpt-4o"]),
-        "reasoning": TierSettings(models=["o4-mini", "o3"], reasoning=True, concurrency=50),
+        "reasoning": TierSettings(
+            models=["o4-mini", "o3"], reasoning=True, concurrency=50, request_timeout_seconds=600
+        ),
     }
 
 
@@ -203,6 +211,11 @@ class Settings(BaseSettings):
     def _empty_key_is_no_key(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("openai_base_url", mode="before")
+    @classmethod
+    def _empty_url_is_the_default(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("openai_base_url")
     @classmethod
     def _an_http_url(cls, value: str | None) -> str | None:
@@ -277,17 +290,25 @@ class Settings(BaseSettings):
     def _redelivery_cannot_overlap_a_live_job(self) -> Settings:
         # Redis hands an unacked message to another worker after the visibility timeout; a
         # call or a retry countdown longer than that would run the same job twice.
-        longest = self.request_timeout_seconds + max(
+        longest = max(self.call_timeout_for(tier) for tier in self.tiers) + max(
             self.retry.backoff_max_seconds, self.retry.retry_after_max_seconds
         )
         if longest >= self.visibility_timeout_seconds:
             raise FieldRuleError(
                 "visibility_timeout_seconds",
-                f"{self.visibility_timeout_seconds} must exceed "
-                f"{ENV_PREFIX}REQUEST_TIMEOUT_SECONDS + the longest retry wait ({longest:g}), "
-                "or Redis delivers a job twice",
+                f"{self.visibility_timeout_seconds} must exceed the longest call timeout "
+                f"(TIERQ_REQUEST_TIMEOUT_SECONDS, or a tier's) + the longest retry wait "
+                f"({longest:g}), or Redis delivers a job twice",
             )
         return self
+
+    def call_timeout_for(self, tier: str) -> float:
+        """One call's timeout in `tier`: the tier's own, capped by its hard limit."""
+        settings = self.tiers[tier]
+        timeout = settings.request_timeout_seconds or self.request_timeout_seconds
+        if settings.time_limit_seconds is not None:
+            timeout = min(timeout, settings.time_limit_seconds)
+        return timeout
 
     @field_validator("rate_limits")
     @classmethod

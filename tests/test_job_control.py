@@ -1,0 +1,167 @@
+"""After submission: cancellation, idempotent resubmission, dead letters, poison messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from devkit.processes import ManagedProcess
+from producers.client import TierqClient
+from tests.support import Simulator, nonce
+from worker.app import create_app
+from worker.errors import IdempotencyConflictError, InvalidJobError
+from worker.results import JobStatus
+from worker.settings import Settings
+
+Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def idle_queues(settings: Settings) -> Settings:
+    """The same Redis and records, but queues no worker consumes yet."""
+    return settings.model_copy(update={"queue_prefix": f"tierq-idle-{nonce()}."})
+
+
+def test_a_cancelled_queued_job_never_reaches_the_api(
+    settings: Settings, simulator: Simulator, start_fleet: Fleet
+) -> None:
+    # Given a job waiting on a queue no worker consumes yet
+    waiting = idle_queues(settings)
+    marker = nonce()
+    with TierqClient(waiting) as client:
+        job_id = client.submit(model="gpt-4o-mini", messages=user(marker))
+
+        # When it is cancelled, and then a worker comes for its queue
+        cancelled = client.cancel(job_id)
+        start_fleet(TIERQ_QUEUE_PREFIX=waiting.queue_prefix, TIERQ_KEY_PREFIX=waiting.key_prefix)
+        time.sleep(2)
+
+        # Then the job stays cancelled and the API never saw it
+        assert cancelled.status is JobStatus.CANCELLED
+        assert client.wait(job_id, timeout=5).status is JobStatus.CANCELLED
+    assert simulator.requests_with(marker) == []
+
+
+def test_a_cancelled_running_job_has_its_result_discarded(
+    client: TierqClient, simulator: Simulator
+) -> None:
+    marker = nonce()
+    job_id = client.submit(model="gpt-4o-mini", messages=user(f"{marker} [sim latency_ms=1500]"))
+    deadline = time.monotonic() + 10
+    while client.get(job_id).status is not JobStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    client.cancel(job_id)
+    time.sleep(2.5)  # the call finishes meanwhile
+
+    record = client.get(job_id)
+    assert record.status is JobStatus.CANCELLED
+    assert record.response is None
+    assert len(simulator.requests_with(marker)) == 1
+
+
+def test_cancelling_a_finished_job_leaves_it_as_it_is(client: TierqClient) -> None:
+    job_id = client.submit(model="gpt-4o-mini", messages=user("done"))
+    client.wait(job_id, timeout=30)
+
+    assert client.cancel(job_id).status is JobStatus.SUCCEEDED
+
+
+def test_resubmitting_1000_jobs_with_their_idempotency_keys_calls_the_api_no_more(
+    client: TierqClient, simulator: Simulator
+) -> None:
+    marker = nonce()
+    requests = [{"model": "gpt-4o-mini", "messages": user(f"{marker} {i}")} for i in range(1000)]
+    keys = [f"{marker}-{i}" for i in range(1000)]
+
+    first = client.submit_many(requests, idempotency_keys=keys)
+    client.wait_many(first, timeout=120)
+    again = client.submit_many(requests, idempotency_keys=keys)
+
+    calls = len(simulator.requests_with(marker))
+    print(f"\nidempotency: jobs=1000 resubmitted=1000 api_calls={calls}")
+    assert again == first
+    assert calls == 1000
+
+
+def test_an_idempotency_key_reused_for_another_request_is_refused(client: TierqClient) -> None:
+    key = nonce()
+    job_id = client.submit(model="gpt-4o-mini", messages=user("one"), idempotency_key=key)
+
+    with pytest.raises(IdempotencyConflictError, match=key) as refused:
+        client.submit(model="gpt-4o-mini", messages=user("another"), idempotency_key=key)
+
+    assert refused.value.job_id == job_id
+    assert client.submit(model="gpt-4o-mini", messages=user("one"), idempotency_key=key) == job_id
+
+
+@pytest.mark.slow
+def test_a_job_that_exhausts_its_attempts_is_a_dead_letter_that_can_be_retried(
+    client: TierqClient, worker_env: dict[str, str], simulator: Simulator
+) -> None:
+    # Given a job failing with a 500 on its first 4 calls (the test workers' whole budget)
+    marker = nonce()
+    job_id = client.submit(model="gpt-4o-mini", messages=user(f"{marker} [sim fail=500 times=4]"))
+    failed = client.wait(job_id, timeout=60)
+    assert failed.status is JobStatus.FAILED
+
+    # Then it is listed as a dead letter, by the client and by `tierq dead`
+    assert job_id in [record.job_id for record in client.dead_letters()]
+    listed = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "dead", "--json"],
+        env=worker_env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert job_id in [record["job_id"] for record in json.loads(listed.stdout)]
+
+    # When it is retried, it runs again with a fresh budget, and leaves the dead letters
+    retried = subprocess.run(
+        [sys.executable, "-m", "producers.cli", "retry", job_id],
+        env=worker_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert retried.returncode == 0, retried.stderr
+    result = client.wait(job_id, timeout=60)
+    assert result.status is JobStatus.SUCCEEDED
+    assert result.attempts == 1
+    assert job_id not in [record.job_id for record in client.dead_letters()]
+    assert len(simulator.requests_with(marker)) == 5
+
+
+def test_a_job_that_failed_for_its_request_is_not_a_dead_letter(client: TierqClient) -> None:
+    job_id = client.submit(model="gpt-4o-mini", messages=user("[sim fail=400]"))
+    assert client.wait(job_id, timeout=30).status is JobStatus.FAILED
+
+    assert job_id not in [record.job_id for record in client.dead_letters()]
+    with pytest.raises(InvalidJobError, match="not a dead letter"):
+        client.retry(job_id)
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [["not a job"], [{"job_id": "x"}], [], ["{broken json"]],
+    ids=["a string", "half an envelope", "no arguments", "text"],
+)
+def test_a_poison_message_is_rejected_and_the_worker_carries_on(
+    client: TierqClient,
+    settings: Settings,
+    workers: dict[str, ManagedProcess],
+    poison: list[Any],
+) -> None:
+    app = create_app(settings)
+    app.send_task(
+        "tierq.complete", args=poison, task_id=f"poison-{nonce()}", queue=settings.queue_for("fast")
+    )
+    app.close()
+
+    result = client.wait(client.submit(model="gpt-4o-mini", messages=user("after")), timeout=30)
+
+    assert result.status is JobStatus.SUCCEEDED
+    assert workers["fast"].alive()
