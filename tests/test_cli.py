@@ -149,3 +149,12 @@ def test_an_unknown_tier_is_refused_with_the_list_of_tiers(worker_env: dict[str,
 
     assert done.returncode == 2
     assert "fast, standard, reasoning" in done.stderr
+
+
+def test_a_request_body_that_is_not_json_exits_2_naming_it(
+    worker_env: dict[str, str],
+) -> None:
+    done = tierq(worker_env, "submit", "--request", "-", stdin='{"model": "gpt-4o", messages')
+
+    assert done.returncode == 2
+    assert "-: not valid JSON" in done.stderr

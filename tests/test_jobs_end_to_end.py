@@ -288,3 +288,16 @@ def test_a_hand_made_message_that_breaks_the_rules_is_refused_by_the_worker(
     assert result.error.type == "invalid_request"
     assert reason in result.error.message
     assert simulator.requests_with(marker) == []
+
+
+def test_an_oversized_request_is_refused_before_enqueueing(
+    client: TierqClient, settings: Settings, simulator: Simulator
+) -> None:
+    marker = nonce()
+    huge = marker + " word" * (settings.max_request_bytes // 5)
+
+    with pytest.raises(InvalidJobError, match="TIERQ_MAX_REQUEST_BYTES") as refused:
+        client.submit(model="gpt-4o-mini", messages=user(huge))
+
+    assert refused.value.errors[0]["field"] == "messages"
+    assert simulator.requests_with(marker) == []
