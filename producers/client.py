@@ -15,6 +15,7 @@ Celery app configuration the workers use; this module imports neither `openai` n
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -138,7 +139,7 @@ class TierqClient:
             for job in prepared
         ]
         reused: dict[int, str] = {}
-        reserved: list[str] = []
+        reserved: dict[str, str] = {}
         if idempotency_keys is not None:
             reused, reserved = self._reserve_keys(envelopes, idempotency_keys)
         job_ids = [reused.get(i, envelope.job_id) for i, envelope in enumerate(envelopes)]
@@ -158,9 +159,12 @@ class TierqClient:
         ]
         try:
             # The record first: a worker fast enough to start before it exists still finds it.
-            self._store.save_many(records)
+            messages = [
+                json.dumps(envelope.to_message(), separators=(",", ":")) for envelope in envelopes
+            ]
+            self._store.save_many(records, messages)
         except redis.RedisError as error:
-            self._release_keys(reserved)
+            self._release_keys(list(reserved.values()))
             raise BrokerUnavailableError(f"cannot reach Redis to record the job: {error}") from None
         published: list[str] = []
         batch: list[JobEnvelope] = []
@@ -174,22 +178,28 @@ class TierqClient:
                             self._publish(envelope, producer)
                     published.extend(envelope.job_id for envelope in batch)
         except (OperationalError, redis.RedisError, OSError) as error:
-            # The failed batch may or may not have reached Redis; its records stay (they expire
-            # with the TTL) so its jobs can still be looked up. Later ones were never sent.
+            # The failed batch may or may not have reached Redis. Its jobs keep their records
+            # and idempotency keys and go on the watch list: a worker's reaper enqueues any of
+            # them no worker has claimed in two leases (a copy already queued is then stale).
+            # Later jobs were never sent: they are forgotten, keys and all.
             unsent = envelopes[len(published) + len(batch) :]
             self._forget([envelope.job_id for envelope in unsent])
-            self._release_keys(reserved)
+            self._release_keys([reserved[e.job_id] for e in unsent if e.job_id in reserved])
+            with contextlib.suppress(redis.RedisError):
+                self._store.watch([e.job_id for e in batch], 2 * self.settings.lease_seconds)
             raise BrokerUnavailableError(
                 f"cannot reach the broker: {len(published)} of {len(envelopes)} jobs were "
-                f"enqueued, {len(batch)} may have been, {len(unsent)} were not: {error}",
-                job_ids=published,
+                f"enqueued, {len(batch)} may have been (they will run once the broker is back), "
+                f"{len(unsent)} were not: {error}",
+                job_ids=published + [envelope.job_id for envelope in batch],
             ) from None
         return job_ids
 
     def _reserve_keys(
         self, envelopes: Sequence[JobEnvelope], keys: Sequence[str | None]
-    ) -> tuple[dict[int, str], list[str]]:
-        """Take idempotency keys; the earlier job of each key already used, and the new keys."""
+    ) -> tuple[dict[int, str], dict[str, str]]:
+        """Take idempotency keys: the earlier job of each key already used (by position), and
+        the keys newly taken (by the job they now name)."""
         wanted = [(i, key) for i, key in enumerate(keys) if key is not None]
         try:
             reservations = self._control.reserve(
@@ -201,10 +211,12 @@ class TierqClient:
             )
         except redis.RedisError as error:
             raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
-        new_keys = [key for (_, key), r in zip(wanted, reservations, strict=True) if r.new]
+        new_keys = {
+            r.job_id: key for (_, key), r in zip(wanted, reservations, strict=True) if r.new
+        }
         for (_, key), reservation in zip(wanted, reservations, strict=True):
             if reservation.conflict:
-                self._release_keys(new_keys)
+                self._release_keys(list(new_keys.values()))
                 raise IdempotencyConflictError(key, reservation.job_id)
         reused = {i: r.job_id for (i, _), r in zip(wanted, reservations, strict=True) if not r.new}
         return reused, new_keys

@@ -67,7 +67,8 @@ def test_cut_broker_connections_pay_for_no_call_twice(
         # messages out again, while the first deliveries are still running)
         redis.Redis.from_url(private_redis.url).execute_command("CLIENT", "KILL", "TYPE", "normal")
         results = client.wait_many(ids, timeout=60)
-        time.sleep(3)  # the redelivered copies come back to find the jobs finished
+        # The redelivered copies found their jobs running (claimed, leased) and were put off
+        # until the lease would lapse; by then the jobs are finished and they will call nothing.
 
     # Then every job succeeded once, the API was called once per job, the worker lives on
     assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 5

@@ -839,6 +839,7 @@ def test_the_envelope_message_carries_only_what_the_caller_set() -> None:
         "tier": "standard",
         "submitted_at": "2025-01-02T03:04:05Z",
         "request": {**request(), "temperature": 0.2, "metadata": {"tenant": "acme"}},
+        "generation": 0,
     }
 
 

@@ -88,12 +88,13 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     )
 
     def requeue(job_id: str, message: dict[str, Any], attempts: int) -> None:
-        # The reaper's re-queue: the kept message, on the job's tier queue, attempts kept.
+        # The reaper's re-queue: the kept message, on the job's tier queue; the attempts made
+        # so far stay spent, so the next one is attempt `attempts + 1`.
         app.send_task(
             TASK_NAME,
             args=[message],
             task_id=job_id,
-            retries=max(0, attempts - 1),
+            retries=attempts,
             argsrepr=f"(job {job_id})",
             kwargsrepr="{}",
         )

@@ -338,10 +338,15 @@ class JobEnvelope(_Strict):
     request: JobRequest
     # The producer's count of prompt tokens, so workers need not tokenize again.
     estimated_prompt_tokens: int | None = None
+    # Which of the job's messages this is: each retry, re-queue by a reaper or retry of a dead
+    # letter supersedes the earlier ones, so a late copy of an older one is not run again.
+    generation: int = 0
 
     def to_message(self) -> dict[str, Any]:
         # exclude_unset keeps the request exactly as the caller set it across the JSON hop.
-        return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+        message = self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+        message["generation"] = self.generation
+        return message
 
 
 def parse_job_request(data: dict[str, Any] | JobRequest) -> JobRequest:

@@ -112,7 +112,8 @@ class AdmissionDeferred(TierqError):
 class BrokerUnavailableError(TierqError, ConnectionError):
     """Raised when Redis cannot be reached; the job was not enqueued and may be submitted again.
 
-    From `submit_many`, `job_ids` lists the jobs that were enqueued before the failure.
+    From `submit_many`, `job_ids` lists the jobs that were (or may have been) enqueued before
+    the failure; they will run. The others were not enqueued and may be submitted again.
     """
 
     def __init__(self, message: str, job_ids: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 import structlog
 from pydantic import ValidationError
 
@@ -26,6 +27,7 @@ from worker.errors import (
     BrokerUnavailableError,
     InvalidJobError,
     ProviderError,
+    ProviderUnavailableError,
     RateLimitedError,
     RequestTooLargeError,
 )
@@ -86,11 +88,17 @@ class JobRunner:
         started_at = utcnow()
         running = self._record(envelope, JobStatus.RUNNING, attempt, worker, started_at=started_at)
         kept = json.dumps(message, separators=(",", ":"))
-        claim = self.store.claim(running, token, self.leases.lease_seconds, kept)
+        claim = self.store.claim(
+            running, token, self.leases.lease_seconds, kept, envelope.generation
+        )
         if claim.finished is not None:
             # A redelivered message of a job that already ended: its call is not made again.
             log.info("job.already_finished", status=claim.finished.status.value)
             return claim.finished
+        if claim.stale:
+            # A late copy of a message that a retry or a re-queue has superseded.
+            log.info("job.stale_message", generation=envelope.generation)
+            return None
         if not claim.claimed:
             # Another delivery of this job is running (Redis restores unacked messages when a
             # connection drops). Look again once its lease would have lapsed: if its worker
@@ -98,6 +106,14 @@ class JobRunner:
             log.info("job.duplicate_delivery", lease_left_seconds=round(claim.busy_for_seconds, 3))
             raise AdmissionDeferred(claim.busy_for_seconds + 1.0)
         _attempt_token.set(token)
+        if attempt > self.settings.retry.max_attempts:
+            # Re-queued after its worker was lost, with no attempt left: a job that kills its
+            # worker (out of memory, say) must not be run for ever.
+            raise ProviderUnavailableError(
+                f"the job's {self.settings.retry.max_attempts} attempts ran out "
+                "(a worker running it was lost)",
+                kind="worker_lost",
+            )
         self.leases.hold(envelope.job_id, token)
         try:
             return self._attempt(envelope, tier, running, token)
@@ -129,7 +145,6 @@ class JobRunner:
             raise
         api_ms = (time.perf_counter() - began) * 1000
         completion = outcome.completion
-        self.gate.after_answer(request.model, cost, outcome.headers, completion.usage)
         result = running.model_copy(
             update={
                 "status": JobStatus.SUCCEEDED,
@@ -139,11 +154,34 @@ class JobRunner:
                 "finished_at": utcnow(),
             }
         )
-        if not self.store.settle(result, token):
+        # The answer is paid for: from here on nothing may fail the job.
+        if self._settle_paid_answer(result, token):
+            self._log_finished(result, api_ms=api_ms)
+        else:
             log.info("job.result_discarded", reason="cancelled, or taken over by another attempt")
-            return result
-        self._log_finished(result, api_ms=api_ms)
+        try:
+            self.gate.after_answer(request.model, cost, outcome.headers, completion.usage)
+        except redis.RedisError as error:
+            log.warning("ratelimit.feedback_lost", error=str(error))
         return result
+
+    def _settle_paid_answer(self, result: JobResult, token: str) -> bool:
+        """Record a paid answer, waiting out a Redis outage rather than failing the job.
+
+        The lease is held meanwhile (its renewal resumes with Redis, and reapers hold off for a
+        lease after an outage), so the job is not run again elsewhere.
+        """
+        give_up_at = time.monotonic() + self.settings.visibility_timeout_seconds
+        pause = 0.5
+        while True:
+            try:
+                return self.store.settle(result, token)
+            except redis.RedisError as error:
+                if time.monotonic() > give_up_at:
+                    raise
+                log.warning("job.settle_waiting_for_redis", error=str(error))
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     def _check_tier(self, envelope: JobEnvelope) -> TierSettings:
         """The worker checks the producer's routing again: a hand-made message is not trusted."""
@@ -160,7 +198,14 @@ class JobRunner:
         return tier
 
     def record_retry(
-        self, message: Any, *, attempt: int, worker: str | None, error: ProviderError, wait: float
+        self,
+        message: Any,
+        *,
+        attempt: int,
+        worker: str | None,
+        error: ProviderError,
+        wait: float,
+        generation: int,
     ) -> None:
         """The attempt failed transiently; the job waits `wait` seconds for its next one."""
         envelope = self.decode(message)
@@ -175,7 +220,10 @@ class JobRunner:
         )
         # The retry is due after `wait`; if no worker has taken it a lease later, it is reaped.
         self.store.settle(
-            record, _attempt_token.get(), due_in_seconds=wait + self.leases.lease_seconds
+            record,
+            _attempt_token.get(),
+            due_in_seconds=wait + self.leases.lease_seconds,
+            generation=generation,
         )
         log.warning(
             "job.retrying",

@@ -33,7 +33,8 @@ return {'cancelled', ''}
 """
 
 # KEYS: job, dead, watch. ARGV: queued record, job id, seconds until the reaper re-queues it if
-# the publish that follows never arrives. A dead letter goes back to queued, with its message.
+# the publish that follows never arrives. A dead letter goes back to queued, with its message
+# and a new generation (any older message of the job that turns up late is not run).
 _RETRY_DEAD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -46,7 +47,8 @@ end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'record', ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[2])
-return {'queued', s[2]}
+local generation = redis.call('HINCRBY', KEYS[1], 'gen', 1)
+return {'queued', s[2], tostring(generation)}
 """
 
 # KEYS: idempotency key. ARGV: "job id|fingerprint", ttl. The key's first job, or nil after
@@ -112,11 +114,13 @@ class JobControl:
             }
         )
         keys = self.store.keys
-        outcome, message = self._retry_dead(
+        outcome, message, *generation = self._retry_dead(
             keys=[keys.job(record.job_id), keys.dead, keys.watch],
             args=[queued.to_json(), record.job_id, requeue_after_seconds],
         )
-        return json.loads(message) if outcome == b"queued" else None
+        if outcome != b"queued":
+            return None
+        return {**json.loads(message), "generation": int(generation[0])}
 
     def dead_letters(self, limit: int) -> list[JobResult]:
         """The most recent dead letters, newest first (expired records are dropped)."""

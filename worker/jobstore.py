@@ -14,6 +14,7 @@ the job's last change. The client retries on connection errors and timeouts (wha
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,29 +37,34 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
 # Claim a job for one attempt (a delivery of its message), identified by a token.
-# KEYS: job, watch. ARGV: token, running record, lease seconds, ttl, queue message, job id.
+# KEYS: job, watch. ARGV: token, running record, lease seconds, ttl, queue message, job id,
+# the message's generation.
 # - A job that already ended (succeeded, failed, cancelled) is not reopened: its call is never
 #   paid for again. -> final
+# - A message older than the job's current generation was superseded (by a retry, a re-queue
+#   by the reaper, a retried dead letter): it is not run. -> stale
 # - A job another attempt is running, with its lease still valid, is left to it: Redis hands
 #   unacked messages out again when a worker's connection drops, while the first attempt is
 #   still running. -> busy, with the seconds left on that lease
 # - Otherwise (queued, retrying, or a running attempt whose lease lapsed: its worker died)
-#   the record becomes this attempt's for `lease` seconds (renewed while it runs), the job goes
-#   on the watch list until then, and the message is kept for a re-queue. -> claimed
+#   the record becomes this attempt's for `lease` seconds (renewed while it runs), and the job
+#   goes on the watch list until then. -> claimed
 _CLAIM = (
     _NOW
     + """
-local s = redis.call('HMGET', KEYS[1], 'status', 'owner', 'lease_until')
+local s = redis.call('HMGET', KEYS[1], 'status', 'owner', 'lease_until', 'gen')
 if s[1] == 'succeeded' or s[1] == 'failed' or s[1] == 'cancelled' then
   return {'final', redis.call('HGET', KEYS[1], 'record')}
 end
+local generation = tonumber(ARGV[7])
+if generation < (tonumber(s[4]) or 0) then return {'stale', ''} end
 if s[1] == 'running' and s[2] and s[2] ~= ARGV[1] then
   local left = (tonumber(s[3]) or 0) - now
   if left > 0 then return {'busy', tostring(left)} end
 end
 local lease_until = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'running', 'record', ARGV[2], 'owner', ARGV[1],
-           'lease_until', tostring(lease_until))
+           'lease_until', tostring(lease_until), 'gen', generation)
 redis.call('HSETNX', KEYS[1], 'message', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], lease_until, ARGV[6])
@@ -68,8 +74,10 @@ return {'claimed', ''}
 
 # Record an attempt's outcome: retrying, succeeded, failed, or (released for a rate-limit wait)
 # queued. KEYS: job, watch, dead. ARGV: token, status, record, ttl, done channel, job id,
-# seconds until the job must have moved on (non-final outcomes), dead-letter it (1 or 0).
-# Only the attempt holding the claim (or, before any claim, anyone) writes; a success or a
+# seconds until the job must have moved on (non-final outcomes), dead-letter it (1 or 0), the
+# generation of the message that carries the job on ('' to leave it).
+# Only the attempt holding the claim writes (or, with no claim held: a delivery that never
+# claimed, or a success from an attempt whose claim a reaper took back); a success or a
 # cancellation is never overwritten, so a late duplicate cannot turn a paid answer into a
 # failure. A final outcome leaves the watch list and is announced on the job's channel, for
 # waiters (producers/waiting.py); an exhausted one joins the dead letters. Returns 1 if written.
@@ -78,13 +86,20 @@ _SETTLE = (
     + """
 local s = redis.call('HMGET', KEYS[1], 'status', 'owner')
 if s[1] == 'succeeded' or s[1] == 'cancelled' then return 0 end
-if s[2] and s[2] ~= ARGV[1] then return 0 end
+if s[2] then
+  if s[2] ~= ARGV[1] then return 0 end
+elseif ARGV[1] ~= '' and ARGV[2] ~= 'succeeded' then
+  -- This attempt's claim was taken back by a reaper: only a paid answer is still worth keeping.
+  return 0
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'record', ARGV[3])
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'gen', ARGV[9]) end
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' then
   redis.call('ZREM', KEYS[2], ARGV[6])
   redis.call('PUBLISH', ARGV[5], ARGV[6])
+  if ARGV[2] == 'succeeded' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 else
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[7]), ARGV[6])
 end
@@ -101,6 +116,8 @@ class Claim:
     claimed: bool
     finished: JobResult | None = None
     busy_for_seconds: float = 0.0
+    # The message was superseded by a newer one of the same job.
+    stale: bool = False
 
 
 def connect(
@@ -164,18 +181,35 @@ class JobStore:
         pipe.expire(key, self._ttl_seconds)
         pipe.execute()
 
-    def save_many(self, results: Sequence[JobResult]) -> None:
-        """Write many records in one round trip (bulk submission)."""
+    def save_many(self, results: Sequence[JobResult], messages: Sequence[str]) -> None:
+        """Write new jobs' records, with their queue messages (kept for a re-queue), in one
+        round trip (bulk submission)."""
         pipe = self._redis.pipeline(transaction=False)
-        for result in results:
+        for result, message in zip(results, messages, strict=True):
             key = self.key(result.job_id)
-            pipe.hset(key, mapping={"status": result.status.value, "record": result.to_json()})
+            pipe.hset(
+                key,
+                mapping={
+                    "status": result.status.value,
+                    "record": result.to_json(),
+                    "message": message,
+                    "gen": 0,
+                },
+            )
             pipe.expire(key, self._ttl_seconds)
         pipe.execute()
 
-    def claim(self, result: JobResult, token: str, lease_seconds: float, message: str) -> Claim:
-        """Make the job this attempt's (status running), unless it ended or another attempt
-        holds a live lease on it. `message` (the queue message, JSON) is kept for a re-queue."""
+    def watch(self, job_ids: Sequence[str], due_in_seconds: float) -> None:
+        """Put jobs on the watch list: a reaper re-queues them unless they move on in time."""
+        if job_ids:
+            due = time.time() + due_in_seconds
+            self._redis.zadd(self.keys.watch, dict.fromkeys(job_ids, due))
+
+    def claim(
+        self, result: JobResult, token: str, lease_seconds: float, message: str, generation: int
+    ) -> Claim:
+        """Make the job this attempt's (status running), unless it ended, the message is stale,
+        or another attempt holds a live lease on it. `message` (JSON) is kept for a re-queue."""
         outcome, detail = self._claim_script(
             keys=[self.key(result.job_id), self.keys.watch],
             args=[
@@ -185,8 +219,11 @@ class JobStore:
                 self._ttl_seconds,
                 message,
                 result.job_id,
+                generation,
             ],
         )
+        if outcome == b"stale":
+            return Claim(claimed=False, stale=True)
         if outcome == b"final":
             return Claim(claimed=False, finished=JobResult.from_json(detail))
         if outcome == b"busy":
@@ -200,6 +237,7 @@ class JobStore:
         *,
         due_in_seconds: float = 0.0,
         dead_letter: bool = False,
+        generation: int | None = None,
     ) -> bool:
         """Write an attempt's outcome if this attempt (`token`) still owns the job.
 
@@ -218,6 +256,7 @@ class JobStore:
                 result.job_id,
                 due_in_seconds,
                 "1" if dead_letter else "0",
+                "" if generation is None else generation,
             ],
         )
         return bool(written)

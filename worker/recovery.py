@@ -62,7 +62,8 @@ return renewed
 )
 
 # KEYS: watch. ARGV: job key prefix, seconds before the same job may be re-queued again,
-# batch size. Returns {job id, message, record} for each job to re-queue.
+# batch size. Returns {job id, message, record, generation} for each job to re-queue; the
+# job's generation is bumped, so the message it replaces is stale if it turns up after all.
 _REAP = (
     _NOW
     + """
@@ -79,9 +80,11 @@ for _, id in ipairs(due) do
   else
     redis.call('HDEL', key, 'owner', 'lease_until')
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+    local generation = redis.call('HINCRBY', key, 'gen', 1)
     table.insert(out, id)
     table.insert(out, s[3])
     table.insert(out, s[4])
+    table.insert(out, tostring(generation))
   end
 end
 return out
@@ -104,7 +107,9 @@ class Leases:
         self._renew = client.register_script(_RENEW)
         self._reap = client.register_script(_REAP)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        # When this process last failed to reach Redis (renewing or reaping).
+        self._redis_failed_at = float("-inf")
 
     def hold(self, job_id: str, token: str) -> None:
         with self._lock:
@@ -131,35 +136,50 @@ class Leases:
             keys=[self.store.keys.watch],
             args=[self.store.keys.job(""), self.lease_seconds, REAP_BATCH],
         )
-        for job_id, message, record in zip(found[::3], found[1::3], found[2::3], strict=True):
+        picked = zip(found[::4], found[1::4], found[2::4], found[3::4], strict=True)
+        for job_id, message, record, generation in picked:
+            # The attempt that was running (or the retry that never came) counts as spent.
             attempts = JobResult.from_json(record).attempts if record else 0
-            self._requeue(job_id.decode(), json.loads(message), attempts)
+            superseding = {**json.loads(message), "generation": int(generation)}
+            self._requeue(job_id.decode(), superseding, attempts)
             log.warning("job.requeued", job_id=job_id.decode(), reason="lease lapsed")
-        return len(found) // 3
+        return len(found) // 4
 
     def start(self) -> None:
-        """Renew and reap in a background thread until `stop()`."""
-        self._thread = threading.Thread(target=self._loop, name="tierq-leases", daemon=True)
-        self._thread.start()
+        """Renew, and reap, in two background threads until `stop()`.
+
+        Two threads, so a re-queue that waits on the broker never delays a renewal.
+        """
+        self._threads = [
+            threading.Thread(target=self._renew_loop, name="tierq-renew", daemon=True),
+            threading.Thread(target=self._reap_loop, name="tierq-reap", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
-    def _loop(self) -> None:
-        renew_every = self.lease_seconds / 3
-        next_renew = next_reap = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
             try:
-                if now >= next_renew:
-                    self.renew()
-                    next_renew = now + renew_every
-                if now >= next_reap:
-                    self.reap()
-                    next_reap = now + REAP_INTERVAL_SECONDS
+                self.renew()
             except redis.RedisError as error:
-                # Redis is away: nothing to renew against; try again shortly.
+                self._redis_failed_at = time.monotonic()
                 log.warning("leases.redis_unavailable", error=str(error))
-            self._stop.wait(min(1.0, renew_every))
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(REAP_INTERVAL_SECONDS):
+            # After Redis was away, leases lapsed that live workers are about to renew: give
+            # them a whole lease to do so before treating any job as abandoned.
+            if time.monotonic() - self._redis_failed_at < self.lease_seconds:
+                continue
+            try:
+                self.reap()
+            except redis.RedisError as error:
+                self._redis_failed_at = time.monotonic()
+                log.warning("leases.redis_unavailable", error=str(error))
+            except Exception as error:  # a re-queue that could not be published
+                log.error("leases.requeue_failed", error=repr(error))

@@ -55,6 +55,10 @@ class CompletionTask(Task):  # type: ignore[type-arg]
             countdown = max(countdown or 0.0, asked)
         message = (self.request.args or [None])[0]
         attempt = self.request.retries + 1
+        # The retry's message supersedes this one: a late copy of this one will not run.
+        generation = next_generation(message)
+        if args is None and isinstance(message, dict):
+            args = [{**message, "generation": generation}]
         try:
             return super().retry(
                 args=args,
@@ -76,6 +80,7 @@ class CompletionTask(Task):  # type: ignore[type-arg]
                     worker=self.request.hostname,
                     error=exc,
                     wait=countdown or 0.0,
+                    generation=generation,
                 )
             raise
         except Reject as rejected:
@@ -109,6 +114,12 @@ class CompletionTask(Task):  # type: ignore[type-arg]
         self.runner.record_failure(
             message, attempt=self.request.retries + 1, worker=self.request.hostname, error=exc
         )
+
+
+def next_generation(message: Any) -> int:
+    """The generation of the message that supersedes `message` (see JobEnvelope.generation)."""
+    current = message.get("generation", 0) if isinstance(message, dict) else 0
+    return (current if isinstance(current, int) else 0) + 1
 
 
 def register_tasks(app: Celery, runner: JobRunner) -> Task:  # type: ignore[type-arg]
