@@ -14,11 +14,20 @@ import resource
 import sys
 import time
 
+import httpx2
 import openai
 
 
 async def run(base_url: str, jobs: int, concurrency: int) -> float:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-benchmark", max_retries=0)
+    # A connection pool as large as the concurrency, as tierq's workers have.
+    client = openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key="sk-benchmark",
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        ),
+    )
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
