@@ -31,7 +31,8 @@ HEALTH_CHECK_INTERVAL_SECONDS = 25
 # Attempts of one Redis command across a brief outage (with exponential back-off, ~10 s in all).
 REDIS_COMMAND_RETRIES = 8
 
-_NOW = """
+# Lua prelude: `now` in seconds by Redis's clock, the one clock every worker shares.
+LUA_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
@@ -50,7 +51,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 #   the record becomes this attempt's for `lease` seconds (renewed while it runs), and the job
 #   goes on the watch list until then. -> claimed
 _CLAIM = (
-    _NOW
+    LUA_NOW
     + """
 local s = redis.call('HMGET', KEYS[1], 'status', 'owner', 'lease_until', 'gen')
 if s[1] == 'succeeded' or s[1] == 'failed' or s[1] == 'cancelled' then
@@ -82,7 +83,7 @@ return {'claimed', ''}
 # failure. A final outcome leaves the watch list and is announced on the job's channel, for
 # waiters (producers/waiting.py); an exhausted one joins the dead letters. Returns 1 if written.
 _SETTLE = (
-    _NOW
+    LUA_NOW
     + """
 local s = redis.call('HMGET', KEYS[1], 'status', 'owner')
 if s[1] == 'succeeded' or s[1] == 'cancelled' then return 0 end

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 import structlog
 
-from worker.jobstore import JobStore
+from worker.jobstore import LUA_NOW, JobStore
 from worker.results import JobResult
 
 log = structlog.get_logger("tierq.worker")
@@ -38,15 +38,10 @@ REAP_INTERVAL_SECONDS = 5.0
 # Jobs re-queued per reaper pass at most (the rest wait for the next pass).
 REAP_BATCH = 100
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
-
 # KEYS: watch. ARGV: lease seconds, then (job key, token, job id) per job held by this worker.
 # Extends each lease still held by its token; returns how many were.
 _RENEW = (
-    _NOW
+    LUA_NOW
     + """
 local until_ = now + tonumber(ARGV[1])
 local renewed = 0
@@ -65,7 +60,7 @@ return renewed
 # batch size. Returns {job id, message, record, generation} for each job to re-queue; the
 # job's generation is bumped, so the message it replaces is stale if it turns up after all.
 _REAP = (
-    _NOW
+    LUA_NOW
     + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
