@@ -13,6 +13,7 @@ references measured in the same run, so they compare like with like on a noisy m
 2. I/O-bound: latency 200 ms, concurrency 100 per process. Jobs/s for tierq with one worker
    process and with two, for the direct asyncio client at the same total concurrency
    (benchmarks/direct_client.py), and the Little's-law limit (calls in flight / latency).
+   The bare Celery task runs here too: the ceiling of the framework tierq is built on.
 3. Latency overhead: jobs submitted at an even rate of half the capacity measured in 2;
    p50/p95/p99 of (end-to-end latency - simulator latency), end-to-end being submission to
    the moment the producer is told the job finished (the notification `wait` sleeps on;
@@ -294,9 +295,12 @@ class Bench:
             simulator.stop()
         simulator, base_url = self.simulator(IO_LATENCY_MS)
         try:
-            self.note("2. I/O-bound (latency 200 ms): tierq x1, x2, direct client x100, x200")
+            self.note(
+                "2. I/O-bound (latency 200 ms): tierq x1, x2, bare Celery x1, direct x100, x200"
+            )
             figures["io_tierq_1"] = self.tierq_run(base_url, sizes.io_jobs, 1)
             figures["io_tierq_2"] = self.tierq_run(base_url, sizes.io_jobs, 2)
+            figures["io_bare_celery"] = self.bare_celery_run(base_url, sizes.io_jobs)
             figures["io_direct_100"] = self.direct_run(base_url, sizes.io_jobs, CONCURRENCY)
             figures["io_direct_200"] = self.direct_run(base_url, sizes.io_jobs, 2 * CONCURRENCY)
             capacity = figures["io_tierq_1"]["jobs_per_second"]
@@ -330,6 +334,10 @@ def render(figures: Figures, console: Console) -> list[dict[str, Any]]:
     row("   I/O-bound, 2 workers, jobs/s", f"{t2['jobs_per_second']:.0f}",
         f"direct x200 {d2['jobs_per_second']:.0f}", t2["jobs_per_second"] / d2["jobs_per_second"],
         "")  # fmt: skip
+    b1 = figures["io_bare_celery"]
+    row("   bare Celery task, 1 worker, jobs/s", f"{b1['jobs_per_second']:.0f}",
+        f"direct x100 {d1['jobs_per_second']:.0f}", b1["jobs_per_second"] / d1["jobs_per_second"],
+        "framework ceiling")  # fmt: skip
     row(
         "   Little's-law limit, jobs/s",
         f"{little1:.0f} / {2 * little1:.0f}",
@@ -352,6 +360,9 @@ def render(figures: Figures, console: Console) -> list[dict[str, Any]]:
     row("5. CPU per job, 1 worker (200 ms)", f"{t1['worker_cpu_ms_per_job']:.2f} ms",
         f"direct client {d1['cpu_ms_per_call']:.2f} ms/call",
         t1["worker_cpu_ms_per_job"] / d1["cpu_ms_per_call"], "<= 1.3")  # fmt: skip
+    row("   bare Celery task CPU per job (200 ms)", f"{b1['worker_cpu_ms_per_job']:.2f} ms",
+        f"direct client {d1['cpu_ms_per_call']:.2f} ms/call",
+        b1["worker_cpu_ms_per_job"] / d1["cpu_ms_per_call"], "framework ceiling")  # fmt: skip
     row("   Redis server CPU per job (same run)", f"{t1['redis_cpu_ms_per_job']:.2f} ms", "",
         None, "")  # fmt: skip
 

@@ -8,6 +8,7 @@ submission is a couple of Redis round trips, well under a millisecond on a local
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from producers.client import (
 )
 from producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
 from worker.errors import BrokerUnavailableError, JobNotFoundError
-from worker.results import JobResult
+from worker.results import JobResult, JobStatus
 from worker.settings import Settings, get_settings
 
 
@@ -47,12 +48,23 @@ class AsyncTierqClient:
     async def submit(self, request: RequestLike | None = None, /, **params: Any) -> str:
         return await asyncio.to_thread(self._sync.submit, request, **params)
 
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        """The client's Redis connection pool, for callers that keep state beside the jobs."""
+        return self._redis
+
     async def submit_many(
         self,
         requests: Iterable[RequestLike],
         idempotency_keys: Sequence[str | None] | None = None,
+        *,
+        tenant: str | None = None,
     ) -> list[str]:
-        return await asyncio.to_thread(self._sync.submit_many, list(requests), idempotency_keys)
+        return await asyncio.to_thread(
+            functools.partial(self._sync.submit_many, tenant=tenant),
+            list(requests),
+            idempotency_keys,
+        )
 
     async def cancel(self, job_id: str) -> JobResult:
         return await asyncio.to_thread(self._sync.cancel, job_id)
@@ -139,6 +151,14 @@ class AsyncTierqClient:
                 ids.append(data.decode() if isinstance(data, bytes) else data)
             message = await subscription.get_message(ignore_subscribe_messages=True, timeout=0)
         return ids
+
+    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        """Each job's status alone (None for an unknown id): one pipelined read."""
+        try:
+            raws = await self._statuses(job_ids)
+        except redis.RedisError as error:
+            raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
+        return [JobStatus(raw.decode()) if raw else None for raw in raws]
 
     async def _statuses(self, job_ids: Sequence[str]) -> list[bytes | None]:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -38,6 +38,8 @@ LAZY_COMMANDS = {
     "worker": "worker.cli:worker_command",
     "simulator": "simulator.cli:simulator_command",
     "demo": "devkit.demo:demo_command",
+    "gateway": "producers.gateway.cli:gateway_command",
+    "keys": "producers.gateway.cli:keys_group",
 }
 
 

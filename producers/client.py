@@ -67,6 +67,12 @@ def prepare(settings: Settings, request: RequestLike) -> PreparedJob:
     """Validate a request: the contract, the payload limit, the tier table, and the budgets
     (a job over its model's context window or whole TPM limit could never run)."""
     parsed = parse_job_request(dict(request) if isinstance(request, Mapping) else request)
+    if len(parsed.messages) > settings.max_messages_per_job:
+        raise InvalidJobError(
+            f"invalid job request: messages: {len(parsed.messages)} messages, over the limit "
+            f"of {settings.max_messages_per_job} (TIERQ_MAX_MESSAGES_PER_JOB)",
+            [{"field": "messages", "message": "too many messages"}],
+        )
     size = request_size_bytes(parsed)
     if size > settings.max_request_bytes:
         raise PayloadTooLargeError(size, settings.max_request_bytes)
@@ -119,10 +125,13 @@ class TierqClient:
         self,
         requests: Iterable[RequestLike],
         idempotency_keys: Sequence[str | None] | None = None,
+        *,
+        tenant: str | None = None,
     ) -> list[str]:
         """Enqueue many jobs; all are validated first, so one bad request enqueues none.
 
         `idempotency_keys`, if given, holds one key (or None) per request, as for `submit`.
+        `tenant` labels the jobs with the gateway tenant that owns them.
         """
         prepared = [prepare(self.settings, request) for request in requests]
         if idempotency_keys is not None and len(idempotency_keys) != len(prepared):
@@ -135,6 +144,7 @@ class TierqClient:
                 submitted_at=submitted_at,
                 request=job.request,
                 estimated_prompt_tokens=job.prompt_tokens,
+                tenant=tenant,
             )
             for job in prepared
         ]
@@ -154,6 +164,7 @@ class TierqClient:
                 model=envelope.request.model,
                 submitted_at=submitted_at,
                 metadata=envelope.request.metadata,
+                tenant=tenant,
             )
             for envelope in envelopes
         ]

@@ -341,6 +341,9 @@ class JobEnvelope(_Strict):
     # Which of the job's messages this is: each retry, re-queue by a reaper or retry of a dead
     # letter supersedes the earlier ones, so a late copy of an older one is not run again.
     generation: int = 0
+    # The gateway tenant that submitted the job (None from the Python client): its record
+    # carries it, so one tenant never reads another's jobs.
+    tenant: str | None = None
 
     def to_message(self) -> dict[str, Any]:
         # exclude_unset keeps the request exactly as the caller set it across the JSON hop.

@@ -97,6 +97,20 @@ class RequestTooLargeError(InvalidJobError):
         self.field = field
 
 
+class TenantQuotaExceededError(TierqError):
+    """Raised when a gateway tenant has as many jobs in flight as its quota allows; nothing was
+    enqueued. Submit again once some of its jobs have finished."""
+
+    def __init__(self, tenant: str, in_flight: int, limit: int) -> None:
+        super().__init__(
+            f"tenant {tenant!r} has {in_flight} jobs in flight, the most its quota allows is "
+            f"{limit} (TIERQ_GATEWAY__TENANT_MAX_IN_FLIGHT); submit again when some have finished"
+        )
+        self.tenant = tenant
+        self.in_flight = in_flight
+        self.limit = limit
+
+
 class AdmissionDeferred(TierqError):
     """Raised inside a worker when the shared rate limit cannot admit a job soon.
 

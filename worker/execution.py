@@ -279,6 +279,7 @@ class JobRunner:
             attempts=attempt,
             submitted_at=envelope.submitted_at,
             metadata=envelope.request.metadata,
+            tenant=envelope.tenant,
             worker=worker,
             **fields,
         )

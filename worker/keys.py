@@ -39,3 +39,37 @@ class Keys:
     def ratelimit(self, group: str) -> str:
         """Hash: a rate-limit group's GCRA state, pause and learned limits."""
         return f"{self.prefix}ratelimit:{group}"
+
+    def deltas(self, job_id: str) -> str:
+        """Stream: a streamed job's content deltas as its worker receives them (for SSE)."""
+        return f"{self.prefix}deltas:{job_id}"
+
+    def api_key(self, key_hash: str) -> str:
+        """String: a gateway API key's record (JSON), found by the SHA-256 of the key."""
+        return f"{self.prefix}apikey:{key_hash}"
+
+    @property
+    def api_keys(self) -> str:
+        """Hash: key id -> SHA-256 of the key, to list and revoke keys by id."""
+        return f"{self.prefix}apikeys"
+
+    def tenant_in_flight(self, tenant: str) -> str:
+        """Sorted set: a tenant's jobs not yet seen finished -> submission time (its quota)."""
+        return f"{self.prefix}tenant:{tenant}:inflight"
+
+    def file(self, file_id: str) -> str:
+        """Hash: a gateway file's object (JSON) and content."""
+        return f"{self.prefix}file:{file_id}"
+
+    def batch(self, batch_id: str) -> str:
+        """Hash: a gateway batch's object (JSON) and its jobs."""
+        return f"{self.prefix}batch:{batch_id}"
+
+    def tenant_batches(self, tenant: str) -> str:
+        """Sorted set: a tenant's batch ids -> creation time, for listing."""
+        return f"{self.prefix}tenant:{tenant}:batches"
+
+    @property
+    def active_batches(self) -> str:
+        """Set: batch ids not yet finalized, which the gateway's finalizer watches."""
+        return f"{self.prefix}batches:active"

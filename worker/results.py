@@ -156,6 +156,8 @@ class JobResult(BaseModel):
     # The Celery node that ran the latest attempt ("fast-1234@host"): which tier's worker took it.
     worker: str | None = None
     metadata: dict[str, str] = {}
+    # The gateway tenant that submitted the job; None for jobs from the Python client.
+    tenant: str | None = None
 
     @property
     def content(self) -> str | None:

@@ -132,6 +132,29 @@ class LimiterSettings(BaseModel):
     default_output_tokens: Annotated[int, Field(ge=1)] = 16
 
 
+class GatewaySettings(BaseModel):
+    """The HTTP gateway (`tierq gateway`): its address, input limits and tenant quotas."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65_535)] = 8700
+    # Largest JSON body accepted (413 beyond); a job's own limit is max_request_bytes.
+    max_body_bytes: Annotated[int, Field(ge=1_024, le=256 * 1024 * 1024)] = 2 * 1024 * 1024
+    # Largest uploaded batch input file; the API's own cap is 200 MB.
+    max_file_bytes: Annotated[int, Field(ge=1_024, le=512 * 1024 * 1024)] = 100 * 1024 * 1024
+    # Requests per batch input file; the API's own cap is 50,000.
+    max_batch_lines: Annotated[int, Field(ge=1, le=1_000_000)] = 50_000
+    # Jobs per POST /v1/jobs:batch request.
+    max_jobs_per_request: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    # Jobs of one tenant queued or running at once; submissions beyond answer 429.
+    tenant_max_in_flight: Annotated[int, Field(ge=1)] = 10_000
+    # Longest long-poll of GET /v1/jobs/{id}?wait=SECONDS.
+    max_wait_seconds: Annotated[float, Field(gt=0, le=600)] = 60.0
+    # How long uploaded and result files are kept (the API keeps batch output 30 days).
+    file_ttl_seconds: Annotated[int, Field(ge=60)] = 30 * 86_400
+
+
 def default_context_windows() -> dict[str, int]:
     """Prompt plus output, in tokens, per model (the API's published windows)."""
     return {"gpt-4o": 128_000, "gpt-4o-mini": 128_000, "o4-mini": 200_000, "o3": 200_000}
@@ -188,6 +211,9 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: Annotated[int, Field(ge=60)] = 3_600
     # Largest accepted job request, as JSON; bigger ones are refused before enqueueing.
     max_request_bytes: Annotated[int, Field(ge=1_024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # Most messages in one job request; longer conversations are refused before enqueueing.
+    max_messages_per_job: Annotated[int, Field(ge=1, le=100_000)] = 2_048
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     # Prefix of every Celery queue name; the tier name follows ("tierq.fast").
     queue_prefix: str = "tierq."
     # Prefix of every Redis key tierq writes besides Celery's own.

@@ -1,0 +1,99 @@
+"""The gateway's ASGI app: tierq's job API and the OpenAI Files and Batches API over HTTP.
+
+    tierq gateway --host 0.0.0.0 --port 8700
+
+Routes (all but the health checks need `Authorization: Bearer <key>`; `tierq keys create`):
+
+    POST   /v1/jobs                  submit one job (Idempotency-Key header optional) -> 202
+    POST   /v1/jobs:batch            submit many jobs at once -> 202
+    GET    /v1/jobs/{id}[?wait=S]    the job's record, optionally long-polled
+    DELETE /v1/jobs/{id}             cancel
+    GET    /v1/jobs/{id}/events      Server-Sent Events: status changes and streamed deltas
+    POST   /v1/files, GET /v1/files/{id}[/content]                    (OpenAI Files API)
+    POST   /v1/batches, GET /v1/batches[/{id}], POST /v1/batches/{id}/cancel  (Batches API)
+    GET    /healthz, /readyz         liveness, and readiness (Redis reachable)
+    GET    /openapi.json, /docs      the OpenAPI document
+
+A gateway is a producer like `TierqClient`: it validates, enqueues and reads job records; the
+workers are the same. It holds no state of its own, so any number can run behind a balancer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from producers.aio import AsyncTierqClient
+from producers.gateway import batches, events, files, jobs
+from producers.gateway.auth import KeyStore
+from producers.gateway.deps import Gateway, GatewayState
+from producers.gateway.errors import install_error_handlers
+from producers.gateway.limits import BodyLimit
+from producers.gateway.quota import TenantQuota
+from worker.keys import Keys
+from worker.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = AsyncTierqClient(settings)
+        keys = Keys(settings.key_prefix)
+        app.state.gateway = Gateway(
+            settings=settings,
+            client=client,
+            keys=keys,
+            key_store=KeyStore(client.redis, keys),
+            quota=TenantQuota(
+                client.redis,
+                keys,
+                settings.gateway.tenant_max_in_flight,
+                settings.result_ttl_seconds,
+            ),
+        )
+        async with batches.finalizer(app.state.gateway):
+            yield
+        await client.aclose()
+
+    app = FastAPI(
+        title="tierq gateway",
+        version="0.1.0",
+        summary="OpenAI Chat Completions calls as durable, rate-limited background jobs.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimit,
+        max_body_bytes=settings.gateway.max_body_bytes,
+        max_file_bytes=settings.gateway.max_file_bytes,
+    )
+    app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Readiness: Redis answers",
+        responses={503: {"description": "Redis is unreachable"}},
+    )
+    async def readyz(gateway: GatewayState) -> Any:
+        try:
+            await gateway.client.redis.ping()
+        except (redis.RedisError, OSError) as error:
+            return JSONResponse({"status": "unavailable", "redis": str(error)}, status_code=503)
+        return {"status": "ok"}
+
+    return app

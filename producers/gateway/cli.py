@@ -1,0 +1,110 @@
+"""`tierq gateway` and `tierq keys`: serve the HTTP gateway, and manage its API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import redis.asyncio
+
+from producers.gateway.auth import ApiKey, InvalidTenantError, KeyStore, UnknownKeyError
+from worker.keys import Keys
+from worker.settings import get_settings
+
+T = TypeVar("T")
+
+
+@click.command("gateway")
+@click.option("--host", default=None, help="Address to bind [default: TIERQ_GATEWAY__HOST].")
+@click.option("--port", type=int, default=None, help="Port to bind [default: TIERQ_GATEWAY__PORT].")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Gateway processes (uvicorn workers).")  # fmt: skip
+def gateway_command(host: str | None, port: int | None, workers: int) -> None:
+    """Serve the HTTP gateway: the job API and the OpenAI Files and Batches API."""
+    import uvicorn
+
+    from worker.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)
+    uvicorn.run(
+        "producers.gateway.app:create_app",
+        factory=True,
+        host=host or settings.gateway.host,
+        port=port or settings.gateway.port,
+        workers=workers,
+        # Access lines carry paths and ids, never bodies; structlog carries the rest.
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
+
+
+def _with_store(action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    settings = get_settings()
+
+    async def run() -> T:
+        client = redis.asyncio.Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            return await action(KeyStore(client, Keys(settings.key_prefix)))
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(run())
+    except (InvalidTenantError, UnknownKeyError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2 if isinstance(error, InvalidTenantError) else 3)
+    except (redis.RedisError, OSError) as error:
+        click.echo(f"error: cannot reach Redis: {error}", err=True)
+        sys.exit(5)
+
+
+def _view(key: ApiKey) -> dict[str, Any]:
+    return key.model_dump(mode="json") | {"active": key.active}
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Create, list and revoke the gateway's API keys (one tenant per key)."""
+
+
+@keys_group.command("create")
+@click.argument("tenant")
+@click.option("--json", "as_json", is_flag=True, help="Print the key and its record as JSON.")
+def create_key(tenant: str, as_json: bool) -> None:
+    """Create a key for TENANT and print it: it is shown this once, and stored only hashed."""
+    secret, record = _with_store(lambda store: store.create(tenant))
+    if as_json:
+        click.echo(json.dumps({"key": secret, **_view(record)}))
+    else:
+        click.echo(secret)
+        click.echo(f"key id {record.key_id}, tenant {record.tenant} (store the key now)", err=True)
+
+
+@keys_group.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
+def list_keys(tenant: str | None, as_json: bool) -> None:
+    """List keys: id, tenant, first characters, created, revoked. Never the keys."""
+    found = _with_store(lambda store: store.list(tenant))
+    for key in found:
+        if as_json:
+            click.echo(json.dumps(_view(key)))
+        else:
+            revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            click.echo(
+                f"{key.key_id}  {key.tenant:<20} {key.hint}…  "
+                f"created {key.created_at:%Y-%m-%d %H:%M}  {revoked}"
+            )
+
+
+@keys_group.command("revoke")
+@click.argument("key_id")
+def revoke_key(key_id: str) -> None:
+    """Revoke the key KEY_ID: refused from the next request on. Exit 3 if there is none."""
+    record = _with_store(lambda store: store.revoke(key_id))
+    click.echo(f"revoked {record.key_id} (tenant {record.tenant})")

@@ -1,0 +1,142 @@
+"""Every gateway error leaves in the OpenAI API's shape: {"error": {message, type, param, code}}.
+
+Clients written for the API (the `openai` SDK among them) read that shape into their own
+exception classes, so tierq's errors reach them as the API's would. The status codes follow
+the API where it has a route of the same kind; tierq's own job routes answer 422 for a request
+that breaks the contract and 413 for one over a size limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from worker.contract import parse_job_request
+from worker.errors import (
+    BrokerUnavailableError,
+    IdempotencyConflictError,
+    InvalidJobError,
+    JobNotFoundError,
+    PayloadTooLargeError,
+    TenantQuotaExceededError,
+)
+
+
+class APIError(Exception):
+    """An answer other than success, raised anywhere in a route and rendered by the handler."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
+
+
+def not_found(what: str, ident: str) -> APIError:
+    """Unknown and not-yours look the same: another tenant's id answers 404, never 403."""
+    return APIError(404, f"No such {what}: {ident!r}", param=None, code=f"{what}_not_found")
+
+
+def from_invalid_job(error: InvalidJobError, *, status_code: int = 422) -> APIError:
+    first = error.errors[0] if error.errors else {}
+    if isinstance(error, PayloadTooLargeError):
+        return APIError(413, str(error), param=first.get("field"), code="request_too_large")
+    if isinstance(error, IdempotencyConflictError):
+        return APIError(409, str(error), param="Idempotency-Key", code="idempotency_conflict")
+    return APIError(status_code, str(error), param=first.get("field"), code="invalid_request")
+
+
+def _param(location: tuple[Any, ...]) -> str | None:
+    # FastAPI's locations start with where the value came from ("body", "query", "path").
+    parts = [str(part) for part in location[1:]] if len(location) > 1 else []
+    return ".".join(parts) or (str(location[0]) if location else None)
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    if request.url.path == "/v1/jobs" and isinstance(error.body, dict):
+        # A job body: the contract's own description names the field and the API's rule.
+        try:
+            parse_job_request(error.body)
+        except InvalidJobError as invalid:
+            return from_invalid_job(invalid).response()
+    problems = error.errors()
+    first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        return APIError(422, "the request body is not valid JSON", code="invalid_json").response()
+    param = _param(tuple(first.get("loc", ())))
+    message = f"invalid request: {param}: {first.get('msg')}" if param else str(first.get("msg"))
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more)"
+    return APIError(422, message, param=param, code="invalid_request").response()
+
+
+async def _http_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    headers = dict(error.headers) if error.headers else None
+    return APIError(error.status_code, str(error.detail), headers=headers).response()
+
+
+async def _api_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, APIError)
+    return error.response()
+
+
+async def _tierq_error(_: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, InvalidJobError):
+        return from_invalid_job(error).response()
+    if isinstance(error, TenantQuotaExceededError):
+        return APIError(
+            429, str(error), type="rate_limit_error", code="tenant_quota_exceeded",
+            headers={"Retry-After": "1"},
+        ).response()  # fmt: skip
+    if isinstance(error, JobNotFoundError):
+        return APIError(404, str(error), code="job_not_found").response()
+    if isinstance(error, BrokerUnavailableError):
+        return APIError(
+            503, "the job queue is unreachable; try again shortly", type="server_error",
+            code="broker_unavailable", headers={"Retry-After": "2"},
+        ).response()  # fmt: skip
+    raise error
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(APIError, _api_error)
+    for kind in (
+        InvalidJobError,
+        TenantQuotaExceededError,
+        JobNotFoundError,
+        BrokerUnavailableError,
+    ):
+        app.add_exception_handler(kind, _tierq_error)

@@ -1,0 +1,129 @@
+"""tierq's own job API: submit, read (with long-polling), cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
+from producers.gateway.errors import APIError
+from worker.contract import JobRequest
+from worker.errors import JobWaitTimeout
+from worker.results import JobResult, JobStatus
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="The same key and request within the result TTL return the first job.",
+    ),
+]
+
+
+class JobAccepted(BaseModel):
+    id: str
+    object: Literal["tierq.job"] = "tierq.job"
+    status: JobStatus
+    status_url: str
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobAccepted]
+
+
+class JobBatch(BaseModel):
+    """Many jobs in one request; all are validated first, so one bad job enqueues none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: Annotated[list[JobRequest], Field(min_length=1)]
+    # One key (or null) per job, as the Idempotency-Key header is for one job.
+    idempotency_keys: list[Annotated[str, Field(min_length=1, max_length=255)] | None] | None = None
+
+
+def _tenant_key(tenant: str, key: str | None) -> str | None:
+    # Keys are per tenant: two tenants using "order-42" get two jobs.
+    return None if key is None else f"tenant:{tenant}:{key}"
+
+
+async def _submit(
+    gateway: Gateway, tenant: str, jobs: list[JobRequest], keys: list[str | None] | None
+) -> list[JobAccepted]:
+    await gateway.quota.check(tenant, len(jobs))
+    scoped = [_tenant_key(tenant, key) for key in keys] if keys is not None else None
+    job_ids = await gateway.client.submit_many(jobs, scoped, tenant=tenant)
+    await gateway.quota.add(tenant, job_ids)
+    statuses = await gateway.client.statuses(job_ids)
+    return [
+        JobAccepted(id=job_id, status=status or JobStatus.QUEUED, status_url=f"/v1/jobs/{job_id}")
+        for job_id, status in zip(job_ids, statuses, strict=True)
+    ]
+
+
+@router.post("/jobs", status_code=202, summary="Submit one job")
+async def submit_job(
+    job: JobRequest,
+    gateway: GatewayState,
+    tenant: Tenant,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    """Validate and enqueue a Chat Completions job; 202 with its id as soon as it is queued."""
+    accepted = (await _submit(gateway, tenant, [job], [idempotency_key]))[0]
+    response.headers["Location"] = accepted.status_url
+    return accepted
+
+
+@router.post("/jobs:batch", status_code=202, summary="Submit many jobs")
+async def submit_jobs(batch: JobBatch, gateway: GatewayState, tenant: Tenant) -> JobList:
+    limit = gateway.settings.gateway.max_jobs_per_request
+    if len(batch.jobs) > limit:
+        raise APIError(
+            413,
+            f"{len(batch.jobs)} jobs in one request, over the limit of {limit} "
+            "(TIERQ_GATEWAY__MAX_JOBS_PER_REQUEST)",
+            param="jobs",
+            code="too_many_jobs",
+        )
+    keys = batch.idempotency_keys
+    if keys is not None and len(keys) != len(batch.jobs):
+        raise APIError(
+            422, "idempotency_keys must hold one key (or null) per job", param="idempotency_keys"
+        )
+    return JobList(data=await _submit(gateway, tenant, batch.jobs, keys))
+
+
+@router.get("/jobs/{job_id}", summary="Read a job; optionally wait for it to finish")
+async def get_job(
+    job_id: str,
+    gateway: GatewayState,
+    tenant: Tenant,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=600, description="Seconds to wait for the job to finish (capped)."),
+    ] = 0,
+) -> JobResult:
+    """The job's record; with `wait`, answers when the job finishes or the wait runs out."""
+    record = await owned_job(gateway, tenant, job_id)
+    wait = min(wait, gateway.settings.gateway.max_wait_seconds)
+    if record.status.is_final or wait <= 0:
+        return record
+    try:
+        return await gateway.client.wait(job_id, timeout=wait)
+    except JobWaitTimeout:
+        return await owned_job(gateway, tenant, job_id)
+
+
+@router.delete("/jobs/{job_id}", summary="Cancel a job")
+async def cancel_job(job_id: str, gateway: GatewayState, tenant: Tenant) -> JobResult:
+    """A queued job never runs; a running one's answer is discarded. A finished job is left."""
+    await owned_job(gateway, tenant, job_id)
+    return await gateway.client.cancel(job_id)
