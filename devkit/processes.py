@@ -138,6 +138,22 @@ def start_worker(
     return process
 
 
+def start_gateway(
+    log_path: Path, env: Mapping[str, str], *, port: int | None = None
+) -> tuple[ManagedProcess, str]:
+    """A running `tierq gateway` and its root URL (http://127.0.0.1:PORT)."""
+    port = port or free_port()
+    process = ManagedProcess(
+        "gateway",
+        [sys.executable, "-m", "producers", "gateway", "--host", "127.0.0.1", "--port", str(port)],
+        log_path,
+        env,
+    ).start()
+    root = f"http://127.0.0.1:{port}"
+    process.wait_until(lambda: http_ok(f"{root}/readyz"))
+    return process, root
+
+
 def worker_ready(process: ManagedProcess) -> bool:
     return "worker.ready" in process.log_text()
 

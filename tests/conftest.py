@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from devkit.local_redis import ensure_redis
-from devkit.processes import ManagedProcess, start_simulator, start_worker
+from devkit.processes import ManagedProcess, start_gateway, start_simulator, start_worker
 from producers.client import TierqClient
 from tests.support import (
     API_KEY,
@@ -27,8 +27,10 @@ from tests.support import (
     WORKER_OVERRIDES,
     Simulator,
     clean_environment,
+    create_api_key,
     nonce,
     settings_for,
+    unique_tenant,
 )
 from worker.settings import Settings
 
@@ -86,6 +88,27 @@ def workers(worker_env: dict[str, str], logs_dir: Path) -> Iterator[dict[str, Ma
     finally:
         for process in started.values():
             process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(
+    worker_env: dict[str, str], logs_dir: Path, workers: dict[str, ManagedProcess]
+) -> Iterator[str]:
+    """A `tierq gateway` process in front of the session's workers; its root URL."""
+    process, root = start_gateway(logs_dir / "gateway.log", worker_env)
+    yield root
+    process.stop()
+
+
+@pytest.fixture
+def tenant_key(settings: Settings) -> Callable[[str | None], tuple[str, str]]:
+    """Factory: (tenant, API key); a fresh tenant unless one is named."""
+
+    def make(tenant: str | None = None) -> tuple[str, str]:
+        tenant = tenant or unique_tenant()
+        return tenant, create_api_key(settings, tenant)
+
+    return make
 
 
 @pytest.fixture

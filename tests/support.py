@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from typing import Any
 
 import httpx2
+import redis.asyncio
 
 from devkit.processes import settings_for
+from producers.gateway.auth import KeyStore
+from worker.keys import Keys
+from worker.settings import Settings
 
 TEST_REDIS_URL = os.environ.get("TIERQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # A recognisable fake key: the log tests look for it in every worker log.
@@ -45,6 +50,24 @@ class Simulator:
         self.http.patch("/sim/config", json=fields).raise_for_status()
 
 
+def create_api_key(settings: Settings, tenant: str) -> str:
+    """A fresh gateway key for `tenant`, made as `tierq keys create` makes it."""
+
+    async def create() -> str:
+        client = redis.asyncio.Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            secret, _ = await KeyStore(client, Keys(settings.key_prefix)).create(tenant)
+            return secret
+        finally:
+            await client.aclose()
+
+    return asyncio.run(create())
+
+
+def unique_tenant() -> str:
+    return f"tenant-{uuid.uuid4().hex[:8]}"
+
+
 def clean_environment() -> dict[str, str]:
     """This process's environment without tierq's or the SDK's settings from the shell."""
     return {
@@ -58,6 +81,8 @@ __all__ = [
     "WORKER_OVERRIDES",
     "Simulator",
     "clean_environment",
+    "create_api_key",
     "nonce",
     "settings_for",
+    "unique_tenant",
 ]

@@ -1,0 +1,5 @@
+"""`python -m producers` is the `tierq` command."""
+
+from producers.cli import main
+
+main()
