@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.contract import parse_job_request
@@ -24,6 +25,34 @@ from worker.errors import (
     PayloadTooLargeError,
     TenantQuotaExceededError,
 )
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The API's error body, as the `openai` SDK reads it."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give, all in the API's shape."""
+    meaning = {
+        400: "Invalid parameters",
+        401: "Missing, unknown or revoked API key",
+        404: "No such object for this tenant",
+        409: "Idempotency key reused for a different request",
+        413: "Request over a size limit",
+        422: "The request breaks the contract; the `param` names the field",
+        429: "The tenant's quota of jobs in flight is full",
+        503: "Redis (the queue) is unreachable",
+    }
+    return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
 
 
 class APIError(Exception):

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
-from producers.gateway.errors import APIError
+from producers.gateway.errors import APIError, error_responses
 from worker.contract import JobRequest
 from worker.errors import JobWaitTimeout
 from worker.results import JobResult, JobStatus
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=error_responses(401, 503))
 
 IdempotencyKey = Annotated[
     str | None,
@@ -68,7 +68,12 @@ async def _submit(
     ]
 
 
-@router.post("/jobs", status_code=202, summary="Submit one job")
+@router.post(
+    "/jobs",
+    status_code=202,
+    summary="Submit one job",
+    responses=error_responses(409, 413, 422, 429),
+)
 async def submit_job(
     job: JobRequest,
     gateway: GatewayState,
@@ -82,7 +87,12 @@ async def submit_job(
     return accepted
 
 
-@router.post("/jobs:batch", status_code=202, summary="Submit many jobs")
+@router.post(
+    "/jobs:batch",
+    status_code=202,
+    summary="Submit many jobs",
+    responses=error_responses(409, 413, 422, 429),
+)
 async def submit_jobs(batch: JobBatch, gateway: GatewayState, tenant: Tenant) -> JobList:
     limit = gateway.settings.gateway.max_jobs_per_request
     if len(batch.jobs) > limit:
@@ -101,7 +111,11 @@ async def submit_jobs(batch: JobBatch, gateway: GatewayState, tenant: Tenant) ->
     return JobList(data=await _submit(gateway, tenant, batch.jobs, keys))
 
 
-@router.get("/jobs/{job_id}", summary="Read a job; optionally wait for it to finish")
+@router.get(
+    "/jobs/{job_id}",
+    summary="Read a job; optionally wait for it to finish",
+    responses=error_responses(404, 422),
+)
 async def get_job(
     job_id: str,
     gateway: GatewayState,
@@ -122,7 +136,7 @@ async def get_job(
         return await owned_job(gateway, tenant, job_id)
 
 
-@router.delete("/jobs/{job_id}", summary="Cancel a job")
+@router.delete("/jobs/{job_id}", summary="Cancel a job", responses=error_responses(404))
 async def cancel_job(job_id: str, gateway: GatewayState, tenant: Tenant) -> JobResult:
     """A queued job never runs; a running one's answer is discarded. A finished job is left."""
     await owned_job(gateway, tenant, job_id)
