@@ -100,7 +100,14 @@ def from_invalid_job(error: InvalidJobError, *, status_code: int = 422) -> APIEr
     if isinstance(error, PayloadTooLargeError):
         return APIError(413, str(error), param=first.get("field"), code="request_too_large")
     if isinstance(error, IdempotencyConflictError):
-        return APIError(409, str(error), param="Idempotency-Key", code="idempotency_conflict")
+        # Not str(error): it quotes the tenant-scoped key, an internal name.
+        return APIError(
+            409,
+            f"the Idempotency-Key was used for a different request (job {error.job_id}); "
+            "use a new key for a new request",
+            param="Idempotency-Key",
+            code="idempotency_conflict",
+        )
     return APIError(status_code, str(error), param=first.get("field"), code="invalid_request")
 
 
@@ -129,8 +136,14 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     return APIError(422, message, param=param, code="invalid_request").response()
 
 
+# FastAPI's answer to a body it cannot decode (not UTF-8, say); it is malformed JSON like any other.
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 async def _http_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 400 and error.detail == FASTAPI_BODY_ERROR:
+        return APIError(422, "the request body is not valid JSON", code="invalid_json").response()
     headers = dict(error.headers) if error.headers else None
     return APIError(error.status_code, str(error.detail), headers=headers).response()
 

@@ -13,7 +13,7 @@ from worker.contract import JobRequest
 from worker.errors import JobWaitTimeout
 from worker.results import JobResult, JobStatus
 
-router = APIRouter(prefix="/v1", tags=["jobs"], responses=error_responses(401, 503))
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=error_responses(401, 422, 503))
 
 IdempotencyKey = Annotated[
     str | None,
