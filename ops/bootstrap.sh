@@ -21,3 +21,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"
   echo "$want" > "$stamp"
 fi
+
+# The dev extra's one non-Python tool: KEDA's CRD schemas for the manifest tests, from npm.
+if [[ "$extras" == *dev* ]]; then
+  if command -v npm >/dev/null 2>&1; then
+    lock="ops/tools/package-lock.json"
+    tools_stamp="ops/tools/node_modules/.tierq-installed"
+    if [ "$(cat "$tools_stamp" 2>/dev/null)" != "$(sha256sum "$lock" | cut -d' ' -f1)" ]; then
+      npm ci --prefix ops/tools --no-audit --no-fund --loglevel=error
+      sha256sum "$lock" | cut -d' ' -f1 > "$tools_stamp"
+    fi
+  else
+    echo "note: npm not found; the KEDA manifest check will be skipped" >&2
+  fi
+fi

@@ -1,0 +1,168 @@
+"""ops/k8s and docker-compose.yml checked against their schemas, offline, and against the code.
+
+Kubernetes' own kinds are validated with kubernetes-validate (the API's schemas, shipped in the
+package), KEDA's kinds with its CRD schemas from npm (@kubernetes-models/keda, installed by
+`ops/bootstrap.sh dev` into ops/tools), docker-compose.yml with the Compose specification's
+schema (shipped in check-jsonschema): the check `docker compose config` makes, without Docker.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import redis
+import yaml
+
+from producers.client import TierqClient
+from tests.support import TEST_REDIS_URL, clean_environment, settings_for
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "ops" / "k8s"
+TOOLS = ROOT / "ops" / "tools"
+KUBERNETES_VERSION = "1.30"
+
+
+def manifests() -> Iterator[tuple[str, dict[str, Any]]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    for name in kustomization["resources"]:
+        for doc in yaml.safe_load_all((K8S / name).read_text()):
+            if doc:
+                yield name, doc
+
+
+def of_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in manifests() if doc["kind"] == kind}
+
+
+def default_settings() -> Settings:
+    return settings_for(clean_environment())
+
+
+def test_kubernetes_objects_validate_against_the_api_schemas() -> None:
+    checked = 0
+    for _, doc in manifests():
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        checked += 1
+    assert checked >= 9, "namespace, 4 deployments, 4 disruption budgets, a service"
+
+
+def check_crds(docs: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (the KEDA schemas come from npm)")
+    assert (TOOLS / "node_modules" / "@kubernetes-models" / "keda").is_dir(), (
+        "run ops/bootstrap.sh dev: it installs KEDA's schemas into ops/tools"
+    )
+    return subprocess.run(
+        [node, str(TOOLS / "validate-crds.mjs")],
+        input=json.dumps(docs), capture_output=True, text=True, cwd=TOOLS, timeout=60,
+    )  # fmt: skip
+
+
+def test_keda_objects_validate_against_kedas_crd_schemas() -> None:
+    keda = [doc for _, doc in manifests() if doc["apiVersion"].startswith("keda.sh/")]
+    checked = check_crds(keda)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count(": valid") == len(keda) >= 4
+
+
+def test_a_broken_scaled_object_is_caught_by_the_keda_check() -> None:
+    broken = next(iter(of_kind("ScaledObject").values()))
+    broken = {**broken, "spec": {**broken["spec"], "minReplicaCount": "one"}}
+    checked = check_crds([broken])
+    assert checked.returncode == 1
+    assert "minReplicaCount" in checked.stdout
+
+
+def test_every_tier_has_a_deployment_a_scaler_and_a_disruption_budget() -> None:
+    tiers = set(default_settings().tiers)
+    deployments, scalers, budgets = (
+        of_kind("Deployment"), of_kind("ScaledObject"), of_kind("PodDisruptionBudget"),
+    )  # fmt: skip
+    for tier in tiers:
+        name = f"tierq-worker-{tier}"
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"] == ["worker", "--tier", tier]
+        assert scalers[name]["spec"]["scaleTargetRef"]["name"] == name
+        assert budgets[name]["spec"]["selector"]["matchLabels"]["tierq/tier"] == tier
+
+
+def test_each_scaler_watches_the_redis_list_its_tiers_jobs_really_wait_in(
+    tmp_path: Path,
+) -> None:
+    """Submit a job with no worker running and find it in the list the ScaledObject names."""
+    base = TEST_REDIS_URL.rsplit("/", 1)[0]
+    url = f"{base}/12"  # a database of its own: no worker consumes from it
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {url}")
+    settings = settings_for({**clean_environment(), "TIERQ_REDIS_URL": url})
+    scalers = of_kind("ScaledObject")
+    with TierqClient(settings) as client, redis.Redis.from_url(url) as raw:
+        for tier, tier_settings in settings.tiers.items():
+            list_name = scalers[f"tierq-worker-{tier}"]["spec"]["triggers"][0]["metadata"][
+                "listName"
+            ]
+            raw.delete(list_name)
+            client.submit(
+                model=tier_settings.models[0], messages=[{"role": "user", "content": "x"}]
+            )
+            assert raw.llen(list_name) == 1, f"{tier}: the job is not in {list_name!r}"
+            raw.delete(list_name)
+
+
+def test_workers_get_longer_to_stop_than_they_take_to_drain() -> None:
+    for name, deployment in of_kind("Deployment").items():
+        if not name.startswith("tierq-worker-"):
+            continue
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        drain = float(env["TIERQ_SHUTDOWN_GRACE_SECONDS"])
+        # The drain, then handing the rest back to the queue and exiting.
+        assert pod["terminationGracePeriodSeconds"] >= drain + 5
+
+
+def test_worker_probes_and_scrape_port_match_the_metrics_port() -> None:
+    for name, deployment in of_kind("Deployment").items():
+        if not name.startswith("tierq-worker-"):
+            continue
+        template = deployment["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        port = int(env["TIERQ_METRICS_PORT"])
+        assert container["ports"][0]["containerPort"] == port
+        assert container["livenessProbe"]["httpGet"]["port"] == container["ports"][0]["name"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+
+
+def test_no_secret_is_written_into_a_manifest() -> None:
+    for name, doc in manifests():
+        assert doc["kind"] != "Secret", name
+        text = json.dumps(doc)
+        assert "sk-" not in text, name
+        assert "redis://:" not in text, name
+
+
+def test_docker_compose_file_follows_the_compose_specification() -> None:
+    schema_file = importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath(
+        "compose-spec.json"
+    )
+    schema = json.loads(schema_file.read_text())
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    jsonschema.validate(compose, schema, cls=jsonschema.Draft202012Validator)
+    broken = {**compose, "services": {"x": {"image": 5, "ports": "8700"}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)
