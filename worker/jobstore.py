@@ -14,14 +14,17 @@ the job's last change. The client retries on connection errors and timeouts (wha
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from worker import accounting
 from worker.keys import Keys
 from worker.results import JobResult, JobStatus
 from worker.settings import Settings
@@ -74,21 +77,40 @@ return {'claimed', ''}
 )
 
 # Record an attempt's outcome: retrying, succeeded, failed, or (released for a rate-limit wait)
-# queued. KEYS: job, watch, dead. ARGV: token, status, record, ttl, done channel, job id,
-# seconds until the job must have moved on (non-final outcomes), dead-letter it (1 or 0), the
-# generation of the message that carries the job on ('' to leave it).
+# queued. KEYS: job, watch, dead, usage ledger (the hour's), stats (the minute's). ARGV: token,
+# status, record, ttl, done channel, job id, seconds until the job must have moved on (non-final
+# outcomes), dead-letter it (1 or 0), the generation of the message that carries the job on
+# ('' to leave it), the bill and the counts (JSON, worker/accounting.py), the ledger's and the
+# stats' TTLs.
 # Only the attempt holding the claim writes (or, with no claim held: a delivery that never
 # claimed, or a success from an attempt whose claim a reaper took back); a success or a
 # cancellation is never overwritten, so a late duplicate cannot turn a paid answer into a
 # failure. A final outcome leaves the watch list and is announced on the job's channel, for
-# waiters (producers/waiting.py); an exhausted one joins the dead letters. Returns 1 if written.
+# waiters (producers/waiting.py); an exhausted one joins the dead letters. A paid answer's bill
+# is added once per attempt even when its record is not written (the API billed it); the counts
+# only with the record. Returns 1 if written.
 _SETTLE = (
     LUA_NOW
     + """
+local function add(spec)
+  if spec == '' then return end
+  local touched = {}
+  for field, amount in pairs(cjson.decode(spec)) do
+    local key, ttl = KEYS[4], ARGV[12]
+    if string.sub(field, 1, 2) == 's:' then key, ttl = KEYS[5], ARGV[13] end
+    redis.call('HINCRBYFLOAT', key, string.sub(field, 3), amount)
+    touched[key] = ttl
+  end
+  for key, ttl in pairs(touched) do redis.call('EXPIRE', key, ttl) end
+end
+local function add_bill()
+  if ARGV[10] == '' or ARGV[1] == '' then return end
+  if redis.call('HSETNX', KEYS[1], 'billed:' .. ARGV[1], 1) == 1 then add(ARGV[10]) end
+end
 local s = redis.call('HMGET', KEYS[1], 'status', 'owner')
-if s[1] == 'succeeded' or s[1] == 'cancelled' then return 0 end
+if s[1] == 'succeeded' or s[1] == 'cancelled' then add_bill() return 0 end
 if s[2] then
-  if s[2] ~= ARGV[1] then return 0 end
+  if s[2] ~= ARGV[1] then add_bill() return 0 end
 elseif ARGV[1] ~= '' and ARGV[2] ~= 'succeeded' then
   -- This attempt's claim was taken back by a reaper: only a paid answer is still worth keeping.
   return 0
@@ -96,7 +118,9 @@ end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'record', ARGV[3])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'gen', ARGV[9]) end
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
+add_bill()
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+add(ARGV[11])
 if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' then
   redis.call('ZREM', KEYS[2], ARGV[6])
   redis.call('PUBLISH', ARGV[5], ARGV[6])
@@ -147,11 +171,19 @@ def connect(
 class JobStore:
     """Reads and writes `JobResult` records; safe to share between threads."""
 
-    def __init__(self, client: redis.Redis, *, key_prefix: str, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str,
+        ttl_seconds: int,
+        usage_ttl_seconds: int = 90 * 86_400,
+    ) -> None:
         self._redis = client
         self._key_prefix = key_prefix
         self.keys = Keys(key_prefix)
         self._ttl_seconds = ttl_seconds
+        self._usage_ttl_seconds = usage_ttl_seconds
         self._claim_script = client.register_script(_CLAIM)
         self._settle_script = client.register_script(_SETTLE)
 
@@ -161,6 +193,7 @@ class JobStore:
             client or connect(settings),
             key_prefix=settings.key_prefix,
             ttl_seconds=settings.result_ttl_seconds,
+            usage_ttl_seconds=settings.usage_ttl_seconds,
         )
 
     @property
@@ -239,15 +272,26 @@ class JobStore:
         due_in_seconds: float = 0.0,
         dead_letter: bool = False,
         generation: int | None = None,
+        account: bool = True,
     ) -> bool:
         """Write an attempt's outcome if this attempt (`token`) still owns the job.
 
         A job that is not finished (retrying, or queued again) must move on within
         `due_in_seconds`, or a reaper re-queues it; `dead_letter` adds a failed job to the
-        dead letters.
+        dead letters. With `account`, the outcome's bill and counts go to the usage ledger
+        and the stats counters (worker/accounting.py) in the same step.
         """
+        moment = result.finished_at or datetime.now(UTC)
+        billed = accounting.bill(result) if account and result.status is JobStatus.SUCCEEDED else {}
+        counted = accounting.counts(result) if account else {}
         written = self._settle_script(
-            keys=[self.key(result.job_id), self.keys.watch, self.keys.dead],
+            keys=[
+                self.key(result.job_id),
+                self.keys.watch,
+                self.keys.dead,
+                self.keys.usage(accounting.hour_of(moment)),
+                self.keys.stats(accounting.minute_of(moment)),
+            ],
             args=[
                 token or "",
                 result.status.value,
@@ -258,6 +302,10 @@ class JobStore:
                 due_in_seconds,
                 "1" if dead_letter else "0",
                 "" if generation is None else generation,
+                json.dumps(billed) if billed else "",
+                json.dumps(counted) if counted else "",
+                self._usage_ttl_seconds,
+                accounting.STATS_TTL_SECONDS,
             ],
         )
         return bool(written)

@@ -73,3 +73,18 @@ class Keys:
     def active_batches(self) -> str:
         """Set: batch ids not yet finalized, which the gateway's finalizer watches."""
         return f"{self.prefix}batches:active"
+
+    def usage(self, hour: str) -> str:
+        """Hash: the usage ledger of one UTC hour ("2026112921"): "tenant\\tmodel\\tmetric" ->
+        amount (jobs, tokens, cost), for `tierq usage`."""
+        return f"{self.prefix}usage:{hour}"
+
+    def stats(self, minute: int) -> str:
+        """Hash: one minute's counters (epoch minute): "tier\\tmetric" -> amount, for
+        `tierq stats`."""
+        return f"{self.prefix}stats:{minute}"
+
+    @property
+    def workers(self) -> str:
+        """Hash: worker node name -> its heartbeat (JSON: tier, concurrency, in flight, when)."""
+        return f"{self.prefix}workers"

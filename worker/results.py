@@ -158,6 +158,9 @@ class JobResult(BaseModel):
     metadata: dict[str, str] = {}
     # The gateway tenant that submitted the job; None for jobs from the Python client.
     tenant: str | None = None
+    # What the answer cost in USD, from its usage and the price table when it was recorded
+    # (worker/pricing.py); None when nothing was billed or the model has no price.
+    cost_usd: float | None = None
 
     @property
     def content(self) -> str | None:

@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from worker.errors import ConfigurationError
+from worker.pricing import ModelPrice, default_prices
 from worker.validation import FieldRuleError
 
 ENV_PREFIX = "TIERQ_"
@@ -196,10 +197,16 @@ class Settings(BaseSettings):
     context_windows: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=default_context_windows
     )
+    # USD per 1M tokens per model (input, cached_input, output), for the cost on every result
+    # and `tierq usage`; TIERQ_PRICES='{"gpt-4o": {"input": 2.5, "cached_input": 1.25,
+    # "output": 10}}' replaces the table.
+    prices: dict[str, ModelPrice] = Field(default_factory=default_prices)
     # One API call's budget; a call past it is a retryable timeout.
     request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
     # How long job records (and their results) stay readable in Redis.
     result_ttl_seconds: Annotated[int, Field(ge=1)] = 86_400
+    # How long the hourly usage ledger (tokens and cost per tenant and model) is kept.
+    usage_ttl_seconds: Annotated[int, Field(ge=3_600)] = 90 * 86_400
     # A running job's claim lasts this long unless its worker renews it (every third of it);
     # a job whose worker died is re-queued about this long after (worker/recovery.py).
     lease_seconds: Annotated[int, Field(ge=5, le=600)] = 30

@@ -1,0 +1,57 @@
+"""What a job cost: its usage times the price table (USD per 1M tokens, as the API bills).
+
+The API bills uncached prompt tokens at the input price, cached ones at the cached-input price,
+and every completion token (reasoning tokens included: they are part of `completion_tokens`)
+at the output price. A model missing from the table costs None, not 0, so a report shows it
+as unknown rather than free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.results import Usage
+
+PER_TOKENS = 1_000_000
+
+
+class ModelPrice(BaseModel):
+    """USD per 1M tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: Annotated[float, Field(ge=0)]
+    cached_input: Annotated[float, Field(ge=0)]
+    output: Annotated[float, Field(ge=0)]
+
+
+def default_prices() -> dict[str, ModelPrice]:
+    """OpenAI's published standard-tier prices when this table was written; operators with
+    other terms set TIERQ_PRICES."""
+    return {
+        "gpt-4o-mini": ModelPrice(input=0.15, cached_input=0.075, output=0.60),
+        "gpt-4o": ModelPrice(input=2.50, cached_input=1.25, output=10.00),
+        "o4-mini": ModelPrice(input=1.10, cached_input=0.275, output=4.40),
+        "o3": ModelPrice(input=2.00, cached_input=0.50, output=8.00),
+    }
+
+
+def price_for(prices: Mapping[str, ModelPrice], model: str) -> ModelPrice | None:
+    """The model's price; a dated snapshot ("gpt-4o-2024-08-06") falls back to its model."""
+    if model in prices:
+        return prices[model]
+    base = max((name for name in prices if model.startswith(f"{name}-")), key=len, default=None)
+    return prices[base] if base else None
+
+
+def cost_usd(usage: Usage, price: ModelPrice) -> float:
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    dollars = (
+        (usage.prompt_tokens - cached) * price.input
+        + cached * price.cached_input
+        + usage.completion_tokens * price.output
+    )
+    return round(dollars / PER_TOKENS, 9)
