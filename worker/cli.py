@@ -25,6 +25,7 @@ from worker.errors import ConfigurationError
 from worker.execution import JobRunner
 from worker.jobstore import JobStore
 from worker.logging import configure_logging
+from worker.monitoring import WorkerMonitor
 from worker.ratelimit import SharedRateLimiter
 from worker.recovery import Leases
 from worker.settings import Settings, get_settings
@@ -115,6 +116,16 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
         # Celery's rate limit is per worker process: a per-process cap, not a fleet-wide one.
         app.conf.task_annotations = {"tierq.complete": {"rate_limit": tier_settings.rate_limit}}
 
+    consumer: dict[str, Any] = {}
+    signals.worker_ready.connect(lambda sender, **_: consumer.update(it=sender), weak=False)
+    monitor = WorkerMonitor(
+        settings,
+        store.redis,
+        tier=tier,
+        concurrency=concurrency,
+        in_flight=leases.in_flight,
+        broker_connected=lambda: _consumer_connected(consumer.get("it")),
+    )
     signals.setup_logging.connect(_keep_our_logging, weak=False)
     signals.task_prerun.connect(_bind_job_context, weak=False)
     signals.task_postrun.connect(_clear_job_context, weak=False)
@@ -133,17 +144,28 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     # default (a warm shutdown) would wait for every running job however long it takes.
     os.environ["REMAP_SIGTERM"] = "SIGQUIT"
     leases.start()
+    monitor.start()
     code: int | str | None = 0
     try:
         app.worker_main(worker_argv(settings, tier, concurrency, loglevel or settings.log_level))
     except SystemExit as exit_:
         code = exit_.code
     finally:
+        monitor.stop()
         leases.stop()
     # Exit now: the interpreter would otherwise join pool threads still in a call that the
     # shutdown gave up on (their jobs are back on the queue).
     logging.shutdown()
     os._exit(code if isinstance(code, int) else 1)
+
+
+def _consumer_connected(consumer: Any) -> bool:
+    """Celery's consumer has a live broker connection (True before it has started: the
+    liveness grace covers start-up)."""
+    if consumer is None:
+        return True
+    connection = getattr(consumer, "connection", None)
+    return bool(connection is not None and connection.connected)
 
 
 @click.command("worker")

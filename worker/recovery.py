@@ -114,6 +114,11 @@ class Leases:
         with self._lock:
             self._held.pop(job_id, None)
 
+    def in_flight(self) -> int:
+        """Jobs this process holds claims on: the ones it is running."""
+        with self._lock:
+            return len(self._held)
+
     def renew(self) -> int:
         """Extend the leases of every job this process runs; how many were still ours."""
         with self._lock:

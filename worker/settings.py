@@ -225,6 +225,13 @@ class Settings(BaseSettings):
     queue_prefix: str = "tierq."
     # Prefix of every Redis key tierq writes besides Celery's own.
     key_prefix: str = "tierq:"
+    # Port of a worker's /metrics and /healthz (0: not served); the gateway serves both on its
+    # own port.
+    metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 0
+    metrics_host: str = "0.0.0.0"  # noqa: S104 (a probe and a scraper reach it from outside)
+    # A worker's /healthz fails once its broker (Redis) has been unreachable this long; shorter
+    # outages it rides out by itself.
+    liveness_grace_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
     # Logs carry prompts and completions only when an operator opts in.
     log_content: bool = False
     # "json" for machines, "console" for people, "auto" picks console on a terminal.

@@ -1,0 +1,146 @@
+"""Prometheus metrics of workers and the gateway (prometheus-client).
+
+Counters and histograms are updated where things happen (worker/execution.py,
+worker/admission.py); queue depth and the oldest job's age are read from Redis at scrape time
+by `QueueCollector`, so every scrape is current and a process that does not consume (the
+gateway) reports them too. With PROMETHEUS_MULTIPROC_DIR set (several processes behind one
+port: `tierq gateway --workers N`), prometheus-client's multiprocess mode sums them.
+
+Labels stay bounded: tier, model (from the tier table, plus the API's snapshot names),
+status, reason. Never a job id, a tenant's free text or a prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from worker.queues import queue_snapshots
+from worker.results import JobResult
+from worker.settings import Settings
+
+# Seconds: from well under a second (the fast tier) to the reasoning tier's minutes.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+JOBS = Counter("tierq_jobs_finished", "Jobs that reached an outcome", ["tier", "model", "status"])
+JOB_LATENCY = Histogram(
+    "tierq_job_duration_seconds",
+    "Submission to outcome (queueing, retries and the call), per finished job",
+    ["tier", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+API_LATENCY = Histogram(
+    "tierq_api_call_duration_seconds",
+    "One Chat Completions call, answered or not",
+    ["tier", "model", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+ATTEMPTS = Counter("tierq_attempts", "Attempts started (calls about to be made)", ["tier", "model"])
+RETRIES = Counter(
+    "tierq_retries", "Attempts that will be retried, by reason", ["tier", "model", "reason"]
+)
+RATE_LIMITED = Counter("tierq_rate_limited", "429 answers from the API", ["tier", "model"])
+TOKENS = Counter(
+    "tierq_tokens",
+    "Tokens billed: prompt (cached ones also counted apart), completion (reasoning apart)",
+    ["tier", "model", "kind"],
+)
+COST = Counter(
+    "tierq_cost_usd", "Estimated cost of answers, from the price table", ["tier", "model"]
+)
+LIMITER_WAIT = Histogram(
+    "tierq_limiter_wait_seconds",
+    "Time a job waited in its slot for the shared RPM/TPM budget",
+    ["tier", "group"],
+    buckets=WAIT_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "tierq_jobs_in_flight", "Jobs this process is running", ["tier"], multiprocess_mode="livesum"
+)
+
+
+def observe_outcome(record: JobResult) -> None:
+    """A job's recorded outcome: its count, latency, tokens and cost."""
+    JOBS.labels(record.tier, record.model, record.status.value).inc()
+    if record.latency_seconds is not None:
+        JOB_LATENCY.labels(record.tier, record.model).observe(record.latency_seconds)
+
+
+def observe_bill(record: JobResult) -> None:
+    """A paid answer's tokens and cost (counted even when the answer was discarded)."""
+    usage = record.usage
+    if usage is None:
+        return
+    for kind, amount in (
+        ("prompt", usage.prompt_tokens),
+        ("cached_prompt", usage.cached_tokens),
+        ("completion", usage.completion_tokens),
+        ("reasoning", usage.reasoning_tokens),
+    ):
+        if amount:
+            TOKENS.labels(record.tier, record.model, kind).inc(amount)
+    if record.cost_usd:
+        COST.labels(record.tier, record.model).inc(record.cost_usd)
+
+
+class QueueCollector(Collector):
+    """Queue depth and oldest job age per tier, read from Redis at each scrape."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "tierq_queue_depth", "Jobs waiting in the tier's queue", labels=["tier"]
+        )
+        age = GaugeMetricFamily(
+            "tierq_queue_oldest_age_seconds",
+            "Age (since submission) of the oldest job waiting in the tier's queue; 0 when empty",
+            labels=["tier"],
+        )
+        try:
+            snapshots = queue_snapshots(self._client, self._settings)
+        except redis.RedisError:
+            return  # a scrape during an outage shows the gap rather than stale numbers
+        for snap in snapshots:
+            depth.add_metric([snap.tier], snap.depth)
+            age.add_metric([snap.tier], snap.oldest_age_seconds or 0.0)
+        yield depth
+        yield age
+
+
+_exposed: CollectorRegistry | None = None
+
+
+def exposed_registry(client: redis.Redis, settings: Settings) -> CollectorRegistry:
+    """The registry a process serves at /metrics: its own metrics (in multiprocess mode, every
+    process's), plus the queue gauges. Built once per process."""
+    global _exposed
+    if _exposed is None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        else:
+            registry = REGISTRY
+        registry.register(QueueCollector(client, settings))
+        _exposed = registry
+    return _exposed
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,154 @@
+"""A worker's own view for operators: a heartbeat in Redis, /metrics and a liveness probe.
+
+- Heartbeat: every few seconds the worker writes its tier, concurrency and jobs in flight to
+  one Redis hash (`Keys.workers`), which `tierq stats` reads; an entry not refreshed for
+  `STALE_AFTER_SECONDS` is a worker that is gone.
+- Liveness: /healthz answers 200 while the worker has its broker, 503 once Redis has not
+  answered for `liveness_grace_seconds` or Celery's consumer has lost its connection for as
+  long. The grace lets the worker ride out a Redis restart on its own (it reconnects), so an
+  orchestrator restarts only a worker that stays cut off.
+- /metrics: the Prometheus registry (worker/metrics.py).
+
+The HTTP server is the standard library's WSGI server in a daemon thread: two routes need
+no framework, and prometheus-client's own server cannot answer /healthz.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import redis
+import structlog
+
+from worker.keys import Keys
+from worker.metrics import IN_FLIGHT, exposed_registry, render
+from worker.settings import Settings
+
+HEARTBEAT_SECONDS = 5.0
+STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+
+log = structlog.get_logger("tierq.worker")
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds would flood the log."""
+
+
+class WorkerMonitor:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        *,
+        tier: str,
+        concurrency: int,
+        in_flight: Callable[[], int],
+        broker_connected: Callable[[], bool],
+    ) -> None:
+        self.settings = settings
+        self.node = f"{tier}-{os.getpid()}@{socket.gethostname()}"
+        self._client = client
+        self._keys = Keys(settings.key_prefix)
+        self._tier = tier
+        self._concurrency = concurrency
+        self._in_flight = in_flight
+        self._broker_connected = broker_connected
+        self._started = time.time()
+        self._broker_ok_at = time.monotonic()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: WSGIServer | None = None
+
+    # --- liveness ---------------------------------------------------------------------------
+
+    def check(self) -> bool:
+        """Ping Redis and look at the consumer; remember when both were last fine."""
+        try:
+            self._client.ping()
+            ok = self._broker_connected()
+        except (redis.RedisError, OSError):
+            ok = False
+        if ok:
+            self._broker_ok_at = time.monotonic()
+        return ok
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._broker_ok_at < self.settings.liveness_grace_seconds
+
+    # --- heartbeat --------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        heartbeat = {
+            "node": self.node,
+            "tier": self._tier,
+            "concurrency": self._concurrency,
+            "in_flight": self._in_flight(),
+            "pid": os.getpid(),
+            "started_at": self._started,
+            "seen_at": time.time(),
+        }
+        self._client.hset(self._keys.workers, self.node, json.dumps(heartbeat))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            if self.check():
+                try:
+                    self.beat()
+                except redis.RedisError as error:
+                    log.warning("worker.heartbeat_failed", error=str(error))
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            alive = self.alive()
+            body = json.dumps({"status": "ok" if alive else "broker_lost", "node": self.node})
+            start_response(
+                "200 OK" if alive else "503 Service Unavailable",
+                [("Content-Type", "application/json")],
+            )
+            return [body.encode()]
+        if path == "/metrics":
+            IN_FLIGHT.labels(self._tier).set(self._in_flight())
+            start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4")])
+            return [render(exposed_registry(self._client, self.settings))]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: /metrics and /healthz are served here\n"]
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._loop, name="tierq-monitor", daemon=True)]
+        port = self.settings.metrics_port
+        if port:
+            self._server = make_server(
+                self.settings.metrics_host, port, self.app, handler_class=_QuietHandler
+            )
+            self._threads.append(
+                threading.Thread(
+                    target=self._server.serve_forever, name="tierq-metrics", daemon=True
+                )
+            )
+        for thread in self._threads:
+            thread.start()
+        try:
+            self.beat()
+        except redis.RedisError as error:
+            log.warning("worker.heartbeat_failed", error=str(error))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        with contextlib.suppress(redis.RedisError):  # readers treat a stale heartbeat as gone
+            self._client.hdel(self._keys.workers, self.node)
