@@ -40,6 +40,9 @@ LAZY_COMMANDS = {
     "demo": "devkit.demo:demo_command",
     "gateway": "producers.gateway.cli:gateway_command",
     "keys": "producers.gateway.cli:keys_group",
+    "batch": "producers.batch_run:batch_group",
+    "usage": "producers.usage:usage_command",
+    "stats": "producers.stats:stats_command",
 }
 
 
@@ -361,6 +364,7 @@ def limits(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from producers.stats import limit_groups
     from worker.jobstore import connect
     from worker.ratelimit import SharedRateLimiter
     from worker.settings import get_settings
@@ -370,13 +374,7 @@ def limits(as_json: bool) -> None:
         limiter = SharedRateLimiter(
             connect(settings, socket_timeout_seconds=2.0, retries=3), settings
         )
-        groups: dict[str, list[str]] = {
-            name: list(group.models or [name]) for name, group in settings.rate_limits.items()
-        }
-        for model in settings.known_models():
-            members = groups.setdefault(settings.limit_group_for(model), [])
-            if model not in members:
-                members.append(model)
+        groups = limit_groups(settings)
         try:
             usages = [limiter.usage(group, models) for group, models in sorted(groups.items())]
         except redis.RedisError as error:

@@ -1,0 +1,170 @@
+"""`tierq stats`: each tier at a glance, live: queue, workers, throughput, tokens, failures.
+
+Everything comes from Redis in a few pipelined reads, so any machine that reaches Redis can
+watch the fleet: the queues (worker/queues.py), the workers' heartbeats
+(worker/monitoring.py), the per-minute counters the settle script keeps
+(worker/accounting.py) and the shared limiter's use of each RPM/TPM budget
+(worker/ratelimit.py). Rates are over the last `WINDOW_MINUTES` minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from typing import Any
+
+import click
+import redis
+
+from worker.accounting import SEP
+from worker.jobstore import connect
+from worker.keys import Keys
+from worker.monitoring import STALE_AFTER_SECONDS
+from worker.queues import queue_snapshots
+from worker.ratelimit import GroupUsage, SharedRateLimiter
+from worker.settings import Settings, get_settings
+
+WINDOW_MINUTES = 5
+
+
+def limit_groups(settings: Settings) -> dict[str, list[str]]:
+    """Rate-limit group -> its models: configured groups, then each known model's own."""
+    groups: dict[str, list[str]] = {
+        name: list(group.models or [name]) for name, group in settings.rate_limits.items()
+    }
+    for model in settings.known_models():
+        members = groups.setdefault(settings.limit_group_for(model), [])
+        if model not in members:
+            members.append(model)
+    return groups
+
+
+def _workers(client: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
+    alive = []
+    for raw in client.hvals(keys.workers):
+        beat = json.loads(raw)
+        if now - float(beat["seen_at"]) <= STALE_AFTER_SECONDS:
+            alive.append(beat)
+    return alive
+
+
+def _window_counts(client: redis.Redis, keys: Keys, now: float) -> tuple[dict[str, float], float]:
+    """Counters summed over the window (whole minutes plus the current one), and its length."""
+    minute = int(now // 60)
+    pipe = client.pipeline(transaction=False)
+    for m in range(minute - WINDOW_MINUTES + 1, minute + 1):
+        pipe.hgetall(keys.stats(m))
+    summed: dict[str, float] = defaultdict(float)
+    for counters in pipe.execute():
+        for raw_field, amount in counters.items():
+            field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
+            summed[field] += float(amount)
+    seconds = (WINDOW_MINUTES - 1) * 60 + (now - minute * 60)
+    return summed, max(seconds, 1.0)
+
+
+def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
+    """The fleet per tier, as `tierq stats --json` prints it."""
+    keys = Keys(settings.key_prefix)
+    now = time.time()
+    queues = {snap.tier: snap for snap in queue_snapshots(client, settings)}
+    workers = _workers(client, keys, now)
+    counts, seconds = _window_counts(client, keys, now)
+    limiter = SharedRateLimiter(client, settings)
+    usages: list[GroupUsage] = [
+        limiter.usage(group, models) for group, models in sorted(limit_groups(settings).items())
+    ]
+    tiers = []
+    for tier, tier_settings in settings.tiers.items():
+        mine = [w for w in workers if w["tier"] == tier]
+
+        def count(metric: str, tier: str = tier) -> float:
+            return counts.get(f"{tier}{SEP}{metric}", 0.0)
+
+        finished = count("succeeded") + count("failed")
+        queue = queues[tier]
+        tiers.append({
+            "tier": tier,
+            "queue": queue.queue,
+            "queue_depth": queue.depth,
+            "oldest_job_age_seconds": queue.oldest_age_seconds,
+            "workers": len(mine),
+            "concurrency": sum(int(w["concurrency"]) for w in mine),
+            "in_flight": sum(int(w["in_flight"]) for w in mine),
+            "jobs_per_second": round(finished / seconds, 3),
+            "tokens_per_minute": round(count("tokens") / seconds * 60),
+            "succeeded": int(count("succeeded")),
+            "failed": int(count("failed")),
+            "retried": int(count("retrying")),
+            "limits": [
+                {
+                    "group": u.group, "rpm": u.rpm, "tpm": u.tpm,
+                    "requests_last_minute": u.requests_last_minute,
+                    "tokens_last_minute": u.tokens_last_minute,
+                    "paused_for_seconds": u.paused_for_seconds,
+                }
+                for u in usages
+                if set(u.models) & set(tier_settings.models)
+            ],
+        })  # fmt: skip
+    return {"at": now, "window_seconds": round(seconds, 1), "tiers": tiers}
+
+
+def render(stats: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    window = f"last {stats['window_seconds'] / 60:.1f} min"
+    table = Table(title=f"tierq fleet ({window})", expand=False)
+    for column in ("tier", "queued", "oldest", "workers", "in flight", "jobs/s",
+                   "tokens/min", "limit (TPM, last min)", "failed", "retried"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "tier" else "right")
+    for t in stats["tiers"]:
+        oldest = t["oldest_job_age_seconds"]
+        limits = ", ".join(
+            f"{lim['group']} {lim['tokens_last_minute']:,}/{lim['tpm']:,}" if lim["tpm"]
+            else f"{lim['group']} (not known yet)"
+            for lim in t["limits"]
+        )  # fmt: skip
+        table.add_row(
+            t["tier"], f"{t['queue_depth']:,}", f"{oldest:.0f}s" if oldest is not None else "-",
+            str(t["workers"]), f"{t['in_flight']}/{t['concurrency']}",
+            f"{t['jobs_per_second']:.1f}", f"{t['tokens_per_minute']:,}", limits or "-",
+            f"[red]{t['failed']}[/]" if t["failed"] else "0", str(t["retried"]),
+        )  # fmt: skip
+    return table
+
+
+@click.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON and exit.")
+@click.option("--once", is_flag=True, help="Print one table and exit (no live view).")
+@click.option("--interval", type=click.FloatRange(0.5, 60), default=2.0, show_default=True,
+              help="Seconds between refreshes of the live view.")  # fmt: skip
+def stats_command(as_json: bool, once: bool, interval: float) -> None:
+    """Each tier live: queue depth, oldest job, workers and in flight, jobs/s, tokens/min
+    against the limits, failures. Ctrl-C to leave."""
+    from rich.console import Console
+    from rich.live import Live
+
+    settings = get_settings()
+    client = connect(settings, socket_timeout_seconds=2.0, retries=3)
+    try:
+        if as_json:
+            click.echo(json.dumps(collect_stats(settings, client)))
+            return
+        # A table of ten columns needs room, even when piped.
+        console = Console(width=max(Console().width, 140))
+        if once:
+            console.print(render(collect_stats(settings, client)))
+            return
+        with Live(render(collect_stats(settings, client)), console=console) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(collect_stats(settings, client)))
+    except redis.RedisError as error:
+        click.echo(f"error: cannot reach Redis: {error}", err=True)
+        raise SystemExit(5) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()

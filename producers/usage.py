@@ -1,0 +1,156 @@
+"""`tierq usage`: tokens and cost per tenant and model over a time range, from the ledger.
+
+The ledger (worker/accounting.py) holds one Redis hash per UTC hour, written by the workers'
+settle script; a report reads one hash per hour of the range, so a month is about 720 reads in
+one pipeline. Hours are the resolution: a range is widened to whole hours.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+import redis
+
+from worker.accounting import NO_TENANT, SEP, hour_of
+from worker.keys import Keys
+from worker.settings import Settings, get_settings
+
+METRICS = (
+    "jobs",
+    "succeeded",
+    "failed",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+)
+RELATIVE = re.compile(r"^(\d+)([mhd])$")
+
+
+@dataclass
+class UsageRow:
+    tenant: str
+    model: str
+    amounts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(METRICS, 0.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            m: (round(v, 6) if m == "cost_usd" else int(v)) for m, v in self.amounts.items()
+        }
+        return {"tenant": self.tenant, "model": self.model, **values}
+
+
+def parse_moment(text: str, now: datetime) -> datetime:
+    """'24h', '30m', '7d' (ago), or an ISO 8601 time (UTC unless it says otherwise)."""
+    relative = RELATIVE.match(text)
+    if relative:
+        amount, unit = int(relative[1]), relative[2]
+        return now - timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: amount})
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def hours_between(since: datetime, until: datetime) -> list[str]:
+    start = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    hours = []
+    while start <= until:
+        hours.append(hour_of(start))
+        start += timedelta(hours=1)
+    return hours
+
+
+def usage_report(
+    client: redis.Redis,
+    keys: Keys,
+    since: datetime,
+    until: datetime,
+    tenant: str | None = None,
+) -> list[UsageRow]:
+    """Rows per (tenant, model) with each metric summed over the range, cost first."""
+    hours = hours_between(since, until)
+    pipe = client.pipeline(transaction=False)
+    for hour in hours:
+        pipe.hgetall(keys.usage(hour))
+    rows: dict[tuple[str, str], UsageRow] = {}
+    for ledger in pipe.execute():
+        for raw_field, raw_amount in ledger.items():
+            who, model, metric = _text(raw_field).split(SEP)
+            if tenant is not None and who != tenant:
+                continue
+            row = rows.setdefault((who, model), UsageRow(who, model))
+            row.amounts[metric] = row.amounts.get(metric, 0.0) + float(raw_amount)
+    return sorted(rows.values(), key=lambda r: (-r.amounts["cost_usd"], r.tenant, r.model))
+
+
+def totals(rows: list[UsageRow]) -> dict[str, float]:
+    summed: dict[str, float] = defaultdict(float)
+    for row in rows:
+        for metric, amount in row.amounts.items():
+            summed[metric] += amount
+    return dict(summed)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@click.command("usage")
+@click.option("--since", default="24h", show_default=True,
+              help="Start: '30m', '24h', '7d' ago, or an ISO time (UTC by default).")  # fmt: skip
+@click.option("--until", default=None, help="End (default: now); same forms as --since.")
+@click.option("--tenant", default=None, help=f"One tenant ({NO_TENANT!r}: the Python client's).")
+@click.option("--json", "as_json", is_flag=True, help="JSON: rows and totals.")
+def usage_command(since: str, until: str | None, tenant: str | None, as_json: bool) -> None:
+    """Tokens and cost per tenant and model over a time range (hourly resolution)."""
+    settings: Settings = get_settings()
+    now = datetime.now(UTC)
+    try:
+        start = parse_moment(since, now)
+        end = parse_moment(until, now) if until else now
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+    try:
+        rows = usage_report(client, Keys(settings.key_prefix), start, end, tenant)
+    except redis.RedisError as error:
+        click.echo(f"error: cannot reach Redis: {error}", err=True)
+        raise SystemExit(5) from None
+    finally:
+        client.close()
+    summed = totals(rows)
+    if as_json:
+        click.echo(json.dumps({
+            "since": start.isoformat(), "until": end.isoformat(),
+            "rows": [row.as_dict() for row in rows],
+            "totals": UsageRow("*", "*", summed or dict.fromkeys(METRICS, 0.0)).as_dict(),
+        }))  # fmt: skip
+        return
+    _print_table(rows, summed, start, end)
+
+
+def _print_table(
+    rows: list[UsageRow], summed: dict[str, float], start: datetime, end: datetime
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"usage {start:%Y-%m-%d %H:00} to {end:%Y-%m-%d %H:%M} UTC")
+    for column in ("tenant", "model", "jobs", "failed", "prompt", "cached", "completion",
+                   "reasoning", "cost (USD)"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("tenant", "model") else "right")
+    for row in [*rows, UsageRow("total", "", summed)] if rows else []:
+        a = row.amounts
+        table.add_row(
+            row.tenant, row.model, f"{a.get('jobs', 0):,.0f}", f"{a.get('failed', 0):,.0f}",
+            f"{a.get('prompt_tokens', 0):,.0f}", f"{a.get('cached_tokens', 0):,.0f}",
+            f"{a.get('completion_tokens', 0):,.0f}", f"{a.get('reasoning_tokens', 0):,.0f}",
+            f"{a.get('cost_usd', 0):,.4f}",
+        )  # fmt: skip
+    Console().print(table if rows else "no usage in this range")

@@ -1,0 +1,108 @@
+"""What operators watch: `tierq stats`, a worker's heartbeat, /healthz and /metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from devkit.local_redis import EmbeddedRedis
+from devkit.processes import ManagedProcess, free_port
+from producers.client import TierqClient
+from tests.support import nonce
+from worker.settings import Settings
+
+Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
+
+
+def stats_json(env: dict[str, str]) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "producers", "stats", "--json"],
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def env_of(settings: Settings, base: dict[str, str]) -> dict[str, str]:
+    return {
+        **base,
+        "TIERQ_REDIS_URL": settings.redis_url.get_secret_value(),
+        "TIERQ_QUEUE_PREFIX": settings.queue_prefix,
+        "TIERQ_KEY_PREFIX": settings.key_prefix,
+    }
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as error:
+        return int(error.code), bytes(error.read())
+
+
+def test_stats_json_matches_the_queues_and_the_workers(
+    start_fleet: Fleet, worker_env: dict[str, str]
+) -> None:
+    # A standard-tier worker is running; jobs for the reasoning tier wait, as no worker takes
+    # them: stats must show both as they are.
+    _, settings = start_fleet("standard")
+    env = env_of(settings, worker_env)
+    with TierqClient(settings) as client:
+        waiting = client.submit_many(
+            [{"model": "o3", "messages": [{"role": "user", "content": nonce()}]}] * 3
+        )
+        done = client.wait(
+            client.submit(model="gpt-4o", messages=[{"role": "user", "content": nonce()}]), 30
+        )
+    assert done.status.value == "succeeded"
+    time.sleep(1.0)
+
+    tiers = {t["tier"]: t for t in stats_json(env)["tiers"]}  # type: ignore[attr-defined]
+
+    assert tiers["reasoning"]["queue_depth"] == len(waiting) == 3
+    assert tiers["reasoning"]["oldest_job_age_seconds"] >= 1.0
+    assert tiers["reasoning"]["workers"] == 0
+    assert tiers["standard"]["queue_depth"] == 0
+    assert tiers["standard"]["workers"] == 1
+    assert tiers["standard"]["succeeded"] == 1
+    assert tiers["standard"]["tokens_per_minute"] > 0
+    assert tiers["fast"]["queue_depth"] == 0
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+def test_liveness_fails_once_the_worker_has_lost_its_broker_and_metrics_are_served(
+    start_fleet: Fleet, own_redis: EmbeddedRedis
+) -> None:
+    port = free_port()
+    start_fleet(
+        "fast",
+        TIERQ_REDIS_URL=own_redis.url,
+        TIERQ_METRICS_PORT=str(port),
+        TIERQ_METRICS_HOST="127.0.0.1",
+        TIERQ_LIVENESS_GRACE_SECONDS="3",
+    )
+    root = f"http://127.0.0.1:{port}"
+    assert http_get(f"{root}/healthz")[0] == 200
+    status, metrics = http_get(f"{root}/metrics")
+    assert status == 200
+    assert b'tierq_queue_depth{tier="fast"}' in metrics
+
+    own_redis.stop()
+    deadline = time.monotonic() + 20
+    while http_get(f"{root}/healthz")[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    status, body = http_get(f"{root}/healthz")
+    assert status == 503
+    assert json.loads(body)["status"] == "broker_lost"
