@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis import Redis as SyncRedis
 from redis.asyncio.client import PubSub as AsyncPubSub
 
 from producers.client import (
@@ -52,6 +53,11 @@ class AsyncTierqClient:
     def redis(self) -> redis.asyncio.Redis:
         """The client's Redis connection pool, for callers that keep state beside the jobs."""
         return self._redis
+
+    @property
+    def sync_redis(self) -> SyncRedis:
+        """A blocking client on the same Redis, for work done in a thread (metrics scrapes)."""
+        return self._sync.redis
 
     async def submit_many(
         self,

@@ -102,6 +102,11 @@ class TierqClient:
         )
         self._control = JobControl(self._store)
 
+    @property
+    def redis(self) -> redis.Redis:
+        """The client's Redis connection pool (job records), for readers beside the jobs."""
+        return self._store.redis
+
     # --- submitting ------------------------------------------------------------------------
 
     def submit(

@@ -80,6 +80,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": settings.shutdown_grace_seconds,
         # Status is recorded by tierq (running, retrying, ...); Celery's STARTED state is unused.
         "task_track_started": False,
+        # Task events feed Flower; each costs a publish, so an operator turns them on.
+        "worker_send_task_events": settings.celery_events,
+        "task_send_sent_event": settings.celery_events,
         "enable_utc": True,
         "timezone": "UTC",
     }

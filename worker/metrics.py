@@ -68,6 +68,11 @@ LIMITER_WAIT = Histogram(
     ["tier", "group"],
     buckets=WAIT_BUCKETS,
 )
+GATEWAY_REQUESTS = Counter(
+    "tierq_gateway_requests",
+    "Gateway requests by route template and status",
+    ["method", "route", "status"],
+)
 IN_FLIGHT = Gauge(
     "tierq_jobs_in_flight", "Jobs this process is running", ["tier"], multiprocess_mode="livesum"
 )

@@ -229,6 +229,8 @@ class Settings(BaseSettings):
     # own port.
     metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 0
     metrics_host: str = "0.0.0.0"  # noqa: S104 (a probe and a scraper reach it from outside)
+    # Celery task events (for Flower): off by default, they cost three Redis publishes per job.
+    celery_events: bool = False
     # A worker's /healthz fails once its broker (Redis) has been unreachable this long; shorter
     # outages it rides out by itself.
     liveness_grace_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0

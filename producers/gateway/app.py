@@ -12,6 +12,7 @@ Routes (all but the health checks need `Authorization: Bearer <key>`; `tierq key
     POST   /v1/files, GET /v1/files/{id}[/content]                    (OpenAI Files API)
     POST   /v1/batches, GET /v1/batches[/{id}], POST /v1/batches/{id}/cancel  (Batches API)
     GET    /healthz, /readyz         liveness, and readiness (Redis reachable)
+    GET    /metrics                  Prometheus metrics (no key: scrape it inside the network)
     GET    /openapi.json, /docs      the OpenAPI document
 
 A gateway is a producer like `TierqClient`: it validates, enqueues and reads job records; the
@@ -29,7 +30,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from producers.aio import AsyncTierqClient
-from producers.gateway import batches, events, files, jobs
+from producers.gateway import batches, events, files, jobs, observability
 from producers.gateway.auth import KeyStore
 from producers.gateway.deps import Gateway, GatewayState
 from producers.gateway.errors import install_error_handlers
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(observability.router)
+    app.add_middleware(observability.RequestMetrics)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
