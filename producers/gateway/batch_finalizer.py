@@ -1,0 +1,416 @@
+"""The finalizer: the background task, in every gateway process, that carries batches from
+`validating` to their end.
+
+The routes only store a batch and flip its status; all the slow work (parsing the input,
+submitting jobs as the tenant's quota allows, counting, cancelling, writing the result files)
+happens here. Each second it looks at the active batches and, holding a batch's lock
+(`BatchLock`, so of several gateway processes one works on a batch at a time), moves each on:
+
+    validating   parse the input file (producers/batchfile.py): `failed` with `errors` naming the
+                 lines, or `in_progress`
+    in_progress  submit the requests not yet submitted, as many as the tenant's quota holds (the
+                 rest on later passes, as jobs finish); count the finished jobs (one pipelined
+                 status read of those not yet seen final); when all are final: `finalizing`;
+                 past `expires_at`: cancel what is left and end `expired`
+    finalizing   write the output and error files (purpose `batch_output`): `completed`
+    cancelling   cancel the unfinished jobs, write what finished: `cancelled`
+
+Every step reads and writes Redis only, so a restarted gateway (or another one) resumes a batch
+where it stood. Jobs are submitted with one idempotency key per request (`batch:ID:CUSTOM_ID`),
+so a pass cut short and repeated never enqueues, or pays for, a request twice. Finalizing
+reads the job records themselves, not what any client polled, before they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+import structlog
+
+from producers.batchfile import (
+    LineError,
+    ParsedBatch,
+    cancelled_line,
+    is_error_line,
+    output_line,
+    parse_batch_file,
+    rejected_line,
+)
+from producers.gateway.batch_models import (
+    BatchError,
+    BatchErrors,
+    BatchStatus,
+    BatchUsage,
+    RequestCounts,
+)
+from producers.gateway.batch_store import BatchLock, BatchState, BatchStore, LockLost
+from producers.gateway.deps import Gateway
+from producers.gateway.errors import APIError
+from producers.gateway.files import FileStore
+from worker.errors import BrokerUnavailableError, JobNotFoundError, TenantQuotaExceededError
+from worker.results import JobResult, JobStatus
+
+log = structlog.get_logger("tierq.gateway")
+
+# How often the finalizer looks at the active batches.
+FINALIZER_INTERVAL_SECONDS = 1.0
+# Jobs per submit_many call while submitting a batch (the lock is renewed between calls).
+SUBMIT_CHUNK = 1_000
+# Job records per pipelined read while counting and finalizing.
+READ_CHUNK = 500
+# Batches one gateway process works on at once.
+CONCURRENT_BATCHES = 8
+# Job cancellations in flight at once (each is a thread hop and one Redis script).
+CANCEL_CHUNK = 32
+
+
+class Finalizer:
+    """Moves every active batch on, one step per batch at a time (see the module's docstring).
+
+    What it caches (the parsed input, the submitted jobs, the jobs seen final) only saves reads:
+    each step starts from what Redis holds, so a cache lost with the process costs nothing.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.store = BatchStore.of(gateway)
+        self.files = FileStore.of(gateway)
+        self._slots = asyncio.Semaphore(CONCURRENT_BATCHES)
+        self._steps: dict[str, asyncio.Task[None]] = {}
+        self._parsed: dict[str, ParsedBatch] = {}
+        self._jobs: dict[str, tuple[int, dict[str, str]]] = {}  # batch -> (cursor, cid -> job)
+        self._final: dict[str, dict[str, bool]] = {}  # batch -> job id -> succeeded
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception as error:  # Redis away: try again next time
+                log.warning("batch.finalizer_failed", error=repr(error))
+            await asyncio.sleep(FINALIZER_INTERVAL_SECONDS)
+
+    async def tick(self) -> None:
+        """Start a step for each active batch that has none running in this process."""
+        active = await self.store.active()
+        for batch_id in set(self._parsed) | set(self._jobs) | set(self._final):
+            if batch_id not in active and batch_id not in self._steps:
+                self._forget(batch_id)  # finished by another gateway process
+        for batch_id in active - set(self._steps):
+            task = asyncio.create_task(self._step(batch_id))
+            self._steps[batch_id] = task
+            task.add_done_callback(functools.partial(self._step_done, batch_id))
+
+    def _step_done(self, batch_id: str, _: asyncio.Task[None]) -> None:
+        self._steps.pop(batch_id, None)
+
+    async def stop(self) -> None:
+        steps = list(self._steps.values())
+        for task in steps:
+            task.cancel()
+        await asyncio.gather(*steps, return_exceptions=True)
+
+    async def _step(self, batch_id: str) -> None:
+        async with self._slots:
+            lock = BatchLock(self.store.redis, self.store.lock_key(batch_id))
+            if not await lock.acquire():
+                return
+            try:
+                await self._advance(batch_id, lock)
+            except (redis.RedisError, OSError, BrokerUnavailableError, LockLost) as error:
+                log.warning("batch.step_failed", batch_id=batch_id, error=repr(error))
+            except Exception:  # a bug: its traceback, and the next pass tries again
+                log.exception("batch.step_failed", batch_id=batch_id)
+            finally:
+                await lock.release()
+
+    async def _advance(self, batch_id: str, lock: BatchLock) -> None:
+        # One pass may take a batch through several statuses (validating -> in_progress -> ...).
+        for _ in range(4):
+            state = await self.store.load(batch_id)
+            if state is None or state.batch.status.is_final:
+                await self.store.redis.srem(self.store.keys.active_batches, batch_id)
+                self._forget(batch_id)
+                return
+            status = state.batch.status
+            if status is BatchStatus.VALIDATING:
+                await self._validate(state)
+            elif status is BatchStatus.IN_PROGRESS:
+                if not await self._progress(state, lock):
+                    return
+            elif status is BatchStatus.FINALIZING:
+                await self._close(state, lock, BatchStatus.COMPLETED, "batch_cancelled")
+            else:
+                await self._close(state, lock, BatchStatus.CANCELLED, "batch_cancelled")
+
+    async def _validate(self, state: BatchState) -> None:
+        batch = state.batch
+        parsed = await self._parse(state)
+        if parsed is None:
+            message = f"The input file {batch.input_file_id!r} no longer exists."
+            parsed = ParsedBatch(errors=[LineError("file_not_found", message)])
+        now = int(time.time())
+        if parsed.errors:
+            errors = BatchErrors(data=[BatchError(**e.to_dict()) for e in parsed.errors])
+            failed = batch.model_copy(
+                update={"status": BatchStatus.FAILED, "failed_at": now, "errors": errors}
+            )
+            if await self.store.transition(failed, BatchStatus.VALIDATING):
+                log.info("batch.failed", batch_id=batch.id, errors=len(parsed.errors))
+            return
+        rejected = {r.custom_id: json.dumps(rejected_line(r)) for r in parsed.rejected}
+        await self.store.record_validation(batch.id, len(parsed.requests), rejected)
+        counts = RequestCounts(total=parsed.total, failed=len(parsed.rejected))
+        started = batch.model_copy(
+            update={
+                "status": BatchStatus.IN_PROGRESS,
+                "in_progress_at": now,
+                "request_counts": counts,
+                "model": parsed.model,
+            }
+        )
+        if await self.store.transition(started, BatchStatus.VALIDATING):
+            log.info(
+                "batch.validated", batch_id=batch.id, requests=counts.total, rejected=counts.failed
+            )
+
+    async def _parse(self, state: BatchState) -> ParsedBatch | None:
+        """The batch's input file, parsed (once per process); None if the file is gone."""
+        batch_id = state.batch.id
+        if batch_id not in self._parsed:
+            try:
+                _, data = await self.files.content(state.tenant, state.batch.input_file_id)
+            except APIError:
+                return None
+            settings = self.gateway.settings
+            self._parsed[batch_id] = await asyncio.to_thread(parse_batch_file, data, settings)
+        return self._parsed[batch_id]
+
+    async def _progress(self, state: BatchState, lock: BatchLock) -> bool:
+        """Submit, count, and move to finalizing when every job is final; True if it moved."""
+        batch = state.batch
+        if batch.expires_at is not None and time.time() >= batch.expires_at:
+            await self._close(state, lock, BatchStatus.EXPIRED, "batch_expired")
+            return True
+        await self._submit(state, lock)
+        jobs = await self._submitted(state)
+        succeeded, failed = await self._tally(batch.id, jobs)
+        rejected = batch.request_counts.total - state.valid
+        counts = RequestCounts(
+            total=batch.request_counts.total, completed=succeeded, failed=failed + rejected
+        )
+        if state.cursor >= state.valid and succeeded + failed == len(jobs):
+            finalizing = batch.model_copy(
+                update={
+                    "status": BatchStatus.FINALIZING,
+                    "finalizing_at": int(time.time()),
+                    "request_counts": counts,
+                }
+            )
+            return await self.store.transition(finalizing, BatchStatus.IN_PROGRESS)
+        if counts != batch.request_counts:
+            updated = batch.model_copy(update={"request_counts": counts})
+            await self.store.transition(updated, BatchStatus.IN_PROGRESS)
+        return False
+
+    async def _submit(self, state: BatchState, lock: BatchLock) -> None:
+        """Submit what the tenant's quota holds of the requests not yet submitted."""
+        if state.cursor >= state.valid:
+            return
+        batch_id, tenant = state.batch.id, state.tenant
+        parsed = await self._parse(state)
+        if parsed is None:  # the input is gone: what was not submitted cannot be
+            log.warning(
+                "batch.input_lost", batch_id=batch_id, unsubmitted=state.valid - state.cursor
+            )
+            await self.store.redis.hset(self.store.keys.batch(batch_id), "valid", state.cursor)
+            state.valid = state.cursor
+            return
+        quota, client = self.gateway.quota, self.gateway.client
+        requests = parsed.requests
+        while state.cursor < len(requests):
+            if await self.store.status(batch_id) is not BatchStatus.IN_PROGRESS:
+                return  # cancelled meanwhile: the next pass closes it
+            size = min(SUBMIT_CHUNK, len(requests) - state.cursor)
+            try:
+                await quota.check(tenant, size)
+            except TenantQuotaExceededError as full:
+                size = min(size, full.limit - full.in_flight)
+                if size <= 0:
+                    return  # the rest goes in as the tenant's jobs finish
+            chunk = requests[state.cursor : state.cursor + size]
+            keys = [f"batch:{batch_id}:{r.custom_id}" for r in chunk]
+            job_ids = await client.submit_many([r.request for r in chunk], keys, tenant=tenant)
+            await quota.add(tenant, job_ids)
+            state.cursor += len(chunk)
+            submitted = {r.custom_id: job_id for r, job_id in zip(chunk, job_ids, strict=True)}
+            await self.store.record_jobs(batch_id, submitted, state.cursor)
+            _, known = self._jobs.get(batch_id, (0, {}))
+            self._jobs[batch_id] = (state.cursor, {**known, **submitted})
+            log.info("batch.submitted", batch_id=batch_id, jobs=len(chunk), cursor=state.cursor)
+            if not await lock.extend():
+                raise LockLost(batch_id)
+
+    async def _submitted(self, state: BatchState) -> dict[str, str]:
+        """Job id by custom id of the submitted requests (read again when another process
+        submitted more since)."""
+        cursor, jobs = self._jobs.get(state.batch.id, (-1, {}))
+        if cursor != state.cursor:
+            jobs = await self.store.fields(state.batch.id, "job")
+            self._jobs[state.batch.id] = (state.cursor, jobs)
+        return jobs
+
+    async def _tally(self, batch_id: str, jobs: dict[str, str]) -> tuple[int, int]:
+        """(succeeded, failed or cancelled) among `jobs`; reads only those not yet seen final."""
+        final = self._final.setdefault(batch_id, {})
+        pending = [job_id for job_id in jobs.values() if job_id not in final]
+        for start in range(0, len(pending), READ_CHUNK):
+            chunk = pending[start : start + READ_CHUNK]
+            for job_id, status in zip(
+                chunk, await self.gateway.client.statuses(chunk), strict=True
+            ):
+                if status is None:  # the record expired or vanished: it will not succeed now
+                    final[job_id] = False
+                elif status.is_final:
+                    final[job_id] = status is JobStatus.SUCCEEDED
+        succeeded = sum(1 for job_id in jobs.values() if final.get(job_id) is True)
+        failed = sum(1 for job_id in jobs.values() if final.get(job_id) is False)
+        return succeeded, failed
+
+    async def _cancel_jobs(self, batch_id: str, jobs: dict[str, str], lock: BatchLock) -> None:
+        """Cancel the jobs not yet final: queued ones never run, running ones are discarded."""
+        await self._tally(batch_id, jobs)  # one pipelined read spares cancelling finished ones
+        final = self._final.get(batch_id, {})
+        unfinished = [job_id for job_id in jobs.values() if job_id not in final]
+        client = self.gateway.client
+        for start in range(0, len(unfinished), CANCEL_CHUNK):
+            chunk = unfinished[start : start + CANCEL_CHUNK]
+            outcomes = await asyncio.gather(
+                *(client.cancel(job_id) for job_id in chunk), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException) and not isinstance(outcome, JobNotFoundError):
+                    raise outcome
+            if not await lock.extend():
+                raise LockLost("lock lapsed while cancelling jobs")
+
+    async def _records(self, jobs: dict[str, str], lock: BatchLock) -> dict[str, JobResult | None]:
+        items = list(jobs.items())
+        records: dict[str, JobResult | None] = {}
+        for start in range(0, len(items), READ_CHUNK):
+            chunk = items[start : start + READ_CHUNK]
+            found = await self.gateway.client.get_many([job_id for _, job_id in chunk])
+            records.update(zip([cid for cid, _ in chunk], found, strict=True))
+            if not await lock.extend():
+                raise LockLost("lock lapsed while reading job records")
+        return records
+
+    async def _close(
+        self, state: BatchState, lock: BatchLock, end: BatchStatus, cancelled_code: str
+    ) -> None:
+        """Write the output and error files and end the batch `end` (completed after all jobs
+        finished; cancelled or expired after cancelling those that had not)."""
+        batch = state.batch
+        jobs = await self._submitted(state)
+        if end is not BatchStatus.COMPLETED:
+            await self._cancel_jobs(batch.id, jobs, lock)
+        lines: list[dict[str, Any]] = []
+        usage = BatchUsage()
+        for custom_id, record in (await self._records(jobs, lock)).items():
+            if record is None:
+                reason = "The job's record expired before the batch was finalized."
+                lines.append(cancelled_line(custom_id, "job_expired", reason))
+                continue
+            if not record.status.is_final:
+                lines.append(cancelled_line(custom_id, cancelled_code))
+                continue
+            lines.append(output_line(custom_id, record, cancelled_code=cancelled_code))
+            if record.status is JobStatus.SUCCEEDED and record.usage is not None:
+                usage.add(record.usage)
+        lines.extend(
+            json.loads(line) for line in (await self.store.fields(batch.id, "rejected")).values()
+        )
+        if state.cursor < state.valid:  # never submitted: cancelled or expired first
+            parsed = await self._parse(state)
+            unsubmitted = parsed.requests[state.cursor :] if parsed else []
+            lines.extend(cancelled_line(r.custom_id, cancelled_code) for r in unsubmitted)
+        outputs = [line for line in lines if not is_error_line(line)]
+        errors = [line for line in lines if is_error_line(line)]
+        now = int(time.time())
+        timestamp = {
+            BatchStatus.COMPLETED: "completed_at",
+            BatchStatus.CANCELLED: "cancelled_at",
+            BatchStatus.EXPIRED: "expired_at",
+        }[end]
+        ended = batch.model_copy(
+            update={
+                "status": end,
+                timestamp: now,
+                "output_file_id": await self._write(state, "output", outputs),
+                "error_file_id": await self._write(state, "error", errors),
+                "request_counts": RequestCounts(
+                    total=max(batch.request_counts.total, len(lines)),
+                    completed=len(outputs),
+                    failed=len(errors),
+                ),
+                "usage": usage,
+            }
+        )
+        if not await self.store.transition(ended, batch.status):
+            return  # it changed meanwhile (a cancel while expiring): the next pass ends it
+        await self.store.finish(batch.id)
+        self._forget(batch.id)
+        log.info(
+            "batch.finished",
+            batch_id=batch.id,
+            status=end.value,
+            completed=len(outputs),
+            failed=len(errors),
+            total_tokens=usage.total_tokens,
+        )
+
+    async def _write(
+        self, state: BatchState, kind: str, lines: Sequence[dict[str, Any]]
+    ) -> str | None:
+        if not lines:
+            return None
+        content = await asyncio.to_thread(_jsonl, lines)
+        file = await self.files.save(
+            state.tenant,
+            content,
+            filename=f"{state.batch.id}_{kind}.jsonl",
+            purpose="batch_output",
+            ttl_seconds=state.output_ttl,
+        )
+        return file.id
+
+    def _forget(self, batch_id: str) -> None:
+        self._parsed.pop(batch_id, None)
+        self._jobs.pop(batch_id, None)
+        self._final.pop(batch_id, None)
+
+
+def _jsonl(lines: Sequence[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+
+
+@asynccontextmanager
+async def finalizer(gateway: Gateway) -> AsyncIterator[None]:
+    """The background task that moves batches on while the gateway runs; on the way out it
+    stops mid-step if it must (the next process resumes from Redis)."""
+    runner = Finalizer(gateway)
+    task = asyncio.create_task(runner.run(), name="tierq.batch-finalizer")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await runner.stop()

@@ -1,0 +1,219 @@
+"""Where a batch lives in Redis, and the per-batch lock that lets one gateway process at a time
+move it on.
+
+Every read and write of a batch goes through here, so the key layout and the Lua scripts that
+keep concurrent writers honest sit in one file, and the routes and the finalizer need not know
+either.
+
+A batch is one hash (`Keys.batch`): `object` (the API's Batch as JSON), `status` (the same,
+for compare-and-set: the cancel route and the finalizer never overwrite each other), `tenant`,
+`output_ttl`, `valid` (requests to run), `cursor` (how many of them are submitted),
+`job:<custom_id>` (its job id) and `rejected:<custom_id>` (its error line). Its lock is the
+derived key `<Keys.batch(id)>:lock` (SET NX EX, so it lapses if its holder dies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio
+from redis.typing import EncodableT, FieldT
+
+from producers.gateway.batch_models import (
+    COMPLETION_WINDOW_SECONDS,
+    Batch,
+    BatchList,
+    BatchStatus,
+)
+from producers.gateway.deps import Gateway
+from producers.gateway.errors import APIError, not_found
+from worker.errors import TierqError
+from worker.keys import Keys
+
+# A batch's lock lapses this long after its holder stopped renewing it (a crashed gateway).
+LOCK_SECONDS = 30
+
+# KEYS: batch. ARGV: expected status, new status, new object. Applied only if the status is
+# still the expected one, so a cancel and a finalizer pass never overwrite each other.
+_TRANSITION = """
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'object', ARGV[3])
+return 1
+"""
+_LOCK_EXTEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+_LOCK_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
+@dataclass
+class BatchState:
+    """What the finalizer reads of a batch before each step."""
+
+    batch: Batch
+    tenant: str
+    output_ttl: int
+    valid: int  # requests to run (0 until validated)
+    cursor: int  # how many of them are submitted
+
+
+class BatchStore:
+    def __init__(self, client: redis.asyncio.Redis, keys: Keys, file_ttl_seconds: int) -> None:
+        self.redis = client
+        self.keys = keys
+        self._file_ttl = file_ttl_seconds
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def of(cls, gateway: Gateway) -> BatchStore:
+        return cls(gateway.client.redis, gateway.keys, gateway.settings.gateway.file_ttl_seconds)
+
+    def lock_key(self, batch_id: str) -> str:
+        return f"{self.keys.batch(batch_id)}:lock"
+
+    async def create(self, tenant: str, batch: Batch, output_ttl: int) -> None:
+        key = self.keys.batch(batch.id)
+        listing = self.keys.tenant_batches(tenant)
+        # Kept through the window, then as long as its files.
+        ttl = COMPLETION_WINDOW_SECONDS + self._file_ttl
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "object": batch.model_dump_json(),
+                    "status": batch.status.value,
+                    "tenant": tenant,
+                    "output_ttl": output_ttl,
+                    "valid": 0,
+                    "cursor": 0,
+                },
+            )
+            pipe.expire(key, ttl)
+            pipe.zadd(listing, {batch.id: time.time()})
+            pipe.expire(listing, ttl)
+            pipe.sadd(self.keys.active_batches, batch.id)
+            await pipe.execute()
+
+    async def get(self, tenant: str, batch_id: str) -> Batch:
+        """The batch; 404 for an unknown or expired id and for another tenant's."""
+        raw, owner = await self.redis.hmget(self.keys.batch(batch_id), ["object", "tenant"])
+        if raw is None or owner is None or _text(owner) != tenant:
+            raise not_found("batch", batch_id)
+        return Batch.model_validate_json(raw)
+
+    async def load(self, batch_id: str) -> BatchState | None:
+        fields = ["object", "tenant", "output_ttl", "valid", "cursor"]
+        raw, tenant, ttl, valid, cursor = await self.redis.hmget(self.keys.batch(batch_id), fields)
+        if raw is None or tenant is None:
+            return None
+        return BatchState(
+            Batch.model_validate_json(raw),
+            _text(tenant),
+            int(ttl or self._file_ttl),
+            int(valid or 0),
+            int(cursor or 0),
+        )
+
+    async def status(self, batch_id: str) -> BatchStatus | None:
+        raw = await self.redis.hget(self.keys.batch(batch_id), "status")
+        return BatchStatus(_text(raw)) if raw else None
+
+    async def transition(self, batch: Batch, expected: BatchStatus) -> bool:
+        """Write `batch` if its stored status is still `expected`."""
+        applied = await self._transition(
+            keys=[self.keys.batch(batch.id)],
+            args=[expected.value, batch.status.value, batch.model_dump_json()],
+        )
+        return bool(applied)
+
+    async def record_validation(self, batch_id: str, valid: int, rejected: dict[str, str]) -> None:
+        mapping: dict[FieldT, EncodableT] = {
+            f"rejected:{cid}": line for cid, line in rejected.items()
+        }
+        await self.redis.hset(self.keys.batch(batch_id), mapping={**mapping, "valid": valid})
+
+    async def record_jobs(self, batch_id: str, jobs: dict[str, str], cursor: int) -> None:
+        mapping: dict[FieldT, EncodableT] = {f"job:{cid}": job for cid, job in jobs.items()}
+        await self.redis.hset(self.keys.batch(batch_id), mapping={**mapping, "cursor": cursor})
+
+    async def fields(self, batch_id: str, prefix: str) -> dict[str, str]:
+        """`prefix:<custom_id>` fields by custom id (`job` -> job ids, `rejected` -> lines)."""
+        found: dict[str, str] = {}
+        async for name, value in self.redis.hscan_iter(
+            self.keys.batch(batch_id), match=f"{prefix}:*", count=1_000
+        ):
+            found[_text(name).removeprefix(f"{prefix}:")] = _text(value)
+        return found
+
+    async def active(self) -> set[str]:
+        """The ids of the batches not yet ended, for the finalizer to move on."""
+        return {_text(m) for m in await self.redis.smembers(self.keys.active_batches)}
+
+    async def finish(self, batch_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.srem(self.keys.active_batches, batch_id)
+            pipe.expire(self.keys.batch(batch_id), self._file_ttl)
+            await pipe.execute()
+
+    async def page(self, tenant: str, after: str | None, limit: int) -> BatchList:
+        listing = self.keys.tenant_batches(tenant)
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrevrank(listing, after)
+            if rank is None:
+                message = f"No batch {after!r} to list after."
+                raise APIError(400, message, param="after", code="invalid_request")
+            start = int(rank) + 1  # type: ignore[arg-type]  # WITHSCORE off: an int
+        ids = [_text(m) for m in await self.redis.zrevrange(listing, start, start + limit)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in ids:
+                pipe.hget(self.keys.batch(batch_id), "object")
+            raws = await pipe.execute()
+        gone = [batch_id for batch_id, raw in zip(ids, raws, strict=True) if raw is None]
+        if gone:
+            await self.redis.zrem(listing, *gone)
+        batches = [Batch.model_validate_json(raw) for raw in raws if raw is not None]
+        data = batches[:limit]
+        return BatchList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=len(ids) > limit,
+        )
+
+
+class BatchLock:
+    """One holder per batch across gateway processes; it lapses if its holder dies."""
+
+    def __init__(self, client: redis.asyncio.Redis, key: str) -> None:
+        self._redis = client
+        self._key = key
+        self._token = uuid.uuid4().hex
+        self._extend = client.register_script(_LOCK_EXTEND)
+        self._release = client.register_script(_LOCK_RELEASE)
+
+    async def acquire(self) -> bool:
+        return bool(await self._redis.set(self._key, self._token, nx=True, ex=LOCK_SECONDS))
+
+    async def extend(self) -> bool:
+        return bool(await self._extend(keys=[self._key], args=[self._token, LOCK_SECONDS]))
+
+    async def release(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self._release(keys=[self._key], args=[self._token])
+
+
+class LockLost(TierqError):
+    """Raised when a step outlasted its lock; another process may now hold the batch."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
