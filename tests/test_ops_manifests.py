@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -166,3 +167,27 @@ def test_docker_compose_file_follows_the_compose_specification() -> None:
     broken = {**compose, "services": {"x": {"image": 5, "ports": "8700"}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_the_dashboard_charts_only_metrics_tierq_exports() -> None:
+    from prometheus_client import REGISTRY
+
+    import worker.metrics  # noqa: F401 (registers the metrics)
+
+    exported = set()
+    for metric in REGISTRY.collect():
+        exported.update(sample.name for sample in metric.samples)
+        exported.add(metric.name)
+        exported.update(
+            f"{metric.name}{suffix}" for suffix in ("_total", "_bucket", "_count", "_sum")
+        )
+    exported |= {"tierq_queue_depth", "tierq_queue_oldest_age_seconds"}  # read at scrape time
+    dashboard = json.loads((ROOT / "ops" / "grafana" / "tierq-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\btierq_[a-z_]+", target["expr"])
+    }
+    assert used, "the dashboard charts tierq's metrics"
+    assert used <= exported, f"not exported: {sorted(used - exported)}"
