@@ -9,18 +9,23 @@ connection or a TLS handshake of its own.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 import openai
 from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 from pydantic import ValidationError
 
 from worker.errors import ConfigurationError, PermanentProviderError, ProviderUnavailableError
 from worker.results import ChatCompletion
 from worker.sdk_errors import translate
 from worker.settings import Settings
+
+# Told of each chunk of a streamed answer as it arrives (worker/deltas.py publishes them).
+ChunkCallback = Callable[[ChatCompletionChunk], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +62,18 @@ def build_client(
 
 
 def call_chat_completions(
-    client: openai.OpenAI, params: dict[str, Any], *, time_limit_seconds: float | None = None
+    client: openai.OpenAI,
+    params: dict[str, Any],
+    *,
+    time_limit_seconds: float | None = None,
+    on_chunk: ChunkCallback | None = None,
 ) -> CallOutcome:
     """Run one Chat Completions call; SDK errors leave as tierq `ProviderError`s.
 
     `time_limit_seconds` is the tier's hard limit: a call (a stream included) running past it
-    is abandoned and fails the job, instead of being retried like a timeout.
+    is abandoned and fails the job, instead of being retried like a timeout. `on_chunk` sees
+    each chunk of a streamed answer once the accumulator has taken it, so what a watcher is
+    shown is what the result will hold; an unstreamed call never calls it.
     """
     deadline = time.monotonic() + time_limit_seconds if time_limit_seconds else None
     try:
@@ -70,7 +81,8 @@ def call_chat_completions(
         headers = dict(raw.headers)
         if params.get("stream"):
             stream = raw.parse()
-            return CallOutcome(_assemble_stream(stream, deadline, time_limit_seconds), headers)
+            completion = _assemble_stream(stream, deadline, time_limit_seconds, on_chunk)
+            return CallOutcome(completion, headers)
         # The raw body is validated once, into our own model: no SDK model built and dumped.
         return CallOutcome(ChatCompletion.model_validate_json(raw.content), headers)
     except openai.OpenAIError as error:
@@ -100,7 +112,10 @@ def _not_a_completion(error: ValidationError) -> PermanentProviderError:
 
 
 def _assemble_stream(
-    stream: openai.Stream[Any], deadline: float | None, limit: float | None
+    stream: openai.Stream[Any],
+    deadline: float | None,
+    limit: float | None,
+    on_chunk: ChunkCallback | None = None,
 ) -> ChatCompletion:
     """Join a streamed answer into the same shape an unstreamed call returns.
 
@@ -112,6 +127,8 @@ def _assemble_stream(
     with stream:
         for chunk in stream:
             state.handle_chunk(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
             chunks += 1
             if deadline is not None and time.monotonic() >= deadline:
                 raise _past_time_limit(limit)

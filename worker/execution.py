@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from worker.admission import AdmissionGate
 from worker.completions import CallOutcome
-from worker.contract import JobEnvelope
+from worker.contract import JobEnvelope, JobRequest
+from worker.deltas import DeltaStreams
 from worker.errors import (
     AdmissionDeferred,
     BrokerUnavailableError,
@@ -49,17 +50,24 @@ def utcnow() -> datetime:
 
 
 class JobRunner:
-    """Runs jobs of one tier in one worker process; shared by all of the pool's threads."""
+    """Runs jobs of one tier in one worker process; shared by all of the pool's threads.
+
+    `call` is `call_chat_completions` with the process's client bound: called as
+    `call(params)`, and as `call(params, on_chunk=...)` for a streamed job (hence its loose
+    type: worker/cli.py declares it with the one-argument shape). `deltas` publishes streamed
+    jobs' deltas; by default a client of its own from `settings`.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
         tier: str,
-        call: Callable[[dict[str, Any]], CallOutcome],
+        call: Callable[..., CallOutcome],
         store: JobStore,
         gate: AdmissionGate,
         leases: Leases,
+        deltas: DeltaStreams | None = None,
     ) -> None:
         self.settings = settings
         self.tier = tier
@@ -67,6 +75,7 @@ class JobRunner:
         self.store = store
         self.gate = gate
         self.leases = leases
+        self.deltas = deltas or DeltaStreams.from_settings(settings)
 
     @staticmethod
     def decode(message: Any) -> JobEnvelope:
@@ -139,7 +148,7 @@ class JobRunner:
 
         began = time.perf_counter()
         try:
-            outcome = self.call(api_params(request, tier))
+            outcome = self._call(envelope.job_id, running.attempts, request, tier)
         except RateLimitedError as error:
             self.gate.after_rate_limited(request.model, cost, error)
             raise
@@ -164,6 +173,24 @@ class JobRunner:
         except redis.RedisError as error:
             log.warning("ratelimit.feedback_lost", error=str(error))
         return result
+
+    def _call(
+        self, job_id: str, attempt: int, request: JobRequest, tier: TierSettings
+    ) -> CallOutcome:
+        """The API call; a streamed job's deltas are published as they arrive.
+
+        Only streamed jobs get a publisher, so the others pay nothing for it. Its last write
+        comes before the outcome is recorded, so a watcher that sees the job finished has
+        every delta there is to read.
+        """
+        params = api_params(request, tier)
+        if not request.stream:
+            return self.call(params)
+        publisher = self.deltas.publisher(job_id, attempt)
+        try:
+            return self.call(params, on_chunk=publisher.publish)
+        finally:
+            publisher.flush()
 
     def _settle_paid_answer(self, result: JobResult, token: str) -> bool:
         """Record a paid answer, waiting out a Redis outage rather than failing the job.
