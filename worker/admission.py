@@ -18,6 +18,7 @@ import structlog
 from worker.budget import JobCost, check_fits, job_cost, too_large_for_tpm
 from worker.contract import JobEnvelope
 from worker.errors import AdmissionDeferred, RateLimitedError
+from worker.metrics import LIMITER_WAIT
 from worker.ratelimit import SharedRateLimiter
 from worker.ratelimit_headers import RateLimitHeaders
 from worker.results import Usage
@@ -50,6 +51,7 @@ class AdmissionGate:
         if not admission.reserved:
             log.info("job.deferred", wait_seconds=round(admission.wait_seconds, 3), group=group)
             raise AdmissionDeferred(admission.wait_seconds)
+        LIMITER_WAIT.labels(envelope.tier, group).observe(admission.wait_seconds)
         if admission.wait_seconds > 0:
             time.sleep(admission.wait_seconds)
         return cost

@@ -19,6 +19,7 @@ import redis
 import structlog
 from pydantic import ValidationError
 
+from worker import metrics
 from worker.admission import AdmissionGate
 from worker.completions import CallOutcome
 from worker.contract import JobEnvelope, JobRequest
@@ -33,6 +34,7 @@ from worker.errors import (
     RequestTooLargeError,
 )
 from worker.jobstore import JobStore
+from worker.pricing import cost_usd, price_for
 from worker.recovery import Leases
 from worker.results import JobError, JobResult, JobStatus
 from worker.settings import Settings, TierSettings
@@ -146,14 +148,21 @@ class JobRunner:
             raise
         log.debug("job.started", queued_ms=_ms(utcnow() - envelope.submitted_at))
 
+        labels = (envelope.tier, request.model)
+        metrics.ATTEMPTS.labels(*labels).inc()
         began = time.perf_counter()
         try:
             outcome = self._call(envelope.job_id, running.attempts, request, tier)
-        except RateLimitedError as error:
-            self.gate.after_rate_limited(request.model, cost, error)
+        except ProviderError as error:
+            metrics.API_LATENCY.labels(*labels, error.kind).observe(time.perf_counter() - began)
+            if isinstance(error, RateLimitedError):
+                metrics.RATE_LIMITED.labels(*labels).inc()
+                self.gate.after_rate_limited(request.model, cost, error)
             raise
-        api_ms = (time.perf_counter() - began) * 1000
+        api_seconds = time.perf_counter() - began
+        metrics.API_LATENCY.labels(*labels, "ok").observe(api_seconds)
         completion = outcome.completion
+        price = price_for(self.settings.prices, request.model)
         result = running.model_copy(
             update={
                 "status": JobStatus.SUCCEEDED,
@@ -161,11 +170,16 @@ class JobRunner:
                 "usage": completion.usage,
                 "answered_by": completion.model,
                 "finished_at": utcnow(),
+                "cost_usd": cost_usd(completion.usage, price)
+                if completion.usage is not None and price is not None
+                else None,
             }
         )
         # The answer is paid for: from here on nothing may fail the job.
+        metrics.observe_bill(result)
         if self._settle_paid_answer(result, token):
-            self._log_finished(result, api_ms=api_ms)
+            metrics.observe_outcome(result)
+            self._log_finished(result, api_ms=api_seconds * 1000)
         else:
             log.info("job.result_discarded", reason="cancelled, or taken over by another attempt")
         try:
@@ -245,6 +259,7 @@ class JobRunner:
             error=_job_error(error, retried=True),
             retry_at=retry_at,
         )
+        metrics.RETRIES.labels(envelope.tier, envelope.request.model, error.kind).inc()
         # The retry is due after `wait`; if no worker has taken it a lease later, it is reaped.
         self.store.settle(
             record,
@@ -277,7 +292,8 @@ class JobRunner:
         # Dead letters: jobs that failed for want of attempts or of a broker, not for what
         # they asked; `tierq retry` can run them again.
         dead = job_error.retried or job_error.type in ("broker_unavailable", "internal_error")
-        self.store.settle(record, _attempt_token.get(), dead_letter=dead)
+        if self.store.settle(record, _attempt_token.get(), dead_letter=dead):
+            metrics.observe_outcome(record)
         log.error(
             "job.finished",
             status="failed",
