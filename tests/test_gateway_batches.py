@@ -492,3 +492,17 @@ def test_a_batch_past_its_window_ends_expired_with_the_unfinished_in_the_error_f
     assert batch.request_counts.total == 8 == len(outputs) + len(errors)
     assert len(errors) >= 4  # four at most could have run
     assert all(e["error"]["code"] == "batch_expired" for e in errors)
+
+
+def test_a_file_with_more_requests_than_a_batch_may_hold_is_refused_at_upload(
+    gateway_url: str, tenant_key: TenantKey, plain_settings: Settings
+) -> None:
+    _, key = tenant_key()
+    limit = plain_settings.gateway.max_batch_lines
+    with sdk(gateway_url, key) as client, pytest.raises(openai.APIStatusError) as refused:
+        client.files.create(file=("big.jsonl", b"{}\n" * (limit + 1)), purpose="batch")
+    assert refused.value.status_code == 413
+    body = refused.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "too_many_requests_in_file"
+    assert body["param"] == "file"

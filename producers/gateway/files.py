@@ -132,7 +132,10 @@ _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 _ERRORS: dict[int | str, dict[str, Any]] = {
     **_UNAUTHORIZED,
     400: {"description": "Invalid parameters (the API's error shape)"},
-    413: {"description": "File over TIERQ_GATEWAY__MAX_FILE_BYTES"},
+    413: {
+        "description": "File over TIERQ_GATEWAY__MAX_FILE_BYTES, or with more requests than "
+        "TIERQ_GATEWAY__MAX_BATCH_LINES"
+    },
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     **_UNAUTHORIZED,
@@ -191,6 +194,17 @@ async def upload_file(request: Request, gateway: GatewayState, tenant: Tenant) -
         filename = upload.filename or "upload.jsonl"
     if not content:
         raise _bad("The file is empty.", "file")
+    limit = gateway.settings.gateway.max_batch_lines
+    lines = sum(1 for line in content.splitlines() if line.strip())
+    if lines > limit:
+        # Refused at the door, rather than by a batch that fails later: the file could never run.
+        raise APIError(
+            413,
+            f"The file has {lines} requests, more than the {limit} a batch may hold "
+            "(TIERQ_GATEWAY__MAX_BATCH_LINES).",
+            param="file",
+            code="too_many_requests_in_file",
+        )
     return await FileStore.of(gateway).save(
         tenant, content, filename=filename, purpose="batch", ttl_seconds=ttl
     )
