@@ -1,7 +1,8 @@
-"""The `tierq` command: submit jobs and read results; `worker`, `simulator` and `demo` too.
+"""The `tierq` command: submit jobs and read results, and every other role by subcommand:
+`worker`, `gateway` and `keys`, `batch run`, `stats`, `usage`, `simulator`, `demo`.
 
 Subcommands of other packages are imported only when invoked (click's lazy-group pattern), so
-`tierq submit` loads neither `openai` nor the worker's tasks.
+`tierq submit` loads neither `openai`, the gateway nor the worker's tasks.
 
 Exit status: 0 done (or job succeeded), 1 job failed or cancelled, 2 bad usage or invalid
 job request, 3 unknown job, 4 timed out waiting, 5 Redis unreachable.
