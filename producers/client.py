@@ -30,7 +30,13 @@ from redis.client import PubSub
 from producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
 from worker.app import TASK_NAME, create_app
 from worker.budget import check_fits, job_cost
-from worker.contract import JobEnvelope, JobRequest, parse_job_request, request_size_bytes
+from worker.contract import (
+    TENANT_PATTERN,
+    JobEnvelope,
+    JobRequest,
+    parse_job_request,
+    request_size_bytes,
+)
 from worker.errors import (
     BrokerUnavailableError,
     IdempotencyConflictError,
@@ -138,6 +144,8 @@ class TierqClient:
         `idempotency_keys`, if given, holds one key (or None) per request, as for `submit`.
         `tenant` labels the jobs with the gateway tenant that owns them.
         """
+        if tenant is not None and not TENANT_PATTERN.match(tenant):
+            raise ValueError(f"tenant {tenant!r}: 1 to 64 characters from A-Z a-z 0-9 _ . -")
         prepared = [prepare(self.settings, request) for request in requests]
         if idempotency_keys is not None and len(idempotency_keys) != len(prepared):
             raise ValueError("idempotency_keys must hold one key (or None) per request")

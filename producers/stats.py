@@ -40,12 +40,21 @@ def limit_groups(settings: Settings) -> dict[str, list[str]]:
     return groups
 
 
+# A heartbeat this old is a worker killed without a clean stop: its entry is removed.
+FORGET_AFTER_SECONDS = 86_400
+
+
 def _workers(client: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
-    alive = []
-    for raw in client.hvals(keys.workers):
+    alive, gone = [], []
+    for node, raw in client.hgetall(keys.workers).items():
         beat = json.loads(raw)
-        if now - float(beat["seen_at"]) <= STALE_AFTER_SECONDS:
+        age = now - float(beat["seen_at"])
+        if age <= STALE_AFTER_SECONDS:
             alive.append(beat)
+        elif age > FORGET_AFTER_SECONDS:
+            gone.append(node)
+    if gone:
+        client.hdel(keys.workers, *gone)
     return alive
 
 

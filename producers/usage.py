@@ -141,6 +141,7 @@ def _print_table(
     from rich.console import Console
     from rich.table import Table
 
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     table = Table(title=f"usage {start:%Y-%m-%d %H:00} to {end:%Y-%m-%d %H:%M} UTC")
     for column in ("tenant", "model", "jobs", "failed", "prompt", "cached", "completion",
                    "reasoning", "cost (USD)"):  # fmt: skip

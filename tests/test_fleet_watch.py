@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from devkit.local_redis import EmbeddedRedis
-from devkit.processes import ManagedProcess, free_port
+from devkit.processes import ManagedProcess, free_port, start_worker
 from producers.client import TierqClient
 from tests.support import nonce
 from worker.settings import Settings
@@ -94,7 +96,9 @@ def test_liveness_fails_once_the_worker_has_lost_its_broker_and_metrics_are_serv
         TIERQ_LIVENESS_GRACE_SECONDS="3",
     )
     root = f"http://127.0.0.1:{port}"
-    assert http_get(f"{root}/healthz")[0] == 200
+    # A client that connects and says nothing does not hold up the probe.
+    with socket.create_connection(("127.0.0.1", port)):
+        assert http_get(f"{root}/healthz")[0] == 200
     status, metrics = http_get(f"{root}/metrics")
     assert status == 200
     assert b'tierq_queue_depth{tier="fast"}' in metrics
@@ -106,3 +110,20 @@ def test_liveness_fails_once_the_worker_has_lost_its_broker_and_metrics_are_serv
     status, body = http_get(f"{root}/healthz")
     assert status == 503
     assert json.loads(body)["status"] == "broker_lost"
+
+
+def test_a_metrics_port_in_use_stops_the_worker_with_a_clear_error(
+    worker_env: dict[str, str], logs_dir: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**worker_env, "TIERQ_METRICS_PORT": str(port), "TIERQ_METRICS_HOST": "127.0.0.1"}
+        worker = start_worker("fast", logs_dir / f"port-taken-{port}.log", env, wait=False)
+        assert worker.process is not None
+        code = worker.process.wait(timeout=60)
+        worker.stop()  # closes its log file
+    assert code != 0
+    assert "TIERQ_METRICS_PORT" in worker.log_text()
+    assert "Traceback" not in worker.log_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from openai.types.chat import ChatCompletionChunk
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from devkit.local_redis import EmbeddedRedis
 from devkit.processes import free_port
 from tests.support import nonce
 from worker.deltas import DeltaStreams, coalesce, delta_entries
@@ -318,3 +320,26 @@ def test_a_redis_fault_while_publishing_is_logged_once_and_never_raised(
     assert [(entry["event"], entry["log_level"]) for entry in logs] == [
         ("deltas.publish_failed", "warning")
     ]
+
+
+def test_a_slow_redis_stops_the_publishing_instead_of_slowing_the_answer() -> None:
+    # A private Redis whose writes are held back (CLIENT PAUSE), as a Redis under load is
+    server = EmbeddedRedis().start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        deltas = DeltaStreams(client, Keys(f"tierq-{nonce()}:"), ttl_seconds=60)
+        publisher = deltas.publisher("job-4", attempt=1)
+        client.execute_command("CLIENT", "PAUSE", "400", "WRITE")
+        began = time.monotonic()
+        with capture_logs() as logs:
+            for piece in ["x"] * 40:
+                publisher.publish(chunk(text(piece)))
+                time.sleep(0.06)  # past the flush interval each time
+            publisher.flush()
+        took = time.monotonic() - began
+        client.close()
+    finally:
+        server.stop()
+    # One slow write, then no more: 40 chunks cost about one pause, not forty.
+    assert took < 40 * 0.06 + 1.0
+    assert [entry["event"] for entry in logs] == ["deltas.publish_failed"]

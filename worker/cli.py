@@ -23,7 +23,7 @@ from worker.app import TASK_NAME, create_app
 from worker.completions import CallOutcome, build_client, call_chat_completions
 from worker.errors import ConfigurationError
 from worker.execution import JobRunner
-from worker.jobstore import JobStore
+from worker.jobstore import JobStore, connect
 from worker.logging import configure_logging
 from worker.monitoring import WorkerMonitor
 from worker.ratelimit import SharedRateLimiter
@@ -66,6 +66,10 @@ def worker_argv(settings: Settings, tier: str, concurrency: int, loglevel: str) 
         "--without-gossip",
         f"--loglevel={loglevel}",
     ]
+
+
+# The monitor's Redis calls (probe, heartbeat, scrape) give up this fast, without retries.
+MONITOR_REDIS_TIMEOUT_SECONDS = 2.0
 
 
 def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None:
@@ -120,7 +124,7 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     signals.worker_ready.connect(lambda sender, **_: consumer.update(it=sender), weak=False)
     monitor = WorkerMonitor(
         settings,
-        store.redis,
+        connect(settings, socket_timeout_seconds=MONITOR_REDIS_TIMEOUT_SECONDS, retries=0),
         tier=tier,
         concurrency=concurrency,
         in_flight=leases.in_flight,
@@ -143,16 +147,16 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     # running jobs finish within the grace period, the rest go back to the queue. Celery's
     # default (a warm shutdown) would wait for every running job however long it takes.
     os.environ["REMAP_SIGTERM"] = "SIGQUIT"
-    leases.start()
     monitor.start()
+    leases.start()
     code: int | str | None = 0
     try:
         app.worker_main(worker_argv(settings, tier, concurrency, loglevel or settings.log_level))
     except SystemExit as exit_:
         code = exit_.code
     finally:
-        monitor.stop()
         leases.stop()
+        monitor.stop()
     # Exit now: the interpreter would otherwise join pool threads still in a call that the
     # shutdown gave up on (their jobs are back on the queue).
     logging.shutdown()

@@ -14,6 +14,7 @@ is stored with the result and never sent to the API.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,10 @@ FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_STOP_SEQUENCES = 4
 MAX_TOOLS = 128
 MAX_METADATA_PAIRS = 16
+
+
+# A gateway tenant's name: it labels jobs, Redis keys and the usage ledger's fields.
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class _Strict(BaseModel):

@@ -111,6 +111,12 @@ def encode(entry: dict[str, Any]) -> str:
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
 
 
+# A write slower than this stops the attempt's publishing (see DeltaPublisher._write).
+SLOW_WRITE_SECONDS = 0.25
+# How long a finished call's deltas stay readable.
+ENDED_TTL_SECONDS = 3_600
+
+
 class DeltaStreams:
     """The worker process's side of the delta streams; shared by the pool's threads."""
 
@@ -129,14 +135,20 @@ class DeltaStreams:
     def publisher(self, job_id: str, attempt: int) -> DeltaPublisher:
         return DeltaPublisher(self, self._keys.deltas(job_id), attempt)
 
-    def write(self, key: str, entries: list[dict[str, Any]], *, restart: bool) -> None:
-        """One round trip: (the earlier attempts' entries deleted,) the entries, the TTL."""
+    def write(
+        self, key: str, entries: list[dict[str, Any]], *, restart: bool, ended: bool = False
+    ) -> None:
+        """One round trip: (the earlier attempts' entries deleted,) the entries, the TTL.
+
+        While the call runs the stream lives as long as the job's record; once it has ended
+        only `ENDED_TTL_SECONDS`, for watchers reconnecting late: the record holds the answer.
+        """
         pipe = self._redis.pipeline(transaction=False)
         if restart:
             pipe.delete(key)
         for entry in entries:
             pipe.xadd(key, {DELTA_FIELD: encode(entry)}, maxlen=MAX_ENTRIES, approximate=True)
-        pipe.expire(key, self._ttl_seconds)
+        pipe.expire(key, min(self._ttl_seconds, ENDED_TTL_SECONDS) if ended else self._ttl_seconds)
         pipe.execute()
 
 
@@ -159,7 +171,11 @@ class DeltaPublisher:
     def publish(self, chunk: ChatCompletionChunk) -> None:
         if self._broken:
             return
-        entries = delta_entries(chunk, self._attempt)
+        try:
+            entries = delta_entries(chunk, self._attempt)
+        except Exception as error:  # an odd chunk must not fail the answer it belongs to
+            self._give_up(f"{type(error).__name__}: {error}")
+            return
         if not entries:
             return
         for entry in entries:
@@ -171,17 +187,26 @@ class DeltaPublisher:
 
     def flush(self) -> None:
         """Write what is buffered; called when the stream ends, however it ends."""
-        self._write(time.monotonic())
+        self._write(time.monotonic(), ended=True)
 
-    def _write(self, now: float) -> None:
-        if self._broken or not self._buffer:
+    def _write(self, now: float, *, ended: bool = False) -> None:
+        if self._broken or not (self._buffer or (ended and self._restarted)):
             return
         entries, self._buffer, self._chunks = self._buffer, [], 0
-        self._written_at = now
         try:
-            self._streams.write(self._key, entries, restart=not self._restarted)
-        except redis.RedisError as error:
-            self._broken = True
-            log.warning("deltas.publish_failed", error=str(error))
+            self._streams.write(self._key, entries, restart=not self._restarted, ended=ended)
+        except Exception as error:  # publishing must never fail a paid answer
+            self._give_up(f"{type(error).__name__}: {error}")
             return
         self._restarted = True
+        # The interval runs from the end of the write: a slow Redis is written to less often,
+        # not once per chunk.
+        self._written_at = time.monotonic()
+        if self._written_at - now > SLOW_WRITE_SECONDS:
+            # A Redis this slow would hold up the thread reading the API's stream, and could
+            # push a long answer past its tier's time limit: the watchers lose the rest.
+            self._give_up(f"a write took {self._written_at - now:.2f}s")
+
+    def _give_up(self, reason: str) -> None:
+        self._broken = True
+        log.warning("deltas.publish_failed", error=reason)

@@ -155,8 +155,9 @@ class JobRunner:
             outcome = self._call(envelope.job_id, running.attempts, request, tier)
         except ProviderError as error:
             metrics.API_LATENCY.labels(*labels, error.kind).observe(time.perf_counter() - began)
-            if isinstance(error, RateLimitedError):
+            if error.status_code == 429:  # rate limits and insufficient_quota alike
                 metrics.RATE_LIMITED.labels(*labels).inc()
+            if isinstance(error, RateLimitedError):
                 self.gate.after_rate_limited(request.model, cost, error)
             raise
         api_seconds = time.perf_counter() - began
@@ -259,14 +260,14 @@ class JobRunner:
             error=_job_error(error, retried=True),
             retry_at=retry_at,
         )
-        metrics.RETRIES.labels(envelope.tier, envelope.request.model, error.kind).inc()
         # The retry is due after `wait`; if no worker has taken it a lease later, it is reaped.
-        self.store.settle(
+        if self.store.settle(
             record,
             _attempt_token.get(),
             due_in_seconds=wait + self.leases.lease_seconds,
             generation=generation,
-        )
+        ):
+            metrics.RETRIES.labels(envelope.tier, envelope.request.model, error.kind).inc()
         log.warning(
             "job.retrying",
             attempt=attempt,

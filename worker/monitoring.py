@@ -9,8 +9,9 @@
   orchestrator restarts only a worker that stays cut off.
 - /metrics: the Prometheus registry (worker/metrics.py).
 
-The HTTP server is the standard library's WSGI server in a daemon thread: two routes need
-no framework, and prometheus-client's own server cannot answer /healthz.
+The HTTP server is the standard library's WSGI server, a thread per request (a slow scrape
+never holds up a probe): two routes need no framework, and prometheus-client's own server
+cannot answer /healthz.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
 import structlog
 
+from worker.errors import ConfigurationError
 from worker.keys import Keys
 from worker.metrics import IN_FLIGHT, exposed_registry, render
 from worker.settings import Settings
@@ -40,8 +43,17 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that connects and says nothing is dropped after this long.
+    timeout = 5
+
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds would flood the log."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per request: a slow scrape or a silent client never holds up /healthz."""
+
+    daemon_threads = True
 
 
 class WorkerMonitor:
@@ -57,6 +69,8 @@ class WorkerMonitor:
     ) -> None:
         self.settings = settings
         self.node = f"{tier}-{os.getpid()}@{socket.gethostname()}"
+        # Not the job store's client: its retries ride out outages for minutes, while a probe
+        # and a scrape must answer in seconds.
         self._client = client
         self._keys = Keys(settings.key_prefix)
         self._tier = tier
@@ -100,12 +114,14 @@ class WorkerMonitor:
         self._client.hset(self._keys.workers, self.node, json.dumps(heartbeat))
 
     def _loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+        while True:
             if self.check():
                 try:
                     self.beat()
                 except redis.RedisError as error:
                     log.warning("worker.heartbeat_failed", error=str(error))
+            if self._stop.wait(HEARTBEAT_SECONDS):
+                return
 
     # --- HTTP ------------------------------------------------------------------------------
 
@@ -127,12 +143,23 @@ class WorkerMonitor:
         return [b"not found: /metrics and /healthz are served here\n"]
 
     def start(self) -> None:
+        """Bind the port (a port in use is a `ConfigurationError`), then start the threads."""
         self._threads = [threading.Thread(target=self._loop, name="tierq-monitor", daemon=True)]
         port = self.settings.metrics_port
         if port:
-            self._server = make_server(
-                self.settings.metrics_host, port, self.app, handler_class=_QuietHandler
-            )
+            try:
+                self._server = make_server(
+                    self.settings.metrics_host,
+                    port,
+                    self.app,
+                    server_class=_ThreadingServer,
+                    handler_class=_QuietHandler,
+                )
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot serve /metrics on {self.settings.metrics_host}:{port} "
+                    f"(TIERQ_METRICS_PORT): {error}"
+                ) from None
             self._threads.append(
                 threading.Thread(
                     target=self._server.serve_forever, name="tierq-metrics", daemon=True
@@ -140,12 +167,9 @@ class WorkerMonitor:
             )
         for thread in self._threads:
             thread.start()
-        try:
-            self.beat()
-        except redis.RedisError as error:
-            log.warning("worker.heartbeat_failed", error=str(error))
 
     def stop(self) -> None:
+        """Never blocks for long: request threads are daemons, Redis calls time out quickly."""
         self._stop.set()
         if self._server is not None:
             self._server.shutdown()

@@ -21,7 +21,8 @@ PER_TOKENS = 1_000_000
 class ModelPrice(BaseModel):
     """USD per 1M tokens."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or NaN: a price the ledger cannot add would stop outcomes being recorded.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     input: Annotated[float, Field(ge=0)]
     cached_input: Annotated[float, Field(ge=0)]

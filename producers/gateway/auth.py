@@ -10,18 +10,17 @@ to every request. Checking a key is one GET, so a revocation holds from the next
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from datetime import UTC, datetime
 
 import redis.asyncio
 from pydantic import BaseModel
 
+from worker.contract import TENANT_PATTERN
 from worker.errors import TierqError
 from worker.keys import Keys
 
 KEY_PREFIX = "tq-"
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class UnknownKeyError(TierqError, LookupError):

@@ -108,15 +108,21 @@ async def _follow(
     shown = (record.status, record.attempts)
     yield _status(record)
     seen: list[Any] = [None, None]
+    # A worker that lost its claim can still be writing an older attempt's deltas into the
+    # stream the new attempt restarted: once a newer attempt has been seen, older ones are
+    # not shown.
+    newest = 0
     while not record.status.is_final:
         if time.monotonic() >= ends_at:
             return
         read = await client.xread(
             {stream_key: cursor}, count=READ_COUNT, block=READ_BLOCK_MILLISECONDS
         )
-        for event in _deltas(read):
+        for event, attempt in _deltas(read):
             cursor = event.id or cursor
-            yield event
+            if attempt >= newest:
+                newest = attempt
+                yield event
         state = await client.hmget(job_key, ["status", "owner"])
         if state[0] is None:
             return  # the record expired or was deleted: nothing more will come
@@ -132,9 +138,11 @@ async def _follow(
     while True:
         read = await client.xread({stream_key: cursor}, count=READ_COUNT)
         events = _deltas(read)
-        for event in events:
+        for event, attempt in events:
             cursor = event.id or cursor
-            yield event
+            if attempt >= newest:
+                newest = attempt
+                yield event
         if len(events) < READ_COUNT:
             break
     yield ServerSentEvent(record.model_dump_json(), event="result")
@@ -145,15 +153,18 @@ def _status(record: JobResult) -> ServerSentEvent:
     return ServerSentEvent(_json(data), event="status")
 
 
-def _deltas(read: Any) -> list[ServerSentEvent]:
-    """XREAD's answer for one stream as `delta` events; the entry's JSON is sent as it is."""
+def _deltas(read: Any) -> list[tuple[ServerSentEvent, int]]:
+    """XREAD's answer for one stream as `delta` events, each with its attempt; the entry's JSON
+    is sent as it is."""
     if not read:
         return []
     (_, entries), *_ = read
-    return [
-        ServerSentEvent(fields[DELTA_FIELD.encode()].decode(), event="delta", id=entry_id.decode())
-        for entry_id, fields in entries
-    ]
+    events = []
+    for entry_id, fields in entries:
+        data = fields[DELTA_FIELD.encode()].decode()
+        attempt = int(json.loads(data).get("attempt", 0))
+        events.append((ServerSentEvent(data, event="delta", id=entry_id.decode()), attempt))
+    return events
 
 
 def _json(data: dict[str, Any]) -> str:
