@@ -201,7 +201,7 @@ class TierqClient:
                         for envelope in batch:
                             self._publish(envelope, producer)
                     published.extend(envelope.job_id for envelope in batch)
-        except (OperationalError, redis.RedisError, OSError) as error:
+        except (OperationalError, redis.RedisError, OSError, KeyboardInterrupt) as error:
             # The failed batch may or may not have reached Redis. Its jobs keep their records
             # and idempotency keys and go on the watch list: a worker's reaper enqueues any of
             # them no worker has claimed in two leases (a copy already queued is then stale).
@@ -211,6 +211,8 @@ class TierqClient:
             self._release_keys([reserved[e.job_id] for e in unsent if e.job_id in reserved])
             with contextlib.suppress(redis.RedisError):
                 self._store.watch([e.job_id for e in batch], 2 * self.settings.lease_seconds)
+            if isinstance(error, KeyboardInterrupt):
+                raise  # interrupted (Ctrl-C): cleaned up as for a broker fault, then passed on
             raise BrokerUnavailableError(
                 f"cannot reach the broker: {len(published)} of {len(envelopes)} jobs were "
                 f"enqueued, {len(batch)} may have been (they will run once the broker is back), "
@@ -280,7 +282,7 @@ class TierqClient:
         try:
             with self._app.producer_or_acquire() as producer:
                 self._publish(JobEnvelope.model_validate(message), producer)
-        except (OperationalError, redis.RedisError, OSError) as error:
+        except (OperationalError, redis.RedisError, OSError, KeyboardInterrupt) as error:
             raise BrokerUnavailableError(
                 f"job {job_id} is queued again but could not be published ({error}); a worker's "
                 f"reaper will publish it within {RETRY_REQUEUE_AFTER_SECONDS:.0f}s"

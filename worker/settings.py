@@ -150,6 +150,9 @@ class GatewaySettings(BaseModel):
     max_jobs_per_request: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     # Jobs of one tenant queued or running at once; submissions beyond answer 429.
     tenant_max_in_flight: Annotated[int, Field(ge=1)] = 10_000
+    # Long-polls and event streams one tenant may hold open at once in one gateway process
+    # (each holds a Redis connection of the process's pool); 429 beyond.
+    max_waiting_per_tenant: Annotated[int, Field(ge=1, le=10_000)] = 50
     # Longest long-poll of GET /v1/jobs/{id}?wait=SECONDS.
     max_wait_seconds: Annotated[float, Field(gt=0, le=600)] = 60.0
     # How long uploaded and result files are kept (the API keeps batch output 30 days).

@@ -32,10 +32,11 @@ from fastapi.responses import JSONResponse
 from producers.aio import AsyncTierqClient
 from producers.gateway import batches, events, files, jobs, observability
 from producers.gateway.auth import KeyStore
-from producers.gateway.deps import Gateway, GatewayState
+from producers.gateway.deps import Gateway, GatewayState, RequireKey
 from producers.gateway.errors import install_error_handlers
 from producers.gateway.limits import BodyLimit
 from producers.gateway.quota import TenantQuota
+from producers.gateway.waiting import Waiters
 from worker.keys import Keys
 from worker.settings import Settings, get_settings
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.gateway.tenant_max_in_flight,
                 settings.result_ttl_seconds,
             ),
+            waiters=Waiters(settings.gateway.max_waiting_per_tenant),
         )
         async with batches.finalizer(app.state.gateway):
             yield
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(observability.router)
+    app.add_middleware(RequireKey)
     app.add_middleware(observability.RequestMetrics)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")

@@ -36,6 +36,7 @@ import redis
 import structlog
 
 from producers.batchfile import (
+    BatchRequest,
     LineError,
     ParsedBatch,
     cancelled_line,
@@ -55,6 +56,7 @@ from producers.gateway.batch_store import BatchLock, BatchState, BatchStore, Loc
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import APIError
 from producers.gateway.files import FileStore
+from worker.contract import request_size_bytes
 from worker.errors import BrokerUnavailableError, JobNotFoundError, TenantQuotaExceededError
 from worker.results import JobResult, JobStatus
 
@@ -63,7 +65,9 @@ log = structlog.get_logger("tierq.gateway")
 # How often the finalizer looks at the active batches.
 FINALIZER_INTERVAL_SECONDS = 1.0
 # Jobs per submit_many call while submitting a batch (the lock is renewed between calls).
-SUBMIT_CHUNK = 1_000
+SUBMIT_CHUNK = 200
+# ... and at most this many bytes of requests (validating and publishing them takes time).
+SUBMIT_CHUNK_BYTES = 4 * 1024 * 1024
 # Job records per pipelined read while counting and finalizing.
 READ_CHUNK = 500
 # Batches one gateway process works on at once.
@@ -245,7 +249,12 @@ class Finalizer:
                 size = min(size, full.limit - full.in_flight)
                 if size <= 0:
                     return  # the rest goes in as the tenant's jobs finish
-            chunk = requests[state.cursor : state.cursor + size]
+            chunk = _by_bytes(requests[state.cursor : state.cursor + size])
+            # A fresh lock for each chunk, before it is paid for: a chunk is small enough (by
+            # count and by bytes) to be submitted well within LOCK_SECONDS, so no other
+            # gateway can take the batch over while it is on its way.
+            if not await lock.extend():
+                raise LockLost(batch_id)
             keys = [f"batch:{batch_id}:{r.custom_id}" for r in chunk]
             job_ids = await client.submit_many([r.request for r in chunk], keys, tenant=tenant)
             await quota.add(tenant, job_ids)
@@ -255,8 +264,6 @@ class Finalizer:
             _, known = self._jobs.get(batch_id, (0, {}))
             self._jobs[batch_id] = (state.cursor, {**known, **submitted})
             log.info("batch.submitted", batch_id=batch_id, jobs=len(chunk), cursor=state.cursor)
-            if not await lock.extend():
-                raise LockLost(batch_id)
 
     async def _submitted(self, state: BatchState) -> dict[str, str]:
         """Job id by custom id of the submitted requests (read again when another process
@@ -395,6 +402,16 @@ class Finalizer:
         self._parsed.pop(batch_id, None)
         self._jobs.pop(batch_id, None)
         self._final.pop(batch_id, None)
+
+
+def _by_bytes(chunk: list[BatchRequest]) -> list[BatchRequest]:
+    """The head of `chunk` within SUBMIT_CHUNK_BYTES (at least one request)."""
+    total = 0
+    for i, item in enumerate(chunk):
+        total += request_size_bytes(item.request)
+        if total > SUBMIT_CHUNK_BYTES and i > 0:
+            return chunk[:i]
+    return chunk
 
 
 def _jsonl(lines: Sequence[dict[str, Any]]) -> bytes:

@@ -9,6 +9,7 @@ layout in batch_store.py.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Any
@@ -129,9 +130,10 @@ async def create_batch(request: Request, gateway: GatewayState, tenant: Tenant) 
     settings = gateway.settings.gateway
     expiry = params.output_expires_after
     store = BatchStore.of(gateway)
-    await store.create(tenant, batch, expiry.seconds if expiry else settings.file_ttl_seconds)
-    # A resumed batch reads its input again: keep it for the whole window.
+    # A resumed batch reads its input again: keep it for the whole window. First, so that a
+    # failure here leaves no batch behind (a client retrying a 5xx would otherwise pay twice).
     await files.keep_at_least(input_file.id, COMPLETION_WINDOW_SECONDS + 3_600)
+    await store.create(tenant, batch, expiry.seconds if expiry else settings.file_ttl_seconds)
     log.info("batch.created", batch_id=batch.id, tenant=tenant, input_file_id=input_file.id)
     return batch
 
@@ -150,7 +152,7 @@ async def list_batches(
 ) -> BatchList:
     count = 20
     if limit is not None:
-        if not limit.strip().isdigit() or not 1 <= int(limit) <= 100:
+        if not re.fullmatch(r"[0-9]{1,3}", limit.strip()) or not 1 <= int(limit) <= 100:
             raise _bad("limit must be an integer from 1 to 100.", "limit")
         count = int(limit)
     return await BatchStore.of(gateway).page(tenant, after, count)

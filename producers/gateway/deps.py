@@ -5,13 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import redis
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from producers.aio import AsyncTierqClient
 from producers.gateway.auth import KeyStore
-from producers.gateway.errors import APIError, not_found
+from producers.gateway.errors import APIError, broker_unavailable, not_found
 from producers.gateway.quota import TenantQuota
+from producers.gateway.waiting import Waiters
 from worker.errors import JobNotFoundError
 from worker.keys import Keys
 from worker.results import JobResult
@@ -27,6 +31,7 @@ class Gateway:
     keys: Keys
     key_store: KeyStore
     quota: TenantQuota
+    waiters: Waiters
 
 
 def state(request: Request) -> Gateway:
@@ -38,21 +43,57 @@ def state(request: Request) -> Gateway:
 bearer = HTTPBearer(auto_error=False, description="A tierq API key: `tierq keys create TENANT`.")
 
 
+MISSING_KEY = "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+WRONG_KEY = "Incorrect API key provided."
+
+
+async def tenant_of(gateway: Gateway, authorization: str | None) -> str:
+    """The tenant of a live key in an Authorization header; `APIError` 401 otherwise."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise APIError(401, MISSING_KEY, code="invalid_api_key")
+    record = await gateway.key_store.authenticate(secret.strip())
+    if record is None:
+        raise APIError(401, WRONG_KEY, code="invalid_api_key")
+    return record.tenant
+
+
+class RequireKey:
+    """Every /v1 request is authenticated before the app reads its body, so a request without
+    a live key hears 401 whatever it sent (FastAPI parses a body before it runs a route's
+    dependencies). The tenant goes to the request's state for the `Tenant` dependency."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        gateway = scope["app"].state.gateway
+        try:
+            owner = await tenant_of(gateway, Headers(scope=scope).get("authorization"))
+        except APIError as refused:
+            await refused.response()(scope, receive, send)
+            return
+        except redis.RedisError:
+            await broker_unavailable().response()(scope, receive, send)
+            return
+        scope.setdefault("state", {})["tenant"] = owner
+        await self.app(scope, receive, send)
+
+
 async def tenant(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
-    """The tenant of the caller's key; 401 in the API's words for a missing or dead key."""
-    if credentials is None:
-        raise APIError(
-            401,
-            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
-            code="invalid_api_key",
-        )
-    record = await state(request).key_store.authenticate(credentials.credentials)
-    if record is None:
-        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-    return record.tenant
+    """The tenant of the caller's key (found by `RequireKey`); declared with the bearer
+    scheme so the OpenAPI document says how to authenticate."""
+    owner = getattr(request.state, "tenant", None)
+    if isinstance(owner, str):
+        return owner
+    header = f"Bearer {credentials.credentials}" if credentials is not None else None
+    return await tenant_of(state(request), header)
 
 
 GatewayState = Annotated[Gateway, Depends(state)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -164,17 +165,28 @@ async def _tierq_error(_: Request, error: Exception) -> JSONResponse:
     if isinstance(error, JobNotFoundError):
         return APIError(404, str(error), code="job_not_found").response()
     if isinstance(error, BrokerUnavailableError):
-        return APIError(
-            503, "the job queue is unreachable; try again shortly", type="server_error",
-            code="broker_unavailable", headers={"Retry-After": "2"},
-        ).response()  # fmt: skip
+        return broker_unavailable().response()
     raise error
+
+
+def broker_unavailable() -> APIError:
+    return APIError(
+        503, "the job queue is unreachable; try again shortly", type="server_error",
+        code="broker_unavailable", headers={"Retry-After": "2"},
+    )  # fmt: skip
+
+
+async def _redis_error(_: Request, error: Exception) -> JSONResponse:
+    # Redis read directly by a route (keys, files, batches) and not reached: a 503, never a
+    # bare 500 that a client's retry would take for a lost request.
+    return broker_unavailable().response()
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(redis.RedisError, _redis_error)
     for kind in (
         InvalidJobError,
         TenantQuotaExceededError,

@@ -30,16 +30,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import redis
 import structlog
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
-from producers.gateway.errors import error_responses
+from producers.gateway.errors import APIError, error_responses
 from worker.deltas import DELTA_FIELD
 from worker.results import JobResult
 
@@ -52,6 +53,8 @@ CONNECTION_LIMIT_SECONDS = 600.0
 READ_BLOCK_MILLISECONDS = 500
 # Most deltas taken from the stream in one read.
 READ_COUNT = 256
+# How often an open stream checks that its key has not been revoked.
+KEY_CHECK_SECONDS = 5.0
 # Seconds between keep-alive comments, so proxies do not drop a quiet stream.
 PING_SECONDS = 15.0
 
@@ -74,24 +77,56 @@ LastEventId = Annotated[
             "description": "Events: `status`, `delta`, then `result`, after which it closes",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **error_responses(404, 422),
+        **error_responses(404, 422, 429),
     },
 )
 async def job_events(
-    job_id: str, gateway: GatewayState, tenant: Tenant, last_event_id: LastEventId = None
+    job_id: str,
+    request: Request,
+    gateway: GatewayState,
+    tenant: Tenant,
+    last_event_id: LastEventId = None,
 ) -> EventSourceResponse:
     """Server-Sent Events for one of the tenant's jobs; see this module's docstring."""
     # Checked before the stream starts, so an unknown job is a plain 404 in the API's shape.
+    if last_event_id is not None and any(int(part) >= 2**64 for part in last_event_id.split("-")):
+        raise APIError(422, "Last-Event-ID is not an event id", param="Last-Event-ID")
     record = await owned_job(gateway, tenant, job_id)
-    return EventSourceResponse(_events(gateway, record, last_event_id or "0-0"), ping=PING_SECONDS)
+    secret = request.headers.get("authorization", "")[len("bearer ") :].strip()
+    events = _events(gateway, record, last_event_id or "0-0", secret)
+    gateway.waiters.take(tenant)
+    return _HeldStream(
+        events, ping=PING_SECONDS, on_close=lambda: gateway.waiters.give_back(tenant)
+    )
+
+
+class _HeldStream(EventSourceResponse):
+    """An event stream that gives its tenant's waiting slot back however it ends."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 async def _events(
-    gateway: Gateway, record: JobResult, cursor: str
+    gateway: Gateway, record: JobResult, cursor: str, secret: str
 ) -> AsyncIterator[ServerSentEvent]:
-    """The events of one connection; a Redis fault ends it as the connection limit does."""
+    """The events of one connection; a Redis fault ends it as the connection limit does, and
+    so does the revocation of the key that opened it (checked every KEY_CHECK_SECONDS)."""
+    key_checked = time.monotonic()
     try:
         async for event in _follow(gateway, record, cursor):
+            if time.monotonic() - key_checked >= KEY_CHECK_SECONDS:
+                if await gateway.key_store.authenticate(secret) is None:
+                    log.info("events.key_revoked", job_id=record.job_id)
+                    return
+                key_checked = time.monotonic()
             yield event
     except redis.RedisError as error:
         # The client reconnects with its Last-Event-ID, and hears a 503 while Redis is away.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
 from producers.gateway.errors import APIError, error_responses
+from producers.gateway.waiting import ClientGone, unless_gone
 from worker.contract import JobRequest
 from worker.errors import JobWaitTimeout
 from worker.results import JobResult, JobStatus
@@ -114,10 +115,11 @@ async def submit_jobs(batch: JobBatch, gateway: GatewayState, tenant: Tenant) ->
 @router.get(
     "/jobs/{job_id}",
     summary="Read a job; optionally wait for it to finish",
-    responses=error_responses(404, 422),
+    responses=error_responses(404, 422, 429),
 )
 async def get_job(
     job_id: str,
+    request: Request,
     gateway: GatewayState,
     tenant: Tenant,
     wait: Annotated[
@@ -130,10 +132,11 @@ async def get_job(
     wait = min(wait, gateway.settings.gateway.max_wait_seconds)
     if record.status.is_final or wait <= 0:
         return record
-    try:
-        return await gateway.client.wait(job_id, timeout=wait)
-    except JobWaitTimeout:
-        return await owned_job(gateway, tenant, job_id)
+    with gateway.waiters.slot(tenant):
+        try:
+            return await unless_gone(request, gateway.client.wait(job_id, timeout=wait))
+        except (JobWaitTimeout, ClientGone):
+            return await owned_job(gateway, tenant, job_id)
 
 
 @router.delete("/jobs/{job_id}", summary="Cancel a job", responses=error_responses(404))

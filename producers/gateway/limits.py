@@ -31,23 +31,31 @@ class BodyLimit:
             return
         limit = self.limit_for(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > limit
+        ):
             await self._refuse(limit, scope, receive, send)
             return
         seen = 0
-        started = False
+        started = exceeded = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    exceeded = True
                     raise BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if exceeded and not started:
+                return  # the app's answer to a body cut short is replaced by the 413 below
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -56,6 +64,9 @@ class BodyLimit:
         except BodyTooLarge:
             if started:
                 raise
+        if exceeded and not started:
+            # A body sent without a Content-Length (chunked) went over while being read; the
+            # app may have turned that into an answer of its own (a parse error): not sent.
             await self._refuse(limit, scope, receive, send)
 
     @staticmethod
