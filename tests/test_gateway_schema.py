@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
@@ -311,19 +312,57 @@ def accepted_or_refused_as_documented(response: Response) -> None:
         assert response.json()["error"]["param"], response.text
 
 
-def test_valid_jobs_are_accepted_or_refused_as_documented(
+@dataclass
+class Submissions:
+    """One fresh tenant's accepted jobs, cancelled as they come (no worker pays for them)."""
+
+    tenant: str
+    key: str
+    keys: Keys
+    redis: redis.Redis
+    cancel: Any
+    http: requests.Session
+    accepted: set[str] = field(default_factory=set)
+
+    def submit(self, case: Case) -> Response:
+        return case.call_and_validate(
+            session=self.http,
+            headers=bearer(self.key),
+            additional_checks=[error_shape],
+            timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+
+    def accept(self, job_ids: list[str]) -> None:
+        self.accepted.update(job_ids)
+        for job_id in set(job_ids):
+            # The tenant owns it (another's id answers 404); cancelled, it costs no call.
+            self.cancel.Case(path_parameters={"job_id": job_id}).call_and_validate(
+                session=self.http, headers=bearer(self.key), timeout=REQUEST_TIMEOUT_SECONDS
+            )
+
+    def in_flight_is_what_was_accepted(self) -> bool:
+        return in_flight_of(self.redis, self.keys, self.tenant) == self.accepted
+
+    def jobs_are_what_was_accepted(self) -> bool:
+        return jobs_of(self.redis, self.keys, self.tenant) == self.accepted
+
+
+@pytest.fixture
+def submissions(
     gateway_schema: BaseSchema,
     http: requests.Session,
     tenant_key: Callable[..., tuple[str, str]],
     redis_client: redis.Redis,
     settings: Settings,
-    models: st.SearchStrategy[str | None],
-) -> None:
+) -> Submissions:
     tenant, key = tenant_key()
-    keys = Keys(settings.key_prefix)
     cancel = gateway_schema["/v1/jobs/{job_id}"]["DELETE"]
-    accepted: set[str] = set()
+    return Submissions(tenant, key, Keys(settings.key_prefix), redis_client, cancel, http)
 
+
+def test_valid_jobs_are_accepted_or_refused_as_documented(
+    gateway_schema: BaseSchema, submissions: Submissions, models: st.SearchStrategy[str | None]
+) -> None:
     @bounded(POSITIVE_EXAMPLES)
     @hypothesis.given(
         case=gateway_schema["/v1/jobs"]["POST"].as_strategy(GenerationMode.POSITIVE),
@@ -334,41 +373,21 @@ def test_valid_jobs_are_accepted_or_refused_as_documented(
         if model is not None:
             case.body = {**case.body, "model": model}
         # When it is submitted
-        response = case.call_and_validate(
-            session=http,
-            headers=bearer(key),
-            additional_checks=[error_shape],
-            timeout=REQUEST_TIMEOUT_SECONDS,
-        )
+        response = submissions.submit(case)
         # Then it is accepted or refused as documented
         accepted_or_refused_as_documented(response)
         if response.status_code == 202:
-            job_id = response.json()["id"]
-            accepted.add(job_id)
-            # The tenant owns it (another's id answers 404); cancelled, it costs no call.
-            cancel.Case(path_parameters={"job_id": job_id}).call_and_validate(
-                session=http, headers=bearer(key), timeout=REQUEST_TIMEOUT_SECONDS
-            )
+            submissions.accept([response.json()["id"]])
         # And the tenant's jobs in flight are exactly those accepted: a refusal enqueued nothing
-        assert in_flight_of(redis_client, keys, tenant) == accepted
+        assert submissions.in_flight_is_what_was_accepted()
 
     submitted()
-    assert jobs_of(redis_client, keys, tenant) == accepted
+    assert submissions.jobs_are_what_was_accepted()
 
 
 def test_a_batch_of_valid_jobs_is_accepted_whole_or_refused_whole(
-    gateway_schema: BaseSchema,
-    http: requests.Session,
-    tenant_key: Callable[..., tuple[str, str]],
-    redis_client: redis.Redis,
-    settings: Settings,
-    models: st.SearchStrategy[str | None],
+    gateway_schema: BaseSchema, submissions: Submissions, models: st.SearchStrategy[str | None]
 ) -> None:
-    tenant, key = tenant_key()
-    keys = Keys(settings.key_prefix)
-    cancel = gateway_schema["/v1/jobs/{job_id}"]["DELETE"]
-    accepted: set[str] = set()
-
     @bounded(POSITIVE_EXAMPLES)
     @hypothesis.given(
         case=gateway_schema["/v1/jobs:batch"]["POST"].as_strategy(GenerationMode.POSITIVE),
@@ -380,27 +399,18 @@ def test_a_batch_of_valid_jobs_is_accepted_whole_or_refused_whole(
             jobs: list[dict[str, Any]] = case.body["jobs"]
             case.body = {**case.body, "jobs": [{**job, "model": model} for job in jobs]}
         # When they are submitted in one request
-        response = case.call_and_validate(
-            session=http,
-            headers=bearer(key),
-            additional_checks=[error_shape],
-            timeout=REQUEST_TIMEOUT_SECONDS,
-        )
+        response = submissions.submit(case)
         # Then all are accepted, one id per job, or none is
         accepted_or_refused_as_documented(response)
         if response.status_code == 202:
             job_ids = [job["id"] for job in response.json()["data"]]
             assert len(job_ids) == len(case.body["jobs"])
-            accepted.update(job_ids)
-            for job_id in set(job_ids):
-                cancel.Case(path_parameters={"job_id": job_id}).call_and_validate(
-                    session=http, headers=bearer(key), timeout=REQUEST_TIMEOUT_SECONDS
-                )
+            submissions.accept(job_ids)
         # And a refused batch enqueued none of its jobs
-        assert in_flight_of(redis_client, keys, tenant) == accepted
+        assert submissions.in_flight_is_what_was_accepted()
 
     submitted()
-    assert jobs_of(redis_client, keys, tenant) == accepted
+    assert submissions.jobs_are_what_was_accepted()
 
 
 # --- missing or dead keys ----------------------------------------------------------------------
