@@ -186,7 +186,10 @@ class TierqClient:
             messages = [
                 json.dumps(envelope.to_message(), separators=(",", ":")) for envelope in envelopes
             ]
-            self._store.save_many(records, messages)
+            # Watched until published: should this process die in between, a worker's reaper
+            # enqueues them from their kept messages (their idempotency keys already name them).
+            watch_until = time.time() + 2 * self.settings.lease_seconds
+            self._store.save_many(records, messages, watch_until=watch_until)
         except redis.RedisError as error:
             self._release_keys(list(reserved.values()))
             raise BrokerUnavailableError(f"cannot reach Redis to record the job: {error}") from None
@@ -201,6 +204,8 @@ class TierqClient:
                         for envelope in batch:
                             self._publish(envelope, producer)
                     published.extend(envelope.job_id for envelope in batch)
+                    with contextlib.suppress(redis.RedisError):  # else reaped: a stale copy
+                        self._store.unwatch_published([e.job_id for e in batch], watch_until)
         except (OperationalError, redis.RedisError, OSError, KeyboardInterrupt) as error:
             # The failed batch may or may not have reached Redis. Its jobs keep their records
             # and idempotency keys and go on the watch list: a worker's reaper enqueues any of

@@ -5,9 +5,12 @@ Each test prints its figures (jobs, results, API calls, recovery time) for the r
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,7 +18,9 @@ import pytest
 from devkit.processes import ManagedProcess, log_events
 from producers.client import TierqClient
 from tests.support import Simulator, nonce
-from worker.results import JobStatus
+from worker.contract import JobEnvelope, JobRequest
+from worker.jobstore import JobStore
+from worker.results import JobResult, JobStatus
 from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -151,3 +156,46 @@ def test_sigterm_past_the_grace_period_hands_running_jobs_back(
     print(f"\nSIGTERM past grace: A stopped in {stopped:.1f}s; results={len(results)}")
     assert stopped < 15
     assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 5
+
+
+def test_jobs_recorded_by_a_producer_that_died_before_publishing_still_run_once(
+    start_fleet: Fleet, simulator: Simulator
+) -> None:
+    # Given jobs whose producer recorded them (as submit_many does first) and died before
+    # publishing them: records and kept messages, on the watch list, and no queue message
+    _, settings = start_fleet("fast", TIERQ_LEASE_SECONDS="5")
+    marker = nonce()
+    now = datetime.now(UTC)
+    envelopes = [
+        JobEnvelope(job_id=str(uuid.uuid4()), tier="fast", submitted_at=now,
+                    request=JobRequest.model_validate(job))
+        for job in slow_jobs(marker, 3, latency_ms=10)
+    ]  # fmt: skip
+    records = [
+        JobResult(job_id=e.job_id, status=JobStatus.QUEUED, tier="fast", model="gpt-4o-mini",
+                  submitted_at=now)
+        for e in envelopes
+    ]  # fmt: skip
+    with TierqClient(settings) as client:
+        store = JobStore.from_settings(settings, client.redis)
+        messages = [json.dumps(e.to_message()) for e in envelopes]
+        store.save_many(records, messages, watch_until=time.time() + 2 * settings.lease_seconds)
+
+        # When the workers' reapers find them overdue, then
+        results = client.wait_many([e.job_id for e in envelopes], timeout=60)
+
+    # Then each runs, once
+    assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 3
+    assert len(simulator.requests_with(marker)) == 3
+
+
+def test_a_published_backlog_is_not_left_to_the_reaper(start_fleet: Fleet) -> None:
+    # Jobs for a tier no worker of this fleet serves wait in their queue: once published they
+    # are off the watch list, or every reaper pass would re-queue the whole backlog.
+    _, settings = start_fleet("fast")
+    with TierqClient(settings) as client:
+        ids = client.submit_many(
+            [{"model": "o3", "messages": [{"role": "user", "content": nonce()}]}] * 5
+        )
+        watched = [client.redis.zscore(JobStore.from_settings(settings).keys.watch, i) for i in ids]
+    assert watched == [None] * 5

@@ -159,6 +159,19 @@ return 1
 )
 
 
+# KEYS: watch. ARGV: the due time the producer set, job ids. Removes each job still due at
+# exactly that time (one a worker has claimed or rescheduled since has another).
+_UNWATCH_PUBLISHED = """
+local due = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i])) == due then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 0
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """The outcome of `JobStore.claim`: claimed, or why not."""
@@ -211,6 +224,7 @@ class JobStore:
         self._usage_ttl_seconds = usage_ttl_seconds
         self._claim_script = client.register_script(_CLAIM)
         self._settle_script = client.register_script(_SETTLE)
+        self._unwatch_script = client.register_script(_UNWATCH_PUBLISHED)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> JobStore:
@@ -240,10 +254,20 @@ class JobStore:
         pipe.expire(key, self._ttl_seconds)
         pipe.execute()
 
-    def save_many(self, results: Sequence[JobResult], messages: Sequence[str]) -> None:
+    def save_many(
+        self,
+        results: Sequence[JobResult],
+        messages: Sequence[str],
+        *,
+        watch_until: float | None = None,
+    ) -> None:
         """Write new jobs' records, with their queue messages (kept for a re-queue), in one
-        round trip (bulk submission)."""
+        round trip (bulk submission); with `watch_until` (epoch seconds), on the watch list
+        until then, so a producer that dies before publishing them loses none: a reaper
+        enqueues them from their kept messages (`unwatch_published` takes them off)."""
         pipe = self._redis.pipeline(transaction=False)
+        if watch_until is not None and results:
+            pipe.zadd(self.keys.watch, {result.job_id: watch_until for result in results})
         for result, message in zip(results, messages, strict=True):
             key = self.key(result.job_id)
             pipe.hset(
@@ -257,6 +281,12 @@ class JobStore:
             )
             pipe.expire(key, self._ttl_seconds)
         pipe.execute()
+
+    def unwatch_published(self, job_ids: Sequence[str], watch_until: float) -> None:
+        """Take published jobs off the watch list, unless a worker has put them there since
+        (a claim or a retry sets another due time): a queue's backlog is not the reaper's."""
+        if job_ids:
+            self._unwatch_script(keys=[self.keys.watch], args=[repr(watch_until), *job_ids])
 
     def watch(self, job_ids: Sequence[str], due_in_seconds: float) -> None:
         """Put jobs on the watch list: a reaper re-queues them unless they move on in time."""
