@@ -19,7 +19,7 @@ import redis
 
 from worker.accounting import SEP
 from worker.jobstore import connect
-from worker.keys import Keys
+from worker.keys import Keys, as_text
 from worker.monitoring import STALE_AFTER_SECONDS
 from worker.queues import queue_snapshots
 from worker.ratelimit import GroupUsage, SharedRateLimiter
@@ -67,8 +67,7 @@ def _window_counts(client: redis.Redis, keys: Keys, now: float) -> tuple[dict[st
     summed: dict[str, float] = defaultdict(float)
     for counters in pipe.execute():
         for raw_field, amount in counters.items():
-            field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
-            summed[field] += float(amount)
+            summed[as_text(raw_field)] += float(amount)
     seconds = (WINDOW_MINUTES - 1) * 60 + (now - minute * 60)
     return summed, max(seconds, 1.0)
 

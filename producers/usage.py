@@ -18,7 +18,7 @@ import click
 import redis
 
 from worker.accounting import NO_TENANT, SEP, hour_of
-from worker.keys import Keys
+from worker.keys import Keys, as_text
 from worker.settings import Settings, get_settings
 
 METRICS = (
@@ -81,7 +81,7 @@ def usage_report(
     rows: dict[tuple[str, str], UsageRow] = {}
     for ledger in pipe.execute():
         for raw_field, raw_amount in ledger.items():
-            who, model, metric = _text(raw_field).split(SEP)
+            who, model, metric = as_text(raw_field).split(SEP)
             if tenant is not None and who != tenant:
                 continue
             row = rows.setdefault((who, model), UsageRow(who, model))
@@ -95,10 +95,6 @@ def totals(rows: list[UsageRow]) -> dict[str, float]:
         for metric, amount in row.amounts.items():
             summed[metric] += amount
     return dict(summed)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @click.command("usage")

@@ -88,3 +88,8 @@ class Keys:
     def workers(self) -> str:
         """Hash: worker node name -> its heartbeat (JSON: tier, concurrency, in flight, when)."""
         return f"{self.prefix}workers"
+
+
+def as_text(value: object) -> str:
+    """A Redis reply (bytes from a client without `decode_responses`) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from worker.contract import TENANT_PATTERN
 from worker.errors import TierqError
-from worker.keys import Keys
+from worker.keys import Keys, as_text
 
 KEY_PREFIX = "tq-"
 
@@ -80,7 +80,7 @@ class KeyStore:
         digests = await self._redis.hgetall(self._keys.api_keys)
         if not digests:
             return []
-        raws = await self._redis.mget([self._keys.api_key(_text(d)) for d in digests.values()])
+        raws = await self._redis.mget([self._keys.api_key(as_text(d)) for d in digests.values()])
         found = [ApiKey.model_validate_json(raw) for raw in raws if raw is not None]
         return sorted(
             (k for k in found if tenant is None or k.tenant == tenant),
@@ -90,13 +90,13 @@ class KeyStore:
     async def revoke(self, key_id: str) -> ApiKey:
         """Refuse the key from the next request on; its record stays, for the audit trail."""
         digest = await self._redis.hget(self._keys.api_keys, key_id)
-        raw = await self._redis.get(self._keys.api_key(_text(digest))) if digest else None
+        raw = await self._redis.get(self._keys.api_key(as_text(digest))) if digest else None
         if digest is None or raw is None:
             raise UnknownKeyError(f"no API key with id {key_id!r} (see `tierq keys list`)")
         record = ApiKey.model_validate_json(raw)
         if record.active:
             record = record.model_copy(update={"revoked_at": datetime.now(UTC)})
-            await self._redis.set(self._keys.api_key(_text(digest)), record.model_dump_json())
+            await self._redis.set(self._keys.api_key(as_text(digest)), record.model_dump_json())
         return record
 
     async def authenticate(self, secret: str) -> ApiKey | None:
@@ -108,7 +108,3 @@ class KeyStore:
             return None
         record = ApiKey.model_validate_json(raw)
         return record if record.active else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -18,7 +18,6 @@ import contextlib
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio
 from redis.typing import EncodableT, FieldT
@@ -32,7 +31,7 @@ from producers.gateway.batch_models import (
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import APIError, not_found
 from worker.errors import TierqError
-from worker.keys import Keys
+from worker.keys import Keys, as_text
 
 # A batch's lock lapses this long after its holder stopped renewing it (a crashed gateway).
 LOCK_SECONDS = 30
@@ -105,7 +104,7 @@ class BatchStore:
     async def get(self, tenant: str, batch_id: str) -> Batch:
         """The batch; 404 for an unknown or expired id and for another tenant's."""
         raw, owner = await self.redis.hmget(self.keys.batch(batch_id), ["object", "tenant"])
-        if raw is None or owner is None or _text(owner) != tenant:
+        if raw is None or owner is None or as_text(owner) != tenant:
             raise not_found("batch", batch_id)
         return Batch.model_validate_json(raw)
 
@@ -116,7 +115,7 @@ class BatchStore:
             return None
         return BatchState(
             Batch.model_validate_json(raw),
-            _text(tenant),
+            as_text(tenant),
             int(ttl or self._file_ttl),
             int(valid or 0),
             int(cursor or 0),
@@ -124,7 +123,7 @@ class BatchStore:
 
     async def status(self, batch_id: str) -> BatchStatus | None:
         raw = await self.redis.hget(self.keys.batch(batch_id), "status")
-        return BatchStatus(_text(raw)) if raw else None
+        return BatchStatus(as_text(raw)) if raw else None
 
     async def transition(self, batch: Batch, expected: BatchStatus) -> bool:
         """Write `batch` if its stored status is still `expected`."""
@@ -150,12 +149,12 @@ class BatchStore:
         async for name, value in self.redis.hscan_iter(
             self.keys.batch(batch_id), match=f"{prefix}:*", count=1_000
         ):
-            found[_text(name).removeprefix(f"{prefix}:")] = _text(value)
+            found[as_text(name).removeprefix(f"{prefix}:")] = as_text(value)
         return found
 
     async def active(self) -> set[str]:
         """The ids of the batches not yet ended, for the finalizer to move on."""
-        return {_text(m) for m in await self.redis.smembers(self.keys.active_batches)}
+        return {as_text(m) for m in await self.redis.smembers(self.keys.active_batches)}
 
     async def finish(self, batch_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -172,7 +171,7 @@ class BatchStore:
                 message = f"No batch {after!r} to list after."
                 raise APIError(400, message, param="after", code="invalid_request")
             start = int(rank) + 1  # type: ignore[arg-type]  # WITHSCORE off: an int
-        ids = [_text(m) for m in await self.redis.zrevrange(listing, start, start + limit)]
+        ids = [as_text(m) for m in await self.redis.zrevrange(listing, start, start + limit)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for batch_id in ids:
                 pipe.hget(self.keys.batch(batch_id), "object")
@@ -213,7 +212,3 @@ class BatchLock:
 
 class LockLost(TierqError):
     """Raised when a step outlasted its lock; another process may now hold the batch."""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

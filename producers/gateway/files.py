@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 
 from producers.gateway.deps import Gateway, GatewayState, Tenant
 from producers.gateway.errors import APIError, not_found
-from worker.keys import Keys
+from worker.keys import Keys, as_text
 
 router = APIRouter(prefix="/v1", tags=["files"])
 
@@ -90,7 +90,7 @@ class FileStore:
 
     async def _read(self, tenant: str, file_id: str, *fields: str) -> tuple[FileObject, Any, Any]:
         raw, owner, *rest = await self._redis.hmget(self._keys.file(file_id), list(fields))
-        if raw is None or owner is None or _text(owner) != tenant:
+        if raw is None or owner is None or as_text(owner) != tenant:
             raise not_found("file", file_id)
         return FileObject.model_validate_json(raw), owner, rest[0] if rest else None
 
@@ -232,7 +232,3 @@ async def file_content(file_id: FileId, gateway: GatewayState, tenant: Tenant) -
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

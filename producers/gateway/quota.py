@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import redis.asyncio
 
 from worker.errors import TenantQuotaExceededError
-from worker.keys import Keys
+from worker.keys import Keys, as_text
 from worker.results import JobStatus
 
 FINAL = {status.value.encode() for status in JobStatus if status.is_final}
@@ -54,7 +53,7 @@ class TenantQuota:
         return await self._sweep(self._keys.tenant_in_flight(tenant))
 
     async def _sweep(self, key: str) -> int:
-        members = [_text(m) for m in await self._redis.zrange(key, 0, -1)]
+        members = [as_text(m) for m in await self._redis.zrange(key, 0, -1)]
         if not members:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -69,7 +68,3 @@ class TenantQuota:
         if gone:
             await self._redis.zrem(key, *gone)
         return len(members) - len(gone)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else value
