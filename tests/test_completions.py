@@ -105,3 +105,78 @@ def test_an_answer_without_optional_fields_is_accepted() -> None:
 
     assert completion.choices[0].message.content == "ok"
     assert completion.usage is None
+
+
+def test_the_call_posts_exactly_what_the_sdks_create_would() -> None:
+    # The worker posts validated params through the SDK's `post`, skipping `create()`'s
+    # re-walk of them: the request on the wire must be the same one.
+    params: dict[str, Any] = {
+        "model": "o4-mini",
+        "messages": [
+            {"role": "developer", "content": "Answer in JSON."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is in this image?"},
+                    {"type": "image_url", "image_url": {"url": "https://img.test/a.png"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "look", "arguments": '{"q": "a"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "a cat"},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "look",
+                    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+                },
+            }
+        ],
+        "tool_choice": "auto",
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
+        },
+        "reasoning_effort": "low",
+        "max_completion_tokens": 256,
+        "stop": ["\n\n", "END"],
+        "seed": 7,
+        "n": 2,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "user": "u-1",
+        "metadata": {"job": "j-1"},
+    }
+    answer = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "o4-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}}],
+    }
+    sent: list[httpx2.Request] = []
+
+    def capture(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json=answer)
+
+    client = client_answering(capture)
+    client.chat.completions.create(**params)
+    call_chat_completions(client, params)
+
+    by_create, by_worker = sent
+    assert (by_worker.method, by_worker.url) == (by_create.method, by_create.url)
+    assert json.loads(by_worker.content) == json.loads(by_create.content)
+    for header in ("authorization", "content-type", "accept"):
+        assert by_worker.headers.get(header) == by_create.headers.get(header)

@@ -44,6 +44,9 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     )
     structlog.configure(
         processors=[
+            # Drop events below the level before any work is done on them (job.started is
+            # DEBUG and runs once per job).
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
