@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ from producers.client import TierqClient
 
 CONCURRENCY = 100
 IO_LATENCY_MS = 200
+# Told the worker pids once a run's warm-up is done and its measured jobs are about to go in
+# (benchmarks/profile_worker.py attaches its profiler there).
+OnMeasure = Callable[[list[int]], None]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -130,7 +134,9 @@ class Bench:
         )
         return env
 
-    def tierq_run(self, base_url: str, jobs: int, workers: int) -> dict[str, float]:
+    def tierq_run(
+        self, base_url: str, jobs: int, workers: int, on_measure: OnMeasure | None = None
+    ) -> dict[str, float]:
         """Jobs/s end to end, worker CPU per job and peak RSS, for `workers` processes."""
         env = self.tierq_env(base_url)
         fleet = [
@@ -143,6 +149,8 @@ class Bench:
                 worker.wait_until(lambda w=worker: "worker.ready" in w.log_text())
             with TierqClient(settings_for(env)) as client:
                 client.wait_many(client.submit_many(request(-i) for i in range(20)), 60)
+                if on_measure:
+                    on_measure([w.pid for w in fleet])
                 redis_pid = self.redis_pid()
                 redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
                 cpu_before = sum(cpu_seconds(w.pid) for w in fleet)
@@ -163,7 +171,9 @@ class Bench:
             for worker in fleet:
                 worker.stop()
 
-    def bare_celery_run(self, base_url: str, jobs: int) -> dict[str, float]:
+    def bare_celery_run(
+        self, base_url: str, jobs: int, on_measure: OnMeasure | None = None
+    ) -> dict[str, float]:
         from celery.result import ResultSet
 
         from benchmarks import bare_celery
@@ -193,6 +203,8 @@ class Bench:
             warm = [send("bare.complete", args=[request(-i)["messages"]], queue=queue)
                     for i in range(20)]  # fmt: skip
             ResultSet(warm).join_native(timeout=60)
+            if on_measure:
+                on_measure([worker.pid])
             cpu_before = cpu_seconds(worker.pid)
             started = time.perf_counter()
             with app.producer_or_acquire() as producer:

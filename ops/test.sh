@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs into .venv (with the dev extra), lints, type-checks, runs pytest,
-# then smoke-runs the benchmarks (--quick: that they run, not their figures).
+# then smoke-runs the benchmarks and the profiler (that they run, not their figures).
 # Tests start their own simulator and workers, and an embedded Redis when none answers at
 # TIERQ_TEST_REDIS_URL (default redis://127.0.0.1:6379/15). Extra arguments go to pytest.
 set -euo pipefail
@@ -13,3 +13,4 @@ ops/bootstrap.sh dev
 out="$(mktemp -d)"
 .venv/bin/python -m benchmarks.throughput --quick --out "$out/throughput.json"
 .venv/bin/python -m benchmarks.rate_limits --quick --out "$out/rate_limits.json"
+.venv/bin/python -m benchmarks.profile_worker --only tierq --latency-ms 0 --jobs 500
