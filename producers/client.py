@@ -259,8 +259,9 @@ class TierqClient:
     # --- after submission -------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> JobResult:
-        """Cancel a job: a queued one never reaches the API; a running one's result is
-        discarded. A finished job is left as it is. Returns the job's record."""
+        """Cancel a job: a queued one, or one waiting in its worker for the rate limit, never
+        reaches the API; one whose call is under way has its result discarded. A finished job
+        is left as it is. Returns the job's record."""
         record = self.get(job_id)
         with _broker_errors():
             _, after = self._control.cancel(record)

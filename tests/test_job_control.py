@@ -69,6 +69,34 @@ def test_a_cancelled_running_job_has_its_result_discarded(
     assert len(simulator.requests_with(marker)) == 1
 
 
+def test_a_job_cancelled_while_it_waits_for_the_rate_limit_is_never_called(
+    simulator: Simulator, start_fleet: Fleet
+) -> None:
+    # Given a worker told the API allows 20 requests a minute: a second job waits about 3 s
+    # in its slot (under the 5 s it may wait there) for its turn
+    fleet, settings = start_fleet(
+        concurrency=4, TIERQ_RATE_LIMITS=json.dumps({"gpt-4o-mini": {"rpm": 20}})
+    )
+    first, second = nonce(), nonce()
+    with TierqClient(settings) as client:
+        first_id = client.submit(model="gpt-4o-mini", messages=user(first))
+        assert client.wait(first_id, timeout=30).status is JobStatus.SUCCEEDED
+        second_id = client.submit(model="gpt-4o-mini", messages=user(second))
+        deadline = time.monotonic() + 10
+        while client.get(second_id).status is not JobStatus.RUNNING:
+            assert time.monotonic() < deadline, "the second job never started waiting"
+            time.sleep(0.02)
+
+        # When it is cancelled while it waits
+        client.cancel(second_id)
+
+        # Then its worker gives up the call when its turn comes, and the API never sees it
+        fleet[0].wait_until(lambda: "job.cancelled_before_call" in fleet[0].log_text())
+        assert client.get(second_id).status is JobStatus.CANCELLED
+    assert len(simulator.requests_with(first)) == 1
+    assert simulator.requests_with(second) == []
+
+
 def test_cancelling_a_finished_job_leaves_it_as_it_is(client: TierqClient) -> None:
     job_id = client.submit(model="gpt-4o-mini", messages=user("done"))
     client.wait(job_id, timeout=30)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import structlog
 
@@ -30,6 +31,14 @@ log = structlog.get_logger("tierq.worker")
 DEFAULT_PAUSE_AFTER_429_SECONDS = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A job may call now: what it reserved, and how long it waited in its slot for that."""
+
+    cost: JobCost
+    waited_seconds: float = 0.0
+
+
 class AdmissionGate:
     """One per worker process; `limiter` None means only Celery's per-process cap applies."""
 
@@ -37,13 +46,13 @@ class AdmissionGate:
         self.settings = settings
         self.limiter = limiter
 
-    def before_call(self, envelope: JobEnvelope) -> JobCost:
+    def before_call(self, envelope: JobEnvelope) -> Admitted:
         """Block until the job may call the API; raises `AdmissionDeferred` for long waits."""
         request = envelope.request
         cost = job_cost(request, self.settings, envelope.estimated_prompt_tokens)
         check_fits(request, cost, self.settings)
         if self.limiter is None:
-            return cost
+            return Admitted(cost)
         group = self.settings.limit_group_for(request.model)
         admission = self.limiter.acquire(group, cost.total)
         if admission.too_large:
@@ -54,7 +63,16 @@ class AdmissionGate:
         LIMITER_WAIT.labels(envelope.tier, group).observe(admission.wait_seconds)
         if admission.wait_seconds > 0:
             time.sleep(admission.wait_seconds)
-        return cost
+        return Admitted(cost, admission.wait_seconds)
+
+    def release(self, model: str, cost: JobCost) -> None:
+        """Give back the tokens of an admitted call that was not made (its job was cancelled).
+
+        The request it reserved stays counted: the RPM budget has no way back, and a spent
+        slot only keeps the fleet a little further under the limit for a moment.
+        """
+        if self.limiter is not None:
+            self.limiter.adjust(self.settings.limit_group_for(model), -cost.total)
 
     def after_answer(
         self, model: str, cost: JobCost, headers: Mapping[str, str], usage: Usage | None

@@ -88,7 +88,8 @@ class JobRunner:
             raise describe_validation_error(error, JobEnvelope) from None
 
     def run(self, message: Any, *, attempt: int, worker: str | None) -> JobResult | None:
-        """One attempt; None when the job was left to the attempt that holds it."""
+        """One attempt; None when the job was left to the attempt that holds it, or was
+        cancelled before its call."""
         _attempt_token.set(None)
         envelope = self.decode(message)
         request = envelope.request
@@ -133,12 +134,12 @@ class JobRunner:
 
     def _attempt(
         self, envelope: JobEnvelope, tier: TierSettings, running: JobResult, token: str
-    ) -> JobResult:
+    ) -> JobResult | None:
         request = envelope.request
         try:
             # Wait for the shared RPM/TPM budget (the claim is held, so a crash here loses
             # nothing: the reaper re-queues the job when its lease lapses).
-            cost = self.gate.before_call(envelope)
+            admitted = self.gate.before_call(envelope)
         except AdmissionDeferred as deferred:
             # The wait is long: hand the job back, queued, and on watch until it is due.
             queued = running.model_copy(update={"status": JobStatus.QUEUED, "started_at": None})
@@ -146,6 +147,12 @@ class JobRunner:
                 queued, token, due_in_seconds=deferred.wait_seconds + self.leases.lease_seconds
             )
             raise
+        cost = admitted.cost
+        if admitted.waited_seconds > 0 and self._cancelled(envelope.job_id):
+            # Cancelled while it waited for the rate limit: the call is not made.
+            self.gate.release(request.model, cost)
+            log.info("job.cancelled_before_call", waited_seconds=round(admitted.waited_seconds, 3))
+            return None
         log.debug("job.started", queued_ms=_ms(utcnow() - envelope.submitted_at))
 
         labels = (envelope.tier, request.model)
@@ -206,6 +213,16 @@ class JobRunner:
             return self.call(params, on_chunk=publisher.publish)
         finally:
             publisher.flush()
+
+    def _cancelled(self, job_id: str) -> bool:
+        """Whether the job was cancelled meanwhile. Asked only after a wait for the rate limit,
+        so a job that did not wait pays no extra round trip. A Redis fault counts as "no": the
+        call goes ahead, and its answer is discarded at settle if the job was cancelled."""
+        try:
+            return self.store.status(job_id) is JobStatus.CANCELLED
+        except redis.RedisError as error:
+            log.warning("job.cancel_check_failed", error=str(error))
+            return False
 
     def _settle_paid_answer(self, result: JobResult, token: str) -> bool:
         """Record a paid answer, waiting out a Redis outage rather than failing the job.
