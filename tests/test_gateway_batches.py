@@ -264,6 +264,8 @@ def test_cancelling_a_running_batch_ends_it_cancelled_with_the_unfinished_in_the
     with sdk(gateway_url, key) as client:
         created = start_batch(client, lines)
         wait_for(client, created.id, {"in_progress"}, timeout=10)
+        with pytest.raises(openai.ConflictError, match="has not finished"):
+            client.files.delete(created.input_file_id)  # a resumed batch would read it again
         cancelling = client.batches.cancel(created.id)
         assert cancelling.status == "cancelling"
         assert cancelling.cancelling_at is not None
@@ -271,6 +273,7 @@ def test_cancelling_a_running_batch_ends_it_cancelled_with_the_unfinished_in_the
         outputs = file_lines(client, batch.output_file_id)
         errors = file_lines(client, batch.error_file_id)
         assert client.batches.cancel(created.id).status == "cancelled"  # again: no change
+        assert client.files.delete(created.input_file_id).deleted  # the batch has ended
     assert batch.cancelled_at is not None
     assert batch.request_counts is not None
     assert batch.request_counts.total == 30 == len(outputs) + len(errors)
@@ -315,6 +318,55 @@ def test_a_tenant_sees_and_lists_only_its_own_files_and_batches(
         listing = http.get(f"{gateway_url}/v1/batches", params={"limit": 2}).json()
     assert listing["object"] == "list"
     assert (listing["first_id"], listing["last_id"]) == (newest_first[0], newest_first[1])
+
+
+def test_a_tenant_lists_pages_and_deletes_only_its_own_files(
+    gateway_url: str, tenant_key: TenantKey
+) -> None:
+    _, owner_key = tenant_key()
+    _, other_key = tenant_key()
+    with sdk(gateway_url, owner_key) as owner, sdk(gateway_url, other_key) as other:
+        # Given three uploads, and a batch whose output file is the fourth file
+        batch = start_batch(owner, [request_line("one", nonce())])
+        uploads = [batch.input_file_id] + [
+            owner.files.create(file=(f"in{i}.jsonl", jsonl([request_line("a", "x")])),
+                               purpose="batch").id
+            for i in range(2)
+        ]  # fmt: skip
+        output = wait_for(owner, batch.id, {"completed"}).output_file_id
+
+        # Then the listing is newest first, pages as the SDK pages, and filters by purpose
+        first = owner.files.list(limit=2, purpose="batch")
+        assert [f.id for f in first.data] == uploads[::-1][:2]
+        assert first.has_more
+        assert [f.id for f in owner.files.list(limit=2, purpose="batch")] == uploads[::-1]
+        assert [f.id for f in owner.files.list(order="asc", purpose="batch")] == uploads
+        assert [f.id for f in owner.files.list(purpose="batch_output")] == [output]
+        assert {f.id for f in owner.files.list()} == {*uploads, output}
+        # And another tenant sees none of them, and cannot delete them
+        assert list(other.files.list()) == []
+        with pytest.raises(openai.NotFoundError):
+            other.files.delete(uploads[0])
+
+        # When the owner deletes a file, it is gone: not readable, not listed, not deletable
+        deleted = owner.files.delete(uploads[0])
+        assert (deleted.id, deleted.object, deleted.deleted) == (uploads[0], "file", True)
+        with pytest.raises(openai.NotFoundError):
+            owner.files.retrieve(uploads[0])
+        with pytest.raises(openai.NotFoundError):
+            owner.files.delete(uploads[0])
+        assert [f.id for f in owner.files.list(order="asc", purpose="batch")] == uploads[1:]
+        # And the finished batch that read it keeps its results
+        assert len(file_lines(owner, output)) == 1
+
+        for bad in (
+            lambda: owner.files.list(limit=0),
+            lambda: owner.files.list(order="sideways"),  # type: ignore[arg-type]
+            lambda: owner.files.list(purpose="fine-tune"),
+            lambda: owner.files.list(after="file-unknown"),
+        ):
+            with pytest.raises(openai.BadRequestError):
+                bad()
 
 
 def test_bad_parameters_answer_400_and_unknown_ids_404_in_the_api_shape(

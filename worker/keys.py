@@ -61,6 +61,10 @@ class Keys:
         """Hash: a gateway file's object (JSON) and content."""
         return f"{self.prefix}file:{file_id}"
 
+    def tenant_files(self, tenant: str) -> str:
+        """Sorted set: a tenant's file ids -> creation time, for listing."""
+        return f"{self.prefix}tenant:{tenant}:files"
+
     def batch(self, batch_id: str) -> str:
         """Hash: a gateway batch's object (JSON) and its jobs."""
         return f"{self.prefix}batch:{batch_id}"

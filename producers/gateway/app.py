@@ -9,7 +9,7 @@ Routes (all but the health checks need `Authorization: Bearer <key>`; `tierq key
     GET    /v1/jobs/{id}[?wait=S]    the job's record, optionally long-polled
     DELETE /v1/jobs/{id}             cancel
     GET    /v1/jobs/{id}/events      Server-Sent Events: status changes and streamed deltas
-    POST   /v1/files, GET /v1/files/{id}[/content]                    (OpenAI Files API)
+    POST   /v1/files, GET /v1/files[/{id}[/content]], DELETE /v1/files/{id}  (Files API)
     POST   /v1/batches, GET /v1/batches[/{id}], POST /v1/batches/{id}/cancel  (Batches API)
     GET    /healthz, /readyz         liveness, and readiness (Redis reachable)
     GET    /metrics                  Prometheus metrics (no key: scrape it inside the network)

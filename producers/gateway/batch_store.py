@@ -156,6 +156,21 @@ class BatchStore:
         """The ids of the batches not yet ended, for the finalizer to move on."""
         return {as_text(m) for m in await self.redis.smembers(self.keys.active_batches)}
 
+    async def active_reading(self, tenant: str, file_id: str) -> str | None:
+        """The id of one of the tenant's unfinished batches whose input is `file_id`, if any
+        (a resumed batch reads its input again)."""
+        ids = sorted(await self.active())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in ids:
+                pipe.hmget(self.keys.batch(batch_id), ["object", "tenant"])
+            found = await pipe.execute()
+        for batch_id, (raw, owner) in zip(ids, found, strict=True):
+            if raw is None or owner is None or as_text(owner) != tenant:
+                continue
+            if Batch.model_validate_json(raw).input_file_id == file_id:
+                return batch_id
+        return None
+
     async def finish(self, batch_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.srem(self.keys.active_batches, batch_id)

@@ -1,9 +1,13 @@
-"""The OpenAI Files API, as far as batches need it: upload an input file, read a file's object
-and its content. Output and error files of batches are written here too (`FileStore.save`).
+"""The OpenAI Files API for batch files: upload an input file, list a tenant's files, read a
+file's object and its content, delete a file. Output and error files of batches are written
+here too (`FileStore.save`).
 
 A file is one Redis hash (`Keys.file`): its object (the API's `FileObject` as JSON), its tenant
 and its bytes, expiring with the file (`TIERQ_GATEWAY__FILE_TTL_SECONDS`, or the upload's own
-`expires_after`). Another tenant's file id answers 404, as an unknown one does.
+`expires_after`). Another tenant's file id answers 404, as an unknown one does. Each tenant's
+file ids are also in a sorted set by creation time (`Keys.tenant_files`), for listing: entries
+of expired or deleted files are dropped when a listing meets them, and entries older than any
+file can live when a file is saved, so the set stays the size of the tenant's live files.
 """
 
 from __future__ import annotations
@@ -14,22 +18,37 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import redis.asyncio
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
+from producers.gateway.batch_store import BatchStore
 from producers.gateway.deps import Gateway, GatewayState, Tenant
 from producers.gateway.errors import APIError, not_found
+from producers.gateway.expiry import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
 from worker.keys import Keys, as_text
 
 router = APIRouter(prefix="/v1", tags=["files"])
 
-# The API's bounds on an upload's `expires_after[seconds]`: one hour to thirty days.
-MIN_EXPIRES_AFTER_SECONDS = 3_600
-MAX_EXPIRES_AFTER_SECONDS = 30 * 86_400
+# How much longer than its TTL a file can live: a batch created on an input file keeps it
+# for its completion window and an hour more (batches.py), whatever its age.
+KEPT_FOR_A_BATCH_MARGIN_SECONDS = 2 * 86_400
+# The API's bounds and default for a listing's `limit`.
+MAX_LIST_LIMIT = 10_000
 
 FilePurpose = Literal["batch", "batch_output"]
 FileId = Annotated[str, Path(description="A file id, e.g. file-8f3c...")]
+ListAfter = Annotated[
+    str | None, Query(description="A file id: the page starts after it, in the listing's order.")
+]
+# Read as text and checked by hand, so a bad one answers 400 as the API does (not 422).
+ListLimit = Annotated[str | None, Query(description=f"1 to {MAX_LIST_LIMIT} (the default).")]
+ListOrder = Annotated[
+    str | None, Query(description="By creation time: 'desc' (newest first, the default) or 'asc'.")
+]
+ListPurpose = Annotated[
+    str | None, Query(description="Only files of this purpose: 'batch' or 'batch_output'.")
+]
 
 
 class FileObject(BaseModel):
@@ -46,16 +65,39 @@ class FileObject(BaseModel):
     status_details: str | None = None
 
 
+class FileList(BaseModel):
+    """The API's page of files (`client.files.list()` pages through it by `after`)."""
+
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeleted(BaseModel):
+    """The API's answer to a deletion (openai.types.FileDeleted)."""
+
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
 class FileStore:
     """Files in Redis, each readable by its own tenant only."""
 
-    def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, keys: Keys, *, longest_ttl_seconds: int
+    ) -> None:
         self._redis = client
         self._keys = keys
+        # Index entries older than this hold no live file.
+        self._index_horizon_seconds = longest_ttl_seconds + KEPT_FOR_A_BATCH_MARGIN_SECONDS
 
     @classmethod
     def of(cls, gateway: Gateway) -> FileStore:
-        return cls(gateway.client.redis, gateway.keys)
+        longest = max(gateway.settings.gateway.file_ttl_seconds, MAX_EXPIRES_AFTER_SECONDS)
+        return cls(gateway.client.redis, gateway.keys, longest_ttl_seconds=longest)
 
     async def save(
         self, tenant: str, content: bytes, *, filename: str, purpose: FilePurpose, ttl_seconds: int
@@ -76,8 +118,69 @@ class FileStore:
                 mapping={"object": file.model_dump_json(), "tenant": tenant, "content": content},
             )
             pipe.expire(key, ttl_seconds)
+            listing = self._keys.tenant_files(tenant)
+            # Scored by the precise time: uploads within one second still list in order.
+            pipe.zadd(listing, {file.id: time.time()})
+            pipe.zremrangebyscore(listing, "-inf", now - self._index_horizon_seconds)
+            # No file in it outlives this from its creation, and this one is the newest.
+            pipe.expire(listing, self._index_horizon_seconds)
             await pipe.execute()
         return file
+
+    async def page(
+        self,
+        tenant: str,
+        *,
+        after: str | None,
+        limit: int,
+        newest_first: bool,
+        purpose: FilePurpose | None,
+    ) -> FileList:
+        """A page of the tenant's live files in creation order, filtered by `purpose`.
+
+        The whole index is read: a tenant's live files are bounded by their lifetime, and a
+        purpose filter could otherwise leave a page short of `limit` with more to come.
+        """
+        listing = self._keys.tenant_files(tenant)
+        if newest_first:
+            ids = [as_text(m) for m in await self._redis.zrevrange(listing, 0, -1)]
+        else:
+            ids = [as_text(m) for m in await self._redis.zrange(listing, 0, -1)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for file_id in ids:
+                pipe.hget(self._keys.file(file_id), "object")
+            raws = await pipe.execute()
+        gone = [file_id for file_id, raw in zip(ids, raws, strict=True) if raw is None]
+        if gone:
+            await self._redis.zrem(listing, *gone)
+        files = [FileObject.model_validate_json(raw) for raw in raws if raw is not None]
+        if purpose is not None:
+            files = [file for file in files if file.purpose == purpose]
+        start = 0
+        if after is not None:
+            position = next((i for i, file in enumerate(files) if file.id == after), None)
+            if position is None:
+                raise _bad(f"No file {after!r} to list after.", "after")
+            start = position + 1
+        data = files[start : start + limit]
+        return FileList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=len(files) > start + limit,
+        )
+
+    async def delete(self, tenant: str, file_id: str) -> FileDeleted:
+        """Delete the tenant's file; 404 as for `get`."""
+        await self.get(tenant, file_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._keys.file(file_id))
+            pipe.zrem(self._keys.tenant_files(tenant), file_id)
+            deleted, _ = await pipe.execute()
+        if not deleted:
+            # Expired, or deleted by another request, since it was read.
+            raise not_found("file", file_id)
+        return FileDeleted(id=file_id, deleted=True)
 
     async def get(self, tenant: str, file_id: str) -> FileObject:
         """The file's object; 404 for an unknown or expired id and for another tenant's."""
@@ -212,6 +315,36 @@ async def upload_file(request: Request, gateway: GatewayState, tenant: Tenant) -
     )
 
 
+@router.get("/files", summary="List the caller's files", responses=_ERRORS)
+async def list_files(
+    gateway: GatewayState,
+    tenant: Tenant,
+    after: ListAfter = None,
+    limit: ListLimit = None,
+    order: ListOrder = None,
+    purpose: ListPurpose = None,
+) -> FileList:
+    """Newest first by default, as the API lists them; the SDK's `client.files.list()` pages
+    through them with `after`."""
+    count = MAX_LIST_LIMIT
+    if limit is not None:
+        if not re.fullmatch(r"[0-9]{1,5}", limit.strip()) or not 1 <= int(limit) <= MAX_LIST_LIMIT:
+            raise _bad(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}.", "limit")
+        count = int(limit)
+    if order not in (None, "asc", "desc"):
+        raise _bad("order must be 'asc' or 'desc'.", "order")
+    if purpose not in (None, "batch", "batch_output"):
+        raise _bad("purpose must be 'batch' or 'batch_output' (this gateway keeps no other).",
+                   "purpose")  # fmt: skip
+    return await FileStore.of(gateway).page(
+        tenant,
+        after=after,
+        limit=count,
+        newest_first=order != "asc",
+        purpose=purpose,  # type: ignore[arg-type]  # checked against FilePurpose above
+    )
+
+
 @router.get("/files/{file_id}", summary="Read a file's object", responses=_NOT_FOUND)
 async def retrieve_file(file_id: FileId, gateway: GatewayState, tenant: Tenant) -> FileObject:
     return await FileStore.of(gateway).get(tenant, file_id)
@@ -232,3 +365,25 @@ async def file_content(file_id: FileId, gateway: GatewayState, tenant: Tenant) -
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+@router.delete(
+    "/files/{file_id}",
+    summary="Delete a file",
+    responses={**_NOT_FOUND, 409: {"description": "The input of a batch not yet finished"}},
+)
+async def delete_file(file_id: FileId, gateway: GatewayState, tenant: Tenant) -> FileDeleted:
+    """The input of a batch still running is kept until the batch ends (409): a gateway that
+    resumes the batch after a restart reads it again."""
+    store = FileStore.of(gateway)
+    await store.get(tenant, file_id)
+    reader = await BatchStore.of(gateway).active_reading(tenant, file_id)
+    if reader is not None:
+        raise APIError(
+            409,
+            f"File {file_id!r} is the input of batch {reader!r}, which has not finished: "
+            "cancel the batch, or wait for it to end, before deleting the file.",
+            param="file_id",
+            code="file_in_use",
+        )
+    return await store.delete(tenant, file_id)
