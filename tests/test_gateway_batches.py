@@ -7,6 +7,7 @@ to end. Every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import httpx2
 import openai
 import pytest
 import redis
+import redis.asyncio
 from openai.types import Batch
 
 from devkit.processes import (
@@ -30,11 +32,13 @@ from devkit.processes import (
     start_worker,
 )
 from producers.batchfile import (
+    BatchRequest,
     cancelled_line,
     is_error_line,
     output_line,
     parse_batch_file,
 )
+from producers.gateway.batch_store import BatchStore
 from tests.support import Simulator, clean_environment, create_api_key, nonce, unique_tenant
 from worker.keys import Keys
 from worker.results import JobError, JobResult, JobStatus
@@ -141,6 +145,40 @@ def test_a_body_breaking_the_contract_fails_alone_and_the_line_limit_holds(
         "too_many_requests_in_file"
     ]
     assert [e.code for e in parse_batch_file(b"\n\n", plain_settings).errors] == ["empty_file"]
+
+
+def test_a_validated_batchs_requests_come_back_from_redis_exactly_as_parsed(
+    settings: Settings, plain_settings: Settings
+) -> None:
+    # The finalizer keeps a batch's requests in Redis once validated, and submits from there
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    schema = {"name": "answer", "schema": {"type": "object"}, "strict": True}
+    data = jsonl(
+        [
+            request_line("a", "x", response_format={"type": "json_schema", "json_schema": schema}),
+            request_line("b", "y", tools=[tool], temperature=0.2, metadata={"team": "t"}),
+            request_line("c", "z", stop=["END"], seed=7),
+        ]
+    )
+    parsed = parse_batch_file(data, plain_settings)
+
+    async def stored() -> tuple[list[BatchRequest], list[str]]:
+        client = redis.asyncio.Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            store = BatchStore(client, Keys(f"test-{nonce()}:"), file_ttl_seconds=3_600)
+            await store.record_validation("batch_1", parsed.requests[:1], {})
+            await store.record_validation("batch_1", parsed.requests, {})  # repeated: replaces
+            return await store.requests("batch_1", 0, 10), await store.custom_ids("batch_1", 1)
+        finally:
+            await client.aclose()
+
+    requests, unsubmitted = asyncio.run(stored())
+
+    assert requests == parsed.requests
+    assert [r.request.api_fields() for r in requests] == [
+        r.request.api_fields() for r in parsed.requests
+    ]
+    assert unsubmitted == ["b", "c"]
 
 
 def test_result_lines_follow_the_api_shape_for_each_outcome() -> None:
@@ -264,8 +302,8 @@ def test_cancelling_a_running_batch_ends_it_cancelled_with_the_unfinished_in_the
     with sdk(gateway_url, key) as client:
         created = start_batch(client, lines)
         wait_for(client, created.id, {"in_progress"}, timeout=10)
-        with pytest.raises(openai.ConflictError, match="has not finished"):
-            client.files.delete(created.input_file_id)  # a resumed batch would read it again
+        # The input is read once, to validate it: deleting it now changes nothing below
+        assert client.files.delete(created.input_file_id).deleted
         cancelling = client.batches.cancel(created.id)
         assert cancelling.status == "cancelling"
         assert cancelling.cancelling_at is not None
@@ -273,7 +311,6 @@ def test_cancelling_a_running_batch_ends_it_cancelled_with_the_unfinished_in_the
         outputs = file_lines(client, batch.output_file_id)
         errors = file_lines(client, batch.error_file_id)
         assert client.batches.cancel(created.id).status == "cancelled"  # again: no change
-        assert client.files.delete(created.input_file_id).deleted  # the batch has ended
     assert batch.cancelled_at is not None
     assert batch.request_counts is not None
     assert batch.request_counts.total == 30 == len(outputs) + len(errors)

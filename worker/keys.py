@@ -69,6 +69,11 @@ class Keys:
         """Hash: a gateway batch's object (JSON) and its jobs."""
         return f"{self.prefix}batch:{batch_id}"
 
+    def batch_requests(self, batch_id: str) -> str:
+        """List: a validated batch's requests to run, in file order (JSON: custom id, body),
+        read a chunk at a time as they are submitted."""
+        return f"{self.prefix}batch:{batch_id}:requests"
+
     def tenant_batches(self, tenant: str) -> str:
         """Sorted set: a tenant's batch ids -> creation time, for listing."""
         return f"{self.prefix}tenant:{tenant}:batches"

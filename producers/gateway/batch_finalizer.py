@@ -79,8 +79,10 @@ CANCEL_CHUNK = 32
 class Finalizer:
     """Moves every active batch on, one step per batch at a time (see the module's docstring).
 
-    What it caches (the parsed input, the submitted jobs, the jobs seen final) only saves reads:
-    each step starts from what Redis holds, so a cache lost with the process costs nothing.
+    What it caches (the submitted jobs, the jobs seen final) only saves reads: each step starts
+    from what Redis holds, so a cache lost with the process costs nothing. The input is parsed
+    once, to validate it; the requests to run then live in Redis (`BatchStore.requests`) and
+    are read a chunk at a time, so a gateway's memory does not grow with its active batches.
     """
 
     def __init__(self, gateway: Gateway) -> None:
@@ -89,7 +91,6 @@ class Finalizer:
         self.files = FileStore.of(gateway)
         self._slots = asyncio.Semaphore(CONCURRENT_BATCHES)
         self._steps: dict[str, asyncio.Task[None]] = {}
-        self._parsed: dict[str, ParsedBatch] = {}
         self._jobs: dict[str, tuple[int, dict[str, str]]] = {}  # batch -> (cursor, cid -> job)
         self._final: dict[str, dict[str, bool]] = {}  # batch -> job id -> succeeded
 
@@ -104,7 +105,7 @@ class Finalizer:
     async def tick(self) -> None:
         """Start a step for each active batch that has none running in this process."""
         active = await self.store.active()
-        for batch_id in set(self._parsed) | set(self._jobs) | set(self._final):
+        for batch_id in set(self._jobs) | set(self._final):
             if batch_id not in active and batch_id not in self._steps:
                 self._forget(batch_id)  # finished by another gateway process
         for batch_id in active - set(self._steps):
@@ -170,7 +171,7 @@ class Finalizer:
                 log.info("batch.failed", batch_id=batch.id, errors=len(parsed.errors))
             return
         rejected = {r.custom_id: json.dumps(rejected_line(r)) for r in parsed.rejected}
-        await self.store.record_validation(batch.id, len(parsed.requests), rejected)
+        await self.store.record_validation(batch.id, parsed.requests, rejected)
         counts = RequestCounts(total=parsed.total, failed=len(parsed.rejected))
         started = batch.model_copy(
             update={
@@ -186,16 +187,12 @@ class Finalizer:
             )
 
     async def _parse(self, state: BatchState) -> ParsedBatch | None:
-        """The batch's input file, parsed (once per process); None if the file is gone."""
-        batch_id = state.batch.id
-        if batch_id not in self._parsed:
-            try:
-                _, data = await self.files.content(state.tenant, state.batch.input_file_id)
-            except APIError:
-                return None
-            settings = self.gateway.settings
-            self._parsed[batch_id] = await asyncio.to_thread(parse_batch_file, data, settings)
-        return self._parsed[batch_id]
+        """The batch's input file, parsed; None if the file is gone."""
+        try:
+            _, data = await self.files.content(state.tenant, state.batch.input_file_id)
+        except APIError:
+            return None
+        return await asyncio.to_thread(parse_batch_file, data, self.gateway.settings)
 
     async def _progress(self, state: BatchState, lock: BatchLock) -> bool:
         """Submit, count, and move to finalizing when every job is final; True if it moved."""
@@ -229,27 +226,25 @@ class Finalizer:
         if state.cursor >= state.valid:
             return
         batch_id, tenant = state.batch.id, state.tenant
-        parsed = await self._parse(state)
-        if parsed is None:  # the input is gone: what was not submitted cannot be
-            log.warning(
-                "batch.input_lost", batch_id=batch_id, unsubmitted=state.valid - state.cursor
-            )
-            await self.store.redis.hset(self.store.keys.batch(batch_id), "valid", state.cursor)
-            state.valid = state.cursor
-            return
         quota, client = self.gateway.quota, self.gateway.client
-        requests = parsed.requests
-        while state.cursor < len(requests):
+        while state.cursor < state.valid:
             if await self.store.status(batch_id) is not BatchStatus.IN_PROGRESS:
                 return  # cancelled meanwhile: the next pass closes it
-            size = min(SUBMIT_CHUNK, len(requests) - state.cursor)
+            size = min(SUBMIT_CHUNK, state.valid - state.cursor)
             try:
                 await quota.check(tenant, size)
             except TenantQuotaExceededError as full:
                 size = min(size, full.limit - full.in_flight)
                 if size <= 0:
                     return  # the rest goes in as the tenant's jobs finish
-            chunk = _by_bytes(requests[state.cursor : state.cursor + size])
+            chunk = _by_bytes(await self.store.requests(batch_id, state.cursor, size))
+            if not chunk:  # the stored requests are gone: what was not submitted cannot be
+                log.warning(
+                    "batch.requests_lost", batch_id=batch_id, unsubmitted=state.valid - state.cursor
+                )
+                await self.store.redis.hset(self.store.keys.batch(batch_id), "valid", state.cursor)
+                state.valid = state.cursor
+                return
             # A fresh lock for each chunk, before it is paid for: a chunk is small enough (by
             # count and by bytes) to be submitted well within LOCK_SECONDS, so no other
             # gateway can take the batch over while it is on its way.
@@ -345,9 +340,8 @@ class Finalizer:
             json.loads(line) for line in (await self.store.fields(batch.id, "rejected")).values()
         )
         if state.cursor < state.valid:  # never submitted: cancelled or expired first
-            parsed = await self._parse(state)
-            unsubmitted = parsed.requests[state.cursor :] if parsed else []
-            lines.extend(cancelled_line(r.custom_id, cancelled_code) for r in unsubmitted)
+            unsubmitted = await self.store.custom_ids(batch.id, state.cursor)
+            lines.extend(cancelled_line(custom_id, cancelled_code) for custom_id in unsubmitted)
         outputs = [line for line in lines if not is_error_line(line)]
         errors = [line for line in lines if is_error_line(line)]
         now = int(time.time())
@@ -399,7 +393,6 @@ class Finalizer:
         return file.id
 
     def _forget(self, batch_id: str) -> None:
-        self._parsed.pop(batch_id, None)
         self._jobs.pop(batch_id, None)
         self._final.pop(batch_id, None)
 

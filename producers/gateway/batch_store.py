@@ -8,20 +8,25 @@ either.
 A batch is one hash (`Keys.batch`): `object` (the API's Batch as JSON), `status` (the same,
 for compare-and-set: the cancel route and the finalizer never overwrite each other), `tenant`,
 `output_ttl`, `valid` (requests to run), `cursor` (how many of them are submitted),
-`job:<custom_id>` (its job id) and `rejected:<custom_id>` (its error line). Its lock is the
-derived key `<Keys.batch(id)>:lock` (SET NX EX, so it lapses if its holder dies).
+`job:<custom_id>` (its job id) and `rejected:<custom_id>` (its error line). Once validated, its
+requests to run are a list (`Keys.batch_requests`), read a chunk at a time as they are
+submitted and deleted when the batch ends. Its lock is the derived key `<Keys.batch(id)>:lock`
+(SET NX EX, so it lapses if its holder dies).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio
 from redis.typing import EncodableT, FieldT
 
+from producers.batchfile import BatchRequest
 from producers.gateway.batch_models import (
     COMPLETION_WINDOW_SECONDS,
     Batch,
@@ -30,6 +35,7 @@ from producers.gateway.batch_models import (
 )
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import APIError, not_found
+from worker.contract import JobRequest
 from worker.errors import TierqError
 from worker.keys import Keys, as_text
 
@@ -62,6 +68,10 @@ class BatchState:
     output_ttl: int
     valid: int  # requests to run (0 until validated)
     cursor: int  # how many of them are submitted
+
+
+# Requests per RPUSH when a validated batch's requests are stored.
+REQUESTS_PER_PUSH = 1_000
 
 
 class BatchStore:
@@ -133,11 +143,34 @@ class BatchStore:
         )
         return bool(applied)
 
-    async def record_validation(self, batch_id: str, valid: int, rejected: dict[str, str]) -> None:
+    async def record_validation(
+        self, batch_id: str, requests: Sequence[BatchRequest], rejected: dict[str, str]
+    ) -> None:
+        """Keep the requests to run (so submitting never needs the input file again) and the
+        rejected lines, in one transaction: a validation repeated after a crash replaces them."""
         mapping: dict[FieldT, EncodableT] = {
             f"rejected:{cid}": line for cid, line in rejected.items()
         }
-        await self.redis.hset(self.keys.batch(batch_id), mapping={**mapping, "valid": valid})
+        listing = self.keys.batch_requests(batch_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(listing)
+            for start in range(0, len(requests), REQUESTS_PER_PUSH):
+                chunk = requests[start : start + REQUESTS_PER_PUSH]
+                pipe.rpush(listing, *(_request_json(r) for r in chunk))
+            pipe.expire(listing, COMPLETION_WINDOW_SECONDS + self._file_ttl)
+            pipe.hset(self.keys.batch(batch_id), mapping={**mapping, "valid": len(requests)})
+            await pipe.execute()
+
+    async def requests(self, batch_id: str, start: int, count: int) -> list[BatchRequest]:
+        """`count` of the batch's requests to run from `start` (fewer past the end)."""
+        listing = self.keys.batch_requests(batch_id)
+        raws = await self.redis.lrange(listing, start, start + count - 1)
+        return [_request_from(raw) for raw in raws]
+
+    async def custom_ids(self, batch_id: str, start: int) -> list[str]:
+        """The custom ids of the batch's requests to run from `start` to the end."""
+        raws = await self.redis.lrange(self.keys.batch_requests(batch_id), start, -1)
+        return [json.loads(raw)["custom_id"] for raw in raws]
 
     async def record_jobs(self, batch_id: str, jobs: dict[str, str], cursor: int) -> None:
         mapping: dict[FieldT, EncodableT] = {f"job:{cid}": job for cid, job in jobs.items()}
@@ -156,24 +189,10 @@ class BatchStore:
         """The ids of the batches not yet ended, for the finalizer to move on."""
         return {as_text(m) for m in await self.redis.smembers(self.keys.active_batches)}
 
-    async def active_reading(self, tenant: str, file_id: str) -> str | None:
-        """The id of one of the tenant's unfinished batches whose input is `file_id`, if any
-        (a resumed batch reads its input again)."""
-        ids = sorted(await self.active())
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for batch_id in ids:
-                pipe.hmget(self.keys.batch(batch_id), ["object", "tenant"])
-            found = await pipe.execute()
-        for batch_id, (raw, owner) in zip(ids, found, strict=True):
-            if raw is None or owner is None or as_text(owner) != tenant:
-                continue
-            if Batch.model_validate_json(raw).input_file_id == file_id:
-                return batch_id
-        return None
-
     async def finish(self, batch_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.srem(self.keys.active_batches, batch_id)
+            pipe.delete(self.keys.batch_requests(batch_id))
             pipe.expire(self.keys.batch(batch_id), self._file_ttl)
             await pipe.execute()
 
@@ -227,3 +246,14 @@ class BatchLock:
 
 class LockLost(TierqError):
     """Raised when a step outlasted its lock; another process may now hold the batch."""
+
+
+def _request_json(request: BatchRequest) -> str:
+    # As the queue envelope carries a request: exactly what the caller set, the API's names.
+    body = request.request.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    return json.dumps({"custom_id": request.custom_id, "line": request.line, "request": body})
+
+
+def _request_from(raw: bytes | str) -> BatchRequest:
+    data = json.loads(raw)
+    return BatchRequest(data["custom_id"], data["line"], JobRequest.model_validate(data["request"]))

@@ -22,7 +22,6 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from producers.gateway.batch_store import BatchStore
 from producers.gateway.deps import Gateway, GatewayState, Tenant
 from producers.gateway.errors import APIError, not_found
 from producers.gateway.expiry import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
@@ -367,23 +366,8 @@ async def file_content(file_id: FileId, gateway: GatewayState, tenant: Tenant) -
     )
 
 
-@router.delete(
-    "/files/{file_id}",
-    summary="Delete a file",
-    responses={**_NOT_FOUND, 409: {"description": "The input of a batch not yet finished"}},
-)
+@router.delete("/files/{file_id}", summary="Delete a file", responses=_NOT_FOUND)
 async def delete_file(file_id: FileId, gateway: GatewayState, tenant: Tenant) -> FileDeleted:
-    """The input of a batch still running is kept until the batch ends (409): a gateway that
-    resumes the batch after a restart reads it again."""
-    store = FileStore.of(gateway)
-    await store.get(tenant, file_id)
-    reader = await BatchStore.of(gateway).active_reading(tenant, file_id)
-    if reader is not None:
-        raise APIError(
-            409,
-            f"File {file_id!r} is the input of batch {reader!r}, which has not finished: "
-            "cancel the batch, or wait for it to end, before deleting the file.",
-            param="file_id",
-            code="file_in_use",
-        )
-    return await store.delete(tenant, file_id)
+    """A batch already running keeps its requests (the finalizer stores them once validated);
+    one still validating its deleted input fails, saying the file no longer exists."""
+    return await FileStore.of(gateway).delete(tenant, file_id)
