@@ -39,6 +39,8 @@ from producers.batchfile import (
     parse_batch_file,
 )
 from producers.gateway.batch_store import BatchStore
+from producers.gateway.errors import APIError
+from producers.gateway.files import FileObject, FileStore
 from tests.support import Simulator, clean_environment, create_api_key, nonce, unique_tenant
 from worker.keys import Keys
 from worker.results import JobError, JobResult, JobStatus
@@ -179,6 +181,41 @@ def test_a_validated_batchs_requests_come_back_from_redis_exactly_as_parsed(
         r.request.api_fields() for r in parsed.requests
     ]
     assert unsubmitted == ["b", "c"]
+
+
+def test_a_file_written_in_parts_reads_back_whole_and_appears_only_once_closed(
+    settings: Settings,
+) -> None:
+    # Parts keep a large batch output under Redis's value limit; here they are 10 bytes
+    pieces = [b"0123", b"456789abcdefghij", b"", b"k" * 25, b"lmn"]
+
+    async def written() -> tuple[bool, FileObject, bytes, list[bytes]]:
+        client = redis.asyncio.Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            files = FileStore(client, Keys(f"test-{nonce()}:"), longest_ttl_seconds=3_600,
+                              part_bytes=10)  # fmt: skip
+            writer = files.writer("t", filename="out.jsonl", purpose="batch_output",
+                                  ttl_seconds=3_600)  # fmt: skip
+            for piece in pieces:
+                await writer.write(piece)
+            try:
+                await files.get("t", writer.file_id)
+                visible_before_close = True
+            except APIError:
+                visible_before_close = False
+            file = await writer.close()
+            _, whole = await files.content("t", file.id)
+            _, parts = await files.stream("t", file.id)
+            return visible_before_close, file, whole, [part async for part in parts]
+        finally:
+            await client.aclose()
+
+    visible_before_close, file, whole, parts = asyncio.run(written())
+
+    assert not visible_before_close
+    assert whole == b"".join(pieces)
+    assert file.bytes == len(whole) == 48
+    assert [len(part) for part in parts] == [10, 10, 10, 10, 8]
 
 
 def test_result_lines_follow_the_api_shape_for_each_outcome() -> None:

@@ -55,7 +55,7 @@ from producers.gateway.batch_models import (
 from producers.gateway.batch_store import BatchLock, BatchState, BatchStore, LockLost
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import APIError
-from producers.gateway.files import FileStore
+from producers.gateway.files import FileStore, FileWriter
 from worker.contract import request_size_bytes
 from worker.errors import BrokerUnavailableError, JobNotFoundError, TenantQuotaExceededError
 from worker.results import JobResult, JobStatus
@@ -303,47 +303,55 @@ class Finalizer:
             if not await lock.extend():
                 raise LockLost("lock lapsed while cancelling jobs")
 
-    async def _records(self, jobs: dict[str, str], lock: BatchLock) -> dict[str, JobResult | None]:
+    async def _records(
+        self, jobs: dict[str, str], lock: BatchLock
+    ) -> AsyncIterator[list[tuple[str, JobResult | None]]]:
+        """The jobs' records by custom id, READ_CHUNK at a time (never all of them at once)."""
         items = list(jobs.items())
-        records: dict[str, JobResult | None] = {}
         for start in range(0, len(items), READ_CHUNK):
             chunk = items[start : start + READ_CHUNK]
             found = await self.gateway.client.get_many([job_id for _, job_id in chunk])
-            records.update(zip([cid for cid, _ in chunk], found, strict=True))
+            yield list(zip([cid for cid, _ in chunk], found, strict=True))
             if not await lock.extend():
                 raise LockLost("lock lapsed while reading job records")
-        return records
 
     async def _close(
         self, state: BatchState, lock: BatchLock, end: BatchStatus, cancelled_code: str
     ) -> None:
         """Write the output and error files and end the batch `end` (completed after all jobs
-        finished; cancelled or expired after cancelling those that had not)."""
+        finished; cancelled or expired after cancelling those that had not).
+
+        Lines are rendered and written a chunk of records at a time, so neither the records
+        nor the files are ever held whole.
+        """
         batch = state.batch
         jobs = await self._submitted(state)
         if end is not BatchStatus.COMPLETED:
             await self._cancel_jobs(batch.id, jobs, lock)
-        lines: list[dict[str, Any]] = []
+        files = _ResultFiles(self.files, state)
         usage = BatchUsage()
-        for custom_id, record in (await self._records(jobs, lock)).items():
-            if record is None:
-                reason = "The job's record expired before the batch was finalized."
-                lines.append(cancelled_line(custom_id, "job_expired", reason))
-                continue
-            if not record.status.is_final:
-                lines.append(cancelled_line(custom_id, cancelled_code))
-                continue
-            lines.append(output_line(custom_id, record, cancelled_code=cancelled_code))
-            if record.status is JobStatus.SUCCEEDED and record.usage is not None:
-                usage.add(record.usage)
-        lines.extend(
-            json.loads(line) for line in (await self.store.fields(batch.id, "rejected")).values()
+        async for chunk in self._records(jobs, lock):
+            lines = []
+            for custom_id, record in chunk:
+                if record is None:
+                    reason = "The job's record expired before the batch was finalized."
+                    lines.append(cancelled_line(custom_id, "job_expired", reason))
+                elif not record.status.is_final:
+                    lines.append(cancelled_line(custom_id, cancelled_code))
+                else:
+                    lines.append(output_line(custom_id, record, cancelled_code=cancelled_code))
+                    if record.status is JobStatus.SUCCEEDED and record.usage is not None:
+                        usage.add(record.usage)
+            await files.add(lines)
+        await files.add(
+            [json.loads(line) for line in (await self.store.fields(batch.id, "rejected")).values()]
         )
         if state.cursor < state.valid:  # never submitted: cancelled or expired first
             unsubmitted = await self.store.custom_ids(batch.id, state.cursor)
-            lines.extend(cancelled_line(custom_id, cancelled_code) for custom_id in unsubmitted)
-        outputs = [line for line in lines if not is_error_line(line)]
-        errors = [line for line in lines if is_error_line(line)]
+            await files.add(
+                [cancelled_line(custom_id, cancelled_code) for custom_id in unsubmitted]
+            )
+        output_file_id, error_file_id = await files.close()
         now = int(time.time())
         timestamp = {
             BatchStatus.COMPLETED: "completed_at",
@@ -354,12 +362,12 @@ class Finalizer:
             update={
                 "status": end,
                 timestamp: now,
-                "output_file_id": await self._write(state, "output", outputs),
-                "error_file_id": await self._write(state, "error", errors),
+                "output_file_id": output_file_id,
+                "error_file_id": error_file_id,
                 "request_counts": RequestCounts(
-                    total=max(batch.request_counts.total, len(lines)),
-                    completed=len(outputs),
-                    failed=len(errors),
+                    total=max(batch.request_counts.total, files.outputs + files.errors),
+                    completed=files.outputs,
+                    failed=files.errors,
                 ),
                 "usage": usage,
             }
@@ -372,25 +380,10 @@ class Finalizer:
             "batch.finished",
             batch_id=batch.id,
             status=end.value,
-            completed=len(outputs),
-            failed=len(errors),
+            completed=files.outputs,
+            failed=files.errors,
             total_tokens=usage.total_tokens,
         )
-
-    async def _write(
-        self, state: BatchState, kind: str, lines: Sequence[dict[str, Any]]
-    ) -> str | None:
-        if not lines:
-            return None
-        content = await asyncio.to_thread(_jsonl, lines)
-        file = await self.files.save(
-            state.tenant,
-            content,
-            filename=f"{state.batch.id}_{kind}.jsonl",
-            purpose="batch_output",
-            ttl_seconds=state.output_ttl,
-        )
-        return file.id
 
     def _forget(self, batch_id: str) -> None:
         self._jobs.pop(batch_id, None)
@@ -409,6 +402,42 @@ def _by_bytes(chunk: list[BatchRequest]) -> list[BatchRequest]:
 
 def _jsonl(lines: Sequence[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+
+
+class _ResultFiles:
+    """A batch's output and error files, written as lines come; each is created by its first
+    line, so a batch with no errors has no error file (`error_file_id` null, as in the API)."""
+
+    def __init__(self, files: FileStore, state: BatchState) -> None:
+        self._files = files
+        self._state = state
+        self._writers: dict[str, FileWriter] = {}
+        self.outputs = 0
+        self.errors = 0
+
+    async def add(self, lines: Sequence[dict[str, Any]]) -> None:
+        outputs = [line for line in lines if not is_error_line(line)]
+        errors = [line for line in lines if is_error_line(line)]
+        self.outputs += len(outputs)
+        self.errors += len(errors)
+        for kind, chosen in (("output", outputs), ("error", errors)):
+            if chosen:
+                await self._writer(kind).write(await asyncio.to_thread(_jsonl, chosen))
+
+    async def close(self) -> tuple[str | None, str | None]:
+        """The output and error files' ids (None for a file with no lines)."""
+        ids = {kind: (await writer.close()).id for kind, writer in self._writers.items()}
+        return ids.get("output"), ids.get("error")
+
+    def _writer(self, kind: str) -> FileWriter:
+        if kind not in self._writers:
+            self._writers[kind] = self._files.writer(
+                self._state.tenant,
+                filename=f"{self._state.batch.id}_{kind}.jsonl",
+                purpose="batch_output",
+                ttl_seconds=self._state.output_ttl,
+            )
+        return self._writers[kind]
 
 
 @asynccontextmanager

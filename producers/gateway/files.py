@@ -1,13 +1,16 @@
 """The OpenAI Files API for batch files: upload an input file, list a tenant's files, read a
 file's object and its content, delete a file. Output and error files of batches are written
-here too (`FileStore.save`).
+here too (`FileWriter`).
 
 A file is one Redis hash (`Keys.file`): its object (the API's `FileObject` as JSON), its tenant
-and its bytes, expiring with the file (`TIERQ_GATEWAY__FILE_TTL_SECONDS`, or the upload's own
-`expires_after`). Another tenant's file id answers 404, as an unknown one does. Each tenant's
-file ids are also in a sorted set by creation time (`Keys.tenant_files`), for listing: entries
-of expired or deleted files are dropped when a listing meets them, and entries older than any
-file can live when a file is saved, so the set stays the size of the tenant's live files.
+and its bytes in parts of at most `FILE_PART_BYTES` (`parts`, `part:0`, `part:1`, ...), expiring
+with the file (`TIERQ_GATEWAY__FILE_TTL_SECONDS`, or the upload's own `expires_after`). Parts
+keep a file clear of Redis's 512 MB value limit, let a batch's output be written as it is
+rendered and let a download stream, a part at a time. Another tenant's file id answers 404, as
+an unknown one does. Each tenant's file ids are also in a sorted set by creation time
+(`Keys.tenant_files`), for listing: entries of expired or deleted files are dropped when a
+listing meets them, and entries older than any file can live when a file is saved, so the set
+stays the size of the tenant's live files.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import redis.asyncio
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
+from starlette.responses import StreamingResponse
 
 from producers.gateway.deps import Gateway, GatewayState, Tenant
 from producers.gateway.errors import APIError, not_found
@@ -32,6 +37,10 @@ router = APIRouter(prefix="/v1", tags=["files"])
 # How much longer than its TTL a file can live: a batch created on an input file keeps it
 # for its completion window and an hour more (batches.py), whatever its age.
 KEPT_FOR_A_BATCH_MARGIN_SECONDS = 2 * 86_400
+# The largest value a file's bytes are stored in (Redis refuses values over 512 MB).
+FILE_PART_BYTES = 8 * 1024 * 1024
+# How long the parts of a file being written outlive its last part, unless it is published.
+UNPUBLISHED_TTL_SECONDS = 3_600
 # The API's bounds and default for a listing's `limit`.
 MAX_LIST_LIMIT = 10_000
 
@@ -86,10 +95,16 @@ class FileStore:
     """Files in Redis, each readable by its own tenant only."""
 
     def __init__(
-        self, client: redis.asyncio.Redis, keys: Keys, *, longest_ttl_seconds: int
+        self,
+        client: redis.asyncio.Redis,
+        keys: Keys,
+        *,
+        longest_ttl_seconds: int,
+        part_bytes: int = FILE_PART_BYTES,
     ) -> None:
         self._redis = client
         self._keys = keys
+        self.part_bytes = part_bytes
         # Index entries older than this hold no live file.
         self._index_horizon_seconds = longest_ttl_seconds + KEPT_FOR_A_BATCH_MARGIN_SECONDS
 
@@ -101,20 +116,23 @@ class FileStore:
     async def save(
         self, tenant: str, content: bytes, *, filename: str, purpose: FilePurpose, ttl_seconds: int
     ) -> FileObject:
-        now = int(time.time())
-        file = FileObject(
-            id=f"file-{uuid.uuid4().hex}",
-            bytes=len(content),
-            created_at=now,
-            filename=filename,
-            purpose=purpose,
-            expires_at=now + ttl_seconds,
-        )
+        writer = self.writer(tenant, filename=filename, purpose=purpose, ttl_seconds=ttl_seconds)
+        await writer.write(content)
+        return await writer.close()
+
+    def writer(
+        self, tenant: str, *, filename: str, purpose: FilePurpose, ttl_seconds: int
+    ) -> FileWriter:
+        """A new file, written a part at a time; it exists (is readable, listed) once closed."""
+        return FileWriter(self, tenant, filename, purpose, ttl_seconds)
+
+    async def _publish(self, tenant: str, file: FileObject, parts: int, ttl_seconds: int) -> None:
+        """Make a written file visible: its object, owner and part count, and its listing."""
         key = self._keys.file(file.id)
+        now = int(time.time())
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
-                key,
-                mapping={"object": file.model_dump_json(), "tenant": tenant, "content": content},
+                key, mapping={"object": file.model_dump_json(), "tenant": tenant, "parts": parts}
             )
             pipe.expire(key, ttl_seconds)
             listing = self._keys.tenant_files(tenant)
@@ -124,7 +142,15 @@ class FileStore:
             # No file in it outlives this from its creation, and this one is the newest.
             pipe.expire(listing, self._index_horizon_seconds)
             await pipe.execute()
-        return file
+
+    async def _write_part(self, file_id: str, index: int, data: bytes) -> None:
+        key = self._keys.file(file_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, f"part:{index}", data)
+            # A writer that dies before closing leaves parts nobody reads: they expire soon
+            # (publishing gives the file its own lifetime).
+            pipe.expire(key, UNPUBLISHED_TTL_SECONDS)
+            await pipe.execute()
 
     async def page(
         self,
@@ -186,9 +212,32 @@ class FileStore:
         return (await self._read(tenant, file_id, "object", "tenant"))[0]
 
     async def content(self, tenant: str, file_id: str) -> tuple[FileObject, bytes]:
-        """The file's object and bytes, in one read; 404 as for `get`."""
-        file, _, data = await self._read(tenant, file_id, "object", "tenant", "content")
-        return file, bytes(data or b"")
+        """The file's object and all its bytes; 404 as for `get`."""
+        file, parts = await self.stream(tenant, file_id)
+        return file, b"".join([part async for part in parts])
+
+    async def stream(self, tenant: str, file_id: str) -> tuple[FileObject, AsyncIterator[bytes]]:
+        """The file's object (404 as for `get`), and its bytes a part at a time.
+
+        A file deleted or expired while it is read ends early: the reader sees fewer bytes
+        than the object says (a download's Content-Length tells its client so).
+        """
+        file, _, count = await self._read(tenant, file_id, "object", "tenant", "parts")
+        key = self._keys.file(file_id)
+
+        async def parts() -> AsyncIterator[bytes]:
+            if count is None:  # written before files had parts
+                legacy = await self._redis.hget(key, "content")
+                if isinstance(legacy, bytes):
+                    yield legacy
+                return
+            for index in range(int(count)):
+                part = await self._redis.hget(key, f"part:{index}")
+                if not isinstance(part, bytes):
+                    return
+                yield part
+
+        return file, parts()
 
     async def _read(self, tenant: str, file_id: str, *fields: str) -> tuple[FileObject, Any, Any]:
         raw, owner, *rest = await self._redis.hmget(self._keys.file(file_id), list(fields))
@@ -203,6 +252,61 @@ class FileStore:
         remaining = int(await self._redis.ttl(key))
         if 0 <= remaining < seconds:
             await self._redis.expire(key, seconds)
+
+
+class FileWriter:
+    """Writes one new file a part at a time, so a large batch output never has to be held
+    whole; the file appears (readable and listed) only when `close` publishes it."""
+
+    def __init__(
+        self, store: FileStore, tenant: str, filename: str, purpose: FilePurpose, ttl: int
+    ) -> None:
+        self._store = store
+        self._tenant = tenant
+        self._filename = filename
+        self._purpose = purpose
+        self._ttl = ttl
+        self.file_id = f"file-{uuid.uuid4().hex}"
+        self._buffer = bytearray()
+        self._parts = 0
+        self.bytes = 0
+
+    async def write(self, data: bytes) -> None:
+        self.bytes += len(data)
+        size = self._store.part_bytes
+        rest = memoryview(data)
+        if self._buffer:
+            taken = size - len(self._buffer)
+            self._buffer += rest[:taken]
+            rest = rest[taken:]
+            if len(self._buffer) < size:
+                return
+            await self._flush(bytes(self._buffer))
+            self._buffer.clear()
+        while len(rest) >= size:  # whole parts straight from `data`, without buffering them
+            await self._flush(bytes(rest[:size]))
+            rest = rest[size:]
+        self._buffer += rest
+
+    async def close(self) -> FileObject:
+        if self._buffer or not self._parts:
+            await self._flush(bytes(self._buffer))
+            self._buffer.clear()
+        now = int(time.time())
+        file = FileObject(
+            id=self.file_id,
+            bytes=self.bytes,
+            created_at=now,
+            filename=self._filename,
+            purpose=self._purpose,
+            expires_at=now + self._ttl,
+        )
+        await self._store._publish(self._tenant, file, self._parts, self._ttl)
+        return file
+
+    async def _flush(self, data: bytes) -> None:
+        await self._store._write_part(self.file_id, self._parts, data)
+        self._parts += 1
 
 
 _UPLOAD_BODY = {
@@ -356,13 +460,17 @@ async def retrieve_file(file_id: FileId, gateway: GatewayState, tenant: Tenant) 
     responses={200: {"content": {"application/octet-stream": {}}}, **_NOT_FOUND},
 )
 async def file_content(file_id: FileId, gateway: GatewayState, tenant: Tenant) -> Response:
-    file, content = await FileStore.of(gateway).content(tenant, file_id)
+    """Streamed a part at a time: a large output file is never held whole in the gateway."""
+    file, parts = await FileStore.of(gateway).stream(tenant, file_id)
     # The name came from the uploader: only safe characters reach the header.
     filename = re.sub(r"[^A-Za-z0-9._-]", "_", file.filename)
-    return Response(
-        content,
+    return StreamingResponse(
+        parts,
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Length": str(file.bytes),
+        },
     )
 
 
