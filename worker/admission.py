@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import redis
 import structlog
 
 from worker.budget import JobCost, check_fits, job_cost, too_large_for_tpm
@@ -71,8 +72,13 @@ class AdmissionGate:
         The request it reserved stays counted: the RPM budget has no way back, and a spent
         slot only keeps the fleet a little further under the limit for a moment.
         """
-        if self.limiter is not None:
+        if self.limiter is None:
+            return
+        try:
             self.limiter.adjust(self.settings.limit_group_for(model), -cost.total)
+        except redis.RedisError as error:
+            # The tokens stay spent a little longer: the job is cancelled all the same.
+            log.warning("ratelimit.release_lost", error=str(error))
 
     def after_answer(
         self, model: str, cost: JobCost, headers: Mapping[str, str], usage: Usage | None
