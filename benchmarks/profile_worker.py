@@ -157,6 +157,7 @@ def main() -> int:
     parser.add_argument(
         "--only", choices=("tierq", "bare"), help="profile one worker instead of both"
     )
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the raw stacks go")
     args = parser.parse_args()
     binary = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}")
     binary = binary or shutil.which("py-spy")
@@ -167,14 +168,14 @@ def main() -> int:
     redis_url, embedded = ensure_redis(
         os.environ.get("TIERQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     bench = Bench(redis_url, Path(tempfile.mkdtemp(prefix="tierq-profile-")), console)
     kinds = [args.only] if args.only else ["tierq", "bare"]
     profiles: dict[str, Profile] = {}
     simulator, base_url = bench.simulator(args.latency_ms)
     try:
         for kind in kinds:
-            raw = RESULTS / f"profile-{kind}-{args.latency_ms}ms.txt"
+            raw = args.out_dir / f"profile-{kind}-{args.latency_ms}ms.txt"
             raw.unlink(missing_ok=True)
             console.print(f"[dim]profiling {kind}: {args.jobs} jobs[/]")
             profiles[kind] = profile(bench, kind, base_url, args.jobs, Spy(binary, raw))
@@ -183,7 +184,7 @@ def main() -> int:
         if embedded is not None:
             embedded.stop()
     render(profiles, args.latency_ms, console)
-    console.print(f"[dim]Raw stacks (py-spy's collapsed format): {RESULTS}/profile-*.txt[/]")
+    console.print(f"[dim]Raw stacks (py-spy's collapsed format): {args.out_dir}/profile-*.txt[/]")
     return 0
 
 

@@ -13,4 +13,4 @@ ops/bootstrap.sh dev
 out="$(mktemp -d)"
 .venv/bin/python -m benchmarks.throughput --quick --out "$out/throughput.json"
 .venv/bin/python -m benchmarks.rate_limits --quick --out "$out/rate_limits.json"
-.venv/bin/python -m benchmarks.profile_worker --only tierq --latency-ms 0 --jobs 500
+.venv/bin/python -m benchmarks.profile_worker --only tierq --latency-ms 0 --jobs 500 --out-dir "$out"

@@ -178,6 +178,7 @@ def test_the_call_posts_exactly_what_the_sdks_create_would() -> None:
     by_create, by_worker = sent
     assert (by_worker.method, by_worker.url) == (by_create.method, by_create.url)
     assert json.loads(by_worker.content) == json.loads(by_create.content)
+
     # Every header alike, but the one `with_raw_response` adds to tell the SDK what to return.
     def headers(request: httpx2.Request) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k != "x-stainless-raw-response"}

@@ -432,11 +432,15 @@ def test_a_tenant_lists_pages_and_deletes_only_its_own_files(
         assert [f.id for f in owner.files.list(order="asc", purpose="batch")] == uploads[1:]
         # And the finished batch that read it keeps its results
         assert len(file_lines(owner, output)) == 1
+        # And the clean-up loop works: deleting each file as the SDK pages through them
+        for file in owner.files.list(limit=1):
+            owner.files.delete(file.id)
+        assert list(owner.files.list()) == []
+        assert list(owner.files.list(purpose="fine-tune")) == []  # a filter, as in the API
 
         for bad in (
             lambda: owner.files.list(limit=0),
             lambda: owner.files.list(order="sideways"),  # type: ignore[arg-type]
-            lambda: owner.files.list(purpose="fine-tune"),
             lambda: owner.files.list(after="file-unknown"),
         ):
             with pytest.raises(openai.BadRequestError):

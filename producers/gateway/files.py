@@ -8,9 +8,10 @@ with the file (`TIERQ_GATEWAY__FILE_TTL_SECONDS`, or the upload's own `expires_a
 keep a file clear of Redis's 512 MB value limit, let a batch's output be written as it is
 rendered and let a download stream, a part at a time. Another tenant's file id answers 404, as
 an unknown one does. Each tenant's file ids are also in a sorted set by creation time
-(`Keys.tenant_files`), for listing: entries of expired or deleted files are dropped when a
-listing meets them, and entries older than any file can live when a file is saved, so the set
-stays the size of the tenant's live files.
+(`Keys.tenant_files`), for listing. Deleting a file leaves its entry, so a listing's `after`
+cursor still works when the client deletes what it lists (the common clean-up loop); entries
+older than any file can live are dropped when a file is saved, so the set holds the files of
+that span, live or not.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ KEPT_FOR_A_BATCH_MARGIN_SECONDS = 2 * 86_400
 FILE_PART_BYTES = 8 * 1024 * 1024
 # How long the parts of a file being written outlive its last part, unless it is published.
 UNPUBLISHED_TTL_SECONDS = 3_600
+# File objects per pipelined read while listing.
+LIST_READ_CHUNK = 500
 # The API's bounds and default for a listing's `limit`.
 MAX_LIST_LIMIT = 10_000
 
@@ -55,7 +58,8 @@ ListOrder = Annotated[
     str | None, Query(description="By creation time: 'desc' (newest first, the default) or 'asc'.")
 ]
 ListPurpose = Annotated[
-    str | None, Query(description="Only files of this purpose: 'batch' or 'batch_output'.")
+    str | None,
+    Query(description="Only files of this purpose ('batch' and 'batch_output' are kept here)."),
 ]
 
 
@@ -159,50 +163,45 @@ class FileStore:
         after: str | None,
         limit: int,
         newest_first: bool,
-        purpose: FilePurpose | None,
+        purpose: str | None,
     ) -> FileList:
         """A page of the tenant's live files in creation order, filtered by `purpose`.
 
-        The whole index is read: a tenant's live files are bounded by their lifetime, and a
-        purpose filter could otherwise leave a page short of `limit` with more to come.
+        Records are read in chunks until the page is full: a purpose filter or deleted files
+        could otherwise leave a page short of `limit` with more to come.
         """
         listing = self._keys.tenant_files(tenant)
         if newest_first:
             ids = [as_text(m) for m in await self._redis.zrevrange(listing, 0, -1)]
         else:
             ids = [as_text(m) for m in await self._redis.zrange(listing, 0, -1)]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for file_id in ids:
-                pipe.hget(self._keys.file(file_id), "object")
-            raws = await pipe.execute()
-        gone = [file_id for file_id, raw in zip(ids, raws, strict=True) if raw is None]
-        if gone:
-            await self._redis.zrem(listing, *gone)
-        files = [FileObject.model_validate_json(raw) for raw in raws if raw is not None]
-        if purpose is not None:
-            files = [file for file in files if file.purpose == purpose]
-        start = 0
         if after is not None:
-            position = next((i for i, file in enumerate(files) if file.id == after), None)
-            if position is None:
+            # A deleted or expired file keeps its place, so the cursor survives it.
+            if after not in ids:
                 raise _bad(f"No file {after!r} to list after.", "after")
-            start = position + 1
-        data = files[start : start + limit]
+            ids = ids[ids.index(after) + 1 :]
+        files: list[FileObject] = []
+        for start in range(0, len(ids), LIST_READ_CHUNK):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for file_id in ids[start : start + LIST_READ_CHUNK]:
+                    pipe.hget(self._keys.file(file_id), "object")
+                raws = await pipe.execute()
+            found = (FileObject.model_validate_json(raw) for raw in raws if raw is not None)
+            files.extend(f for f in found if purpose is None or f.purpose == purpose)
+            if len(files) > limit:  # one more than the page: there is more
+                break
+        data = files[:limit]
         return FileList(
             data=data,
             first_id=data[0].id if data else None,
             last_id=data[-1].id if data else None,
-            has_more=len(files) > start + limit,
+            has_more=len(files) > limit,
         )
 
     async def delete(self, tenant: str, file_id: str) -> FileDeleted:
-        """Delete the tenant's file; 404 as for `get`."""
+        """Delete the tenant's file; 404 as for `get`. Its listing entry stays (see above)."""
         await self.get(tenant, file_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._keys.file(file_id))
-            pipe.zrem(self._keys.tenant_files(tenant), file_id)
-            deleted, _ = await pipe.execute()
-        if not deleted:
+        if not await self._redis.delete(self._keys.file(file_id)):
             # Expired, or deleted by another request, since it was read.
             raise not_found("file", file_id)
         return FileDeleted(id=file_id, deleted=True)
@@ -436,15 +435,9 @@ async def list_files(
         count = int(limit)
     if order not in (None, "asc", "desc"):
         raise _bad("order must be 'asc' or 'desc'.", "order")
-    if purpose not in (None, "batch", "batch_output"):
-        raise _bad("purpose must be 'batch' or 'batch_output' (this gateway keeps no other).",
-                   "purpose")  # fmt: skip
+    # Any purpose is a filter, as in the API; one this gateway keeps no files of lists none.
     return await FileStore.of(gateway).page(
-        tenant,
-        after=after,
-        limit=count,
-        newest_first=order != "asc",
-        purpose=purpose,  # type: ignore[arg-type]  # checked against FilePurpose above
+        tenant, after=after, limit=count, newest_first=order != "asc", purpose=purpose
     )
 
 
