@@ -3,19 +3,20 @@
     python -m benchmarks.direct_client BASE_URL JOBS CONCURRENCY
 
 Run as its own process so its CPU time is its own; prints one JSON line: jobs, seconds,
-cpu_seconds (user + system).
+cpu_seconds (user + system), machine_busy (the share of all cores busy meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import sys
 import time
 
 import httpx2
 import openai
+
+from benchmarks.machine import busy_share, machine_jiffies, own_cpu_seconds
 
 
 async def run(base_url: str, jobs: int, concurrency: int) -> float:
@@ -46,11 +47,10 @@ async def run(base_url: str, jobs: int, concurrency: int) -> float:
 
 def main() -> None:
     base_url, jobs, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    before, machine_before = own_cpu_seconds(), machine_jiffies()
     seconds = asyncio.run(run(base_url, jobs, concurrency))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    print(json.dumps({"jobs": jobs, "seconds": seconds, "cpu_seconds": cpu}))
+    cpu, busy = own_cpu_seconds() - before, busy_share(machine_before, machine_jiffies())
+    print(json.dumps({"jobs": jobs, "seconds": seconds, "cpu_seconds": cpu, "machine_busy": busy}))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ references measured in the same run, so they compare like with like on a noisy m
 4. Memory: peak RSS of each worker process at full concurrency.
 5. CPU per job: user+system CPU seconds of the worker process / jobs, beside the direct
    client's CPU per call; and, for the record, the Redis server's CPU per job when it runs
-   on this machine (it shares the same cores).
+   on this machine (it shares the same cores), the whole path's CPU per job (worker, Redis,
+   this process as the producer, the simulator) beside the direct client's (client,
+   simulator), and how busy the machine's cores were meanwhile: when they are all busy,
+   throughput follows the whole path's CPU per job.
 
 Figures go to a table and to benchmarks/results/throughput.json.
 """
@@ -47,6 +50,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.machine import busy_share, machine_jiffies, own_cpu_seconds
 from devkit.local_redis import ensure_redis
 from devkit.processes import (
     ManagedProcess,
@@ -110,10 +114,12 @@ class Bench:
         self.console.print(f"[dim]{text}[/]")
 
     def simulator(self, latency_ms: int) -> tuple[ManagedProcess, str]:
-        return start_simulator(
+        simulator, base_url = start_simulator(
             self.logs / f"simulator-{latency_ms}-{uuid.uuid4().hex[:6]}.log",
             args=["--latency-ms", str(latency_ms), "--record-limit", "0"],
         )
+        self.simulator_pid = simulator.pid
+        return simulator, base_url
 
     def redis_pid(self) -> int | None:
         """The Redis server's pid when it runs on this machine (its CPU is then measurable)."""
@@ -154,17 +160,24 @@ class Bench:
                 redis_pid = self.redis_pid()
                 redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
                 cpu_before = sum(cpu_seconds(w.pid) for w in fleet)
+                others_before = own_cpu_seconds() + cpu_seconds(self.simulator_pid)
+                machine_before = machine_jiffies()
                 started = time.perf_counter()
                 ids = client.submit_many(request(i) for i in range(jobs))
                 client.wait_many(ids, timeout=600)
                 elapsed = time.perf_counter() - started
+                machine_after = machine_jiffies()
                 cpu = sum(cpu_seconds(w.pid) for w in fleet) - cpu_before
                 redis_cpu = (cpu_seconds(redis_pid) - redis_before) if redis_pid else float("nan")
+                others = own_cpu_seconds() + cpu_seconds(self.simulator_pid) - others_before
             return {
                 "jobs_per_second": jobs / elapsed,
                 "worker_cpu_ms_per_job": cpu / jobs * 1000,
-                # Not in the issue's figure, but on the same 2 cores: Redis's share per job.
+                # Not in the issue's figures, but on the same 2 cores: Redis's share per job,
+                # and the whole path's (worker, Redis, this producer, the simulator).
                 "redis_cpu_ms_per_job": redis_cpu / jobs * 1000,
+                "path_cpu_ms_per_job": (cpu + redis_cpu + others) / jobs * 1000,
+                "machine_busy": busy_share(machine_before, machine_after),
                 "peak_rss_mb": max(peak_rss_mb(w.pid) for w in fleet),
             }
         finally:
@@ -221,15 +234,20 @@ class Bench:
             worker.stop()
 
     def direct_run(self, base_url: str, jobs: int, concurrency: int) -> dict[str, float]:
+        simulator_before = cpu_seconds(self.simulator_pid)
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.direct_client", base_url, str(jobs),
              str(concurrency)],
             capture_output=True, text=True, timeout=600, cwd=ROOT, check=True,
         )  # fmt: skip
+        simulator = cpu_seconds(self.simulator_pid) - simulator_before
         figures = json.loads(done.stdout)
         return {
             "jobs_per_second": jobs / figures["seconds"],
             "cpu_ms_per_call": figures["cpu_seconds"] / jobs * 1000,
+            # The client's calls and the simulator's answers: the whole path, with no queue.
+            "path_cpu_ms_per_job": (figures["cpu_seconds"] + simulator) / jobs * 1000,
+            "machine_busy": figures["machine_busy"],
         }
 
     def latency_run(self, base_url: str, rate: float, seconds: float) -> dict[str, float]:
@@ -377,6 +395,12 @@ def render(figures: Figures, console: Console) -> list[dict[str, Any]]:
         b1["worker_cpu_ms_per_job"] / d1["cpu_ms_per_call"], "framework ceiling")  # fmt: skip
     row("   Redis server CPU per job (same run)", f"{t1['redis_cpu_ms_per_job']:.2f} ms", "",
         None, "")  # fmt: skip
+    row("   CPU per job, whole path (+ Redis, producer, simulator)",
+        f"{t1['path_cpu_ms_per_job']:.2f} ms",
+        f"direct client + simulator {d1['path_cpu_ms_per_job']:.2f} ms",
+        t1["path_cpu_ms_per_job"] / d1["path_cpu_ms_per_job"], "")  # fmt: skip
+    row("   machine busy (all cores)", f"{t1['machine_busy']:.0%}",
+        f"direct client {d1['machine_busy']:.0%}", None, "")  # fmt: skip
 
     table = Table(title="tierq throughput and latency (one run, loopback, simulator)")
     for column in ("measure", "tierq", "reference", "ratio", "target"):
