@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from producers.gateway.expiry import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
+from producers.gateway.pages import Listed, ListPage
 from worker.results import Usage
 
 # The API's only completion window, "24h".
@@ -81,10 +82,9 @@ class BatchUsage(BaseModel):
         self.total_tokens += usage.total_tokens
 
 
-class Batch(BaseModel):
+class Batch(Listed):
     """The API's Batch object (openai.types.Batch)."""
 
-    id: str
     object: Literal["batch"] = "batch"
     endpoint: str
     errors: BatchErrors | None = None
@@ -108,12 +108,8 @@ class Batch(BaseModel):
     usage: BatchUsage | None = None
 
 
-class BatchList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Batch]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+class BatchList(ListPage[Batch]):
+    """The API's page of batches (`client.batches.list()` pages through it by `after`)."""
 
 
 class OutputExpiresAfter(BaseModel):

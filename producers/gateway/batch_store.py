@@ -214,13 +214,7 @@ class BatchStore:
         if gone:
             await self.redis.zrem(listing, *gone)
         batches = [Batch.model_validate_json(raw) for raw in raws if raw is not None]
-        data = batches[:limit]
-        return BatchList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=len(ids) > limit,
-        )
+        return BatchList.of(batches[:limit], has_more=len(ids) > limit)
 
 
 class BatchLock:

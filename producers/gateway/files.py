@@ -31,6 +31,7 @@ from starlette.responses import StreamingResponse
 from producers.gateway.deps import Gateway, GatewayState, Tenant
 from producers.gateway.errors import APIError, not_found
 from producers.gateway.expiry import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
+from producers.gateway.pages import Listed, ListPage
 from worker.keys import Keys, as_text
 
 router = APIRouter(prefix="/v1", tags=["files"])
@@ -63,10 +64,9 @@ ListPurpose = Annotated[
 ]
 
 
-class FileObject(BaseModel):
+class FileObject(Listed):
     """The API's `File` object (openai.types.FileObject)."""
 
-    id: str
     object: Literal["file"] = "file"
     bytes: int
     created_at: int
@@ -77,14 +77,8 @@ class FileObject(BaseModel):
     status_details: str | None = None
 
 
-class FileList(BaseModel):
+class FileList(ListPage[FileObject]):
     """The API's page of files (`client.files.list()` pages through it by `after`)."""
-
-    object: Literal["list"] = "list"
-    data: list[FileObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
 
 
 class FileDeleted(BaseModel):
@@ -190,13 +184,7 @@ class FileStore:
             files.extend(f for f in found if purpose is None or f.purpose == purpose)
             if len(files) > limit:  # one more than the page: there is more
                 break
-        data = files[:limit]
-        return FileList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=len(files) > limit,
-        )
+        return FileList.of(files[:limit], has_more=len(files) > limit)
 
     async def delete(self, tenant: str, file_id: str) -> FileDeleted:
         """Delete the tenant's file; 404 as for `get`. Its listing entry stays (see above)."""
