@@ -164,19 +164,24 @@ def test_a_validated_batchs_requests_come_back_from_redis_exactly_as_parsed(
     )
     parsed = parse_batch_file(data, plain_settings)
 
-    async def stored() -> tuple[list[BatchRequest], list[str]]:
+    async def stored() -> tuple[list[BatchRequest], list[BatchRequest], list[str]]:
         client = redis.asyncio.Redis.from_url(settings.redis_url.get_secret_value())
         try:
             store = BatchStore(client, Keys(f"test-{nonce()}:"), file_ttl_seconds=3_600)
             await store.record_validation("batch_1", parsed.requests[:1], {})
             await store.record_validation("batch_1", parsed.requests, {})  # repeated: replaces
-            return await store.requests("batch_1", 0, 10), await store.custom_ids("batch_1", 1)
+            every = await store.requests("batch_1", 0, 10, max_bytes=1 << 20)
+            # A chunk bounded in bytes holds at least one request, and stops past the bound
+            bounded = await store.requests("batch_1", 1, 10, max_bytes=1)
+            ids = [cid async for chunk in store.custom_ids("batch_1", 1) for cid in chunk]
+            return every, bounded, ids
         finally:
             await client.aclose()
 
-    requests, unsubmitted = asyncio.run(stored())
+    requests, bounded, unsubmitted = asyncio.run(stored())
 
     assert requests == parsed.requests
+    assert bounded == parsed.requests[1:2]
     assert [r.request.api_fields() for r in requests] == [
         r.request.api_fields() for r in parsed.requests
     ]
@@ -188,11 +193,12 @@ def test_a_file_written_in_parts_reads_back_whole_and_appears_only_once_closed(
 ) -> None:
     # Parts keep a large batch output under Redis's value limit; here they are 10 bytes
     pieces = [b"0123", b"456789abcdefghij", b"", b"k" * 25, b"lmn"]
+    files_prefix = f"test-{nonce()}:"
 
     async def written() -> tuple[bool, FileObject, bytes, list[bytes]]:
         client = redis.asyncio.Redis.from_url(settings.redis_url.get_secret_value())
         try:
-            files = FileStore(client, Keys(f"test-{nonce()}:"), longest_ttl_seconds=3_600,
+            files = FileStore(client, Keys(files_prefix), longest_ttl_seconds=3_600,
                               part_bytes=10)  # fmt: skip
             writer = files.writer("t", filename="out.jsonl", purpose="batch_output",
                                   ttl_seconds=3_600)  # fmt: skip
@@ -206,13 +212,21 @@ def test_a_file_written_in_parts_reads_back_whole_and_appears_only_once_closed(
             file = await writer.close()
             _, whole = await files.content("t", file.id)
             _, parts = await files.stream("t", file.id)
-            return visible_before_close, file, whole, [part async for part in parts]
+            streamed = [part async for part in parts]
+            # A part gone while the file is read (deleted, expired): never a short file
+            await client.hdel(Keys(files_prefix).file(file.id), "part:2")
+            try:
+                await files.content("t", file.id)
+                truncated_read = True
+            except APIError as gone:
+                truncated_read = gone.status_code != 404
+            return visible_before_close or truncated_read, file, whole, streamed
         finally:
             await client.aclose()
 
     visible_before_close, file, whole, parts = asyncio.run(written())
 
-    assert not visible_before_close
+    assert not visible_before_close, "visible before close, or read short"
     assert whole == b"".join(pieces)
     assert file.bytes == len(whole) == 48
     assert [len(part) for part in parts] == [10, 10, 10, 10, 8]
@@ -591,6 +605,31 @@ def test_a_batch_larger_than_the_tenant_quota_is_submitted_as_room_frees(
     ]
     assert sum(submitted) == 5
     assert max(submitted) <= 2
+
+
+def test_a_running_batch_whose_stored_requests_are_gone_carries_on_from_its_input_file(
+    cluster: Cluster, simulator: Simulator
+) -> None:
+    # A batch validated before requests were stored in Redis, or whose list expired while
+    # every gateway was away: its input file is read again, and nothing is paid twice
+    key = create_api_key(cluster.settings, unique_tenant())
+    marker = nonce()
+    lines: list[dict[str, Any] | str] = [
+        request_line(f"r{i}", f"{marker} {i} [sim latency_ms=400]") for i in range(6)
+    ]
+    process, root = cluster.gateway(TIERQ_GATEWAY__TENANT_MAX_IN_FLIGHT="2")
+    with running((process, root)), sdk(root, key) as client:
+        created = start_batch(client, lines)
+        wait_for(client, created.id, {"in_progress"}, timeout=10)
+        with cluster.redis() as r:
+            r.delete(Keys(cluster.settings.key_prefix).batch_requests(created.id))
+        batch = wait_for(client, created.id, {"completed", "failed"})
+        outputs = file_lines(client, batch.output_file_id)
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (6, 0)
+    assert sorted(line["custom_id"] for line in outputs) == [f"r{i}" for i in range(6)]
+    assert len(simulator.requests_with(marker)) == 6
+    assert any(e.get("event") == "batch.requests_restored" for e in log_events(process.log_path))
 
 
 def test_a_batch_past_its_window_ends_expired_with_the_unfinished_in_the_error_file(

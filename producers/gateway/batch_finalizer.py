@@ -36,7 +36,6 @@ import redis
 import structlog
 
 from producers.batchfile import (
-    BatchRequest,
     LineError,
     ParsedBatch,
     cancelled_line,
@@ -56,7 +55,6 @@ from producers.gateway.batch_store import BatchLock, BatchState, BatchStore, Loc
 from producers.gateway.deps import Gateway
 from producers.gateway.errors import APIError
 from producers.gateway.files import FileStore, FileWriter
-from worker.contract import request_size_bytes
 from worker.errors import BrokerUnavailableError, JobNotFoundError, TenantQuotaExceededError
 from worker.results import JobResult, JobStatus
 
@@ -141,7 +139,7 @@ class Finalizer:
         for _ in range(4):
             state = await self.store.load(batch_id)
             if state is None or state.batch.status.is_final:
-                await self.store.redis.srem(self.store.keys.active_batches, batch_id)
+                await self.store.discard(batch_id)
                 self._forget(batch_id)
                 return
             status = state.batch.status
@@ -237,8 +235,14 @@ class Finalizer:
                 size = min(size, full.limit - full.in_flight)
                 if size <= 0:
                     return  # the rest goes in as the tenant's jobs finish
-            chunk = _by_bytes(await self.store.requests(batch_id, state.cursor, size))
-            if not chunk:  # the stored requests are gone: what was not submitted cannot be
+            chunk = await self.store.requests(batch_id, state.cursor, size, SUBMIT_CHUNK_BYTES)
+            if not chunk:
+                if await self._restore_requests(state):
+                    continue
+                # Neither the stored requests nor the input are left: what was not submitted
+                # cannot be, and the batch ends with what was.
+                if not await lock.extend():
+                    raise LockLost(batch_id)
                 log.warning(
                     "batch.requests_lost", batch_id=batch_id, unsubmitted=state.valid - state.cursor
                 )
@@ -259,6 +263,19 @@ class Finalizer:
             _, known = self._jobs.get(batch_id, (0, {}))
             self._jobs[batch_id] = (state.cursor, {**known, **submitted})
             log.info("batch.submitted", batch_id=batch_id, jobs=len(chunk), cursor=state.cursor)
+
+    async def _restore_requests(self, state: BatchState) -> bool:
+        """Store a running batch's requests again from its input file, when they are missing:
+        a batch validated before requests were stored, or one whose list expired while every
+        gateway was away. False when the input is gone, or no longer validates the same."""
+        if await self.store.has_requests(state.batch.id):
+            return False
+        parsed = await self._parse(state)
+        if parsed is None or parsed.errors or len(parsed.requests) != state.valid:
+            return False
+        await self.store.keep_requests(state.batch.id, parsed.requests)
+        log.info("batch.requests_restored", batch_id=state.batch.id, requests=state.valid)
+        return True
 
     async def _submitted(self, state: BatchState) -> dict[str, str]:
         """Job id by custom id of the submitted requests (read again when another process
@@ -347,10 +364,9 @@ class Finalizer:
             [json.loads(line) for line in (await self.store.fields(batch.id, "rejected")).values()]
         )
         if state.cursor < state.valid:  # never submitted: cancelled or expired first
-            unsubmitted = await self.store.custom_ids(batch.id, state.cursor)
-            await files.add(
-                [cancelled_line(custom_id, cancelled_code) for custom_id in unsubmitted]
-            )
+            await self._restore_requests(state)
+            async for custom_ids in self.store.custom_ids(batch.id, state.cursor):
+                await files.add([cancelled_line(cid, cancelled_code) for cid in custom_ids])
         output_file_id, error_file_id = await files.close()
         now = int(time.time())
         timestamp = {
@@ -373,7 +389,12 @@ class Finalizer:
             }
         )
         if not await self.store.transition(ended, batch.status):
-            return  # it changed meanwhile (a cancel while expiring): the next pass ends it
+            # It changed meanwhile (a cancel while expiring): the next pass ends it, with
+            # files of its own; these would only be listed for nothing.
+            for file_id in (output_file_id, error_file_id):
+                if file_id is not None:
+                    await self.files.delete(state.tenant, file_id)
+            return
         await self.store.finish(batch.id)
         self._forget(batch.id)
         log.info(
@@ -388,16 +409,6 @@ class Finalizer:
     def _forget(self, batch_id: str) -> None:
         self._jobs.pop(batch_id, None)
         self._final.pop(batch_id, None)
-
-
-def _by_bytes(chunk: list[BatchRequest]) -> list[BatchRequest]:
-    """The head of `chunk` within SUBMIT_CHUNK_BYTES (at least one request)."""
-    total = 0
-    for i, item in enumerate(chunk):
-        total += request_size_bytes(item.request)
-        if total > SUBMIT_CHUNK_BYTES and i > 0:
-            return chunk[:i]
-    return chunk
 
 
 def _jsonl(lines: Sequence[dict[str, Any]]) -> bytes:

@@ -20,7 +20,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -70,8 +70,13 @@ class BatchState:
     cursor: int  # how many of them are submitted
 
 
-# Requests per RPUSH when a validated batch's requests are stored.
+# Requests per RPUSH when a validated batch's requests are stored, and per LRANGE of their
+# ids; and per LRANGE while taking a chunk to submit (chunks are bounded in bytes too).
 REQUESTS_PER_PUSH = 1_000
+REQUESTS_PER_READ = 25
+# A batch's stored requests outlive its completion window by a day, for a finalizer that was
+# away when it expired; they are deleted as soon as the batch ends.
+REQUESTS_TTL_SECONDS = COMPLETION_WINDOW_SECONDS + 86_400
 
 
 class BatchStore:
@@ -147,30 +152,76 @@ class BatchStore:
         self, batch_id: str, requests: Sequence[BatchRequest], rejected: dict[str, str]
     ) -> None:
         """Keep the requests to run (so submitting never needs the input file again) and the
-        rejected lines, in one transaction: a validation repeated after a crash replaces them."""
+        rejected lines; a validation repeated after a crash replaces them."""
         mapping: dict[FieldT, EncodableT] = {
             f"rejected:{cid}": line for cid, line in rejected.items()
         }
+        await self.keep_requests(batch_id, requests, {**mapping, "valid": len(requests)})
+
+    async def keep_requests(
+        self,
+        batch_id: str,
+        requests: Sequence[BatchRequest],
+        fields: dict[FieldT, EncodableT] | None = None,
+    ) -> None:
+        """Store the requests to run (and `fields` of the batch with them, at once).
+
+        They are pushed to a key of their own, in pipelined chunks, and renamed into place in
+        one small transaction: Redis never holds a whole batch queued in a transaction, and a
+        reader never sees half a list.
+        """
         listing = self.keys.batch_requests(batch_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(listing)
+        building = f"{listing}:building"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(building)
             for start in range(0, len(requests), REQUESTS_PER_PUSH):
                 chunk = requests[start : start + REQUESTS_PER_PUSH]
-                pipe.rpush(listing, *(_request_json(r) for r in chunk))
-            pipe.expire(listing, COMPLETION_WINDOW_SECONDS + self._file_ttl)
-            pipe.hset(self.keys.batch(batch_id), mapping={**mapping, "valid": len(requests)})
+                pipe.rpush(building, *(_request_json(r) for r in chunk))
+                # A builder that dies leaves nothing behind for long.
+                pipe.expire(building, REQUESTS_TTL_SECONDS)
+            await pipe.execute()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if requests:
+                pipe.rename(building, listing)
+                pipe.expire(listing, REQUESTS_TTL_SECONDS)
+            else:
+                pipe.delete(listing)
+            if fields:
+                pipe.hset(self.keys.batch(batch_id), mapping=fields)
             await pipe.execute()
 
-    async def requests(self, batch_id: str, start: int, count: int) -> list[BatchRequest]:
-        """`count` of the batch's requests to run from `start` (fewer past the end)."""
-        listing = self.keys.batch_requests(batch_id)
-        raws = await self.redis.lrange(listing, start, start + count - 1)
-        return [_request_from(raw) for raw in raws]
+    async def has_requests(self, batch_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.batch_requests(batch_id)))
 
-    async def custom_ids(self, batch_id: str, start: int) -> list[str]:
-        """The custom ids of the batch's requests to run from `start` to the end."""
-        raws = await self.redis.lrange(self.keys.batch_requests(batch_id), start, -1)
-        return [json.loads(raw)["custom_id"] for raw in raws]
+    async def requests(
+        self, batch_id: str, start: int, count: int, max_bytes: int
+    ) -> list[BatchRequest]:
+        """Up to `count` of the batch's requests to run from `start`, stopping once they pass
+        `max_bytes` (at least one): read a few at a time, so a chunk of large requests is
+        not read many times over."""
+        listing = self.keys.batch_requests(batch_id)
+        found: list[BatchRequest] = []
+        size = 0
+        while len(found) < count and size <= max_bytes:
+            step = min(REQUESTS_PER_READ, count - len(found))
+            at = start + len(found)
+            raws = await self.redis.lrange(listing, at, at + step - 1)
+            for raw in raws:
+                if found and size + len(raw) > max_bytes:
+                    return found
+                found.append(_request_from(raw))
+                size += len(raw)
+            if len(raws) < step:
+                break
+        return found
+
+    async def custom_ids(self, batch_id: str, start: int) -> AsyncIterator[list[str]]:
+        """The custom ids of the batch's requests to run from `start` to the end, a chunk
+        at a time."""
+        listing = self.keys.batch_requests(batch_id)
+        while raws := await self.redis.lrange(listing, start, start + REQUESTS_PER_PUSH - 1):
+            yield [json.loads(raw)["custom_id"] for raw in raws]
+            start += len(raws)
 
     async def record_jobs(self, batch_id: str, jobs: dict[str, str], cursor: int) -> None:
         mapping: dict[FieldT, EncodableT] = {f"job:{cid}": job for cid, job in jobs.items()}
@@ -190,10 +241,18 @@ class BatchStore:
         return {as_text(m) for m in await self.redis.smembers(self.keys.active_batches)}
 
     async def finish(self, batch_id: str) -> None:
+        """The batch ended here: keep its record as long as its files, drop the rest."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.srem(self.keys.active_batches, batch_id)
             pipe.delete(self.keys.batch_requests(batch_id))
             pipe.expire(self.keys.batch(batch_id), self._file_ttl)
+            await pipe.execute()
+
+    async def discard(self, batch_id: str) -> None:
+        """The batch ended elsewhere, or its record expired: stop watching it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.srem(self.keys.active_batches, batch_id)
+            pipe.delete(self.keys.batch_requests(batch_id))
             await pipe.execute()
 
     async def page(self, tenant: str, after: str | None, limit: int) -> BatchList:
@@ -245,7 +304,9 @@ class LockLost(TierqError):
 def _request_json(request: BatchRequest) -> str:
     # As the queue envelope carries a request: exactly what the caller set, the API's names.
     body = request.request.model_dump(mode="json", exclude_unset=True, by_alias=True)
-    return json.dumps({"custom_id": request.custom_id, "line": request.line, "request": body})
+    line = {"custom_id": request.custom_id, "line": request.line, "request": body}
+    # Compact and unescaped: the list costs about what the input file does, not twice that.
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
 def _request_from(raw: bytes | str) -> BatchRequest:

@@ -22,7 +22,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import redis
 import redis.asyncio
+import structlog
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
@@ -35,6 +37,7 @@ from producers.gateway.pages import Listed, ListPage
 from worker.keys import Keys, as_text
 
 router = APIRouter(prefix="/v1", tags=["files"])
+log = structlog.get_logger("tierq.gateway")
 
 # How much longer than its TTL a file can live: a batch created on an input file keeps it
 # for its completion window and an hour more (batches.py), whatever its age.
@@ -165,25 +168,27 @@ class FileStore:
         could otherwise leave a page short of `limit` with more to come.
         """
         listing = self._keys.tenant_files(tenant)
-        if newest_first:
-            ids = [as_text(m) for m in await self._redis.zrevrange(listing, 0, -1)]
-        else:
-            ids = [as_text(m) for m in await self._redis.zrange(listing, 0, -1)]
+        rank = self._redis.zrevrank if newest_first else self._redis.zrank
+        ids_in = self._redis.zrevrange if newest_first else self._redis.zrange
+        start = 0
         if after is not None:
             # A deleted or expired file keeps its place, so the cursor survives it.
-            if after not in ids:
+            position = await rank(listing, after)
+            if position is None:
                 raise _bad(f"No file {after!r} to list after.", "after")
-            ids = ids[ids.index(after) + 1 :]
+            start = int(position) + 1  # type: ignore[arg-type]  # WITHSCORE off: an int
         files: list[FileObject] = []
-        for start in range(0, len(ids), LIST_READ_CHUNK):
+        while len(files) <= limit:  # one more than the page says whether there is more
+            ids = [as_text(m) for m in await ids_in(listing, start, start + LIST_READ_CHUNK - 1)]
+            if not ids:
+                break
+            start += len(ids)
             async with self._redis.pipeline(transaction=False) as pipe:
-                for file_id in ids[start : start + LIST_READ_CHUNK]:
+                for file_id in ids:
                     pipe.hget(self._keys.file(file_id), "object")
                 raws = await pipe.execute()
             found = (FileObject.model_validate_json(raw) for raw in raws if raw is not None)
             files.extend(f for f in found if purpose is None or f.purpose == purpose)
-            if len(files) > limit:  # one more than the page: there is more
-                break
         return FileList.of(files[:limit], has_more=len(files) > limit)
 
     async def delete(self, tenant: str, file_id: str) -> FileDeleted:
@@ -196,41 +201,56 @@ class FileStore:
 
     async def get(self, tenant: str, file_id: str) -> FileObject:
         """The file's object; 404 for an unknown or expired id and for another tenant's."""
-        return (await self._read(tenant, file_id, "object", "tenant"))[0]
+        file: FileObject = (await self._read(tenant, file_id, "object", "tenant"))[0]
+        return file
 
     async def content(self, tenant: str, file_id: str) -> tuple[FileObject, bytes]:
-        """The file's object and all its bytes; 404 as for `get`."""
+        """The file's object and all its bytes; 404 as for `get`, and for a file deleted or
+        expired while it was read (never a truncated file)."""
         file, parts = await self.stream(tenant, file_id)
-        return file, b"".join([part async for part in parts])
+        data = b"".join([part async for part in parts])
+        if len(data) != file.bytes:
+            raise not_found("file", file_id)
+        return file, data
 
     async def stream(self, tenant: str, file_id: str) -> tuple[FileObject, AsyncIterator[bytes]]:
         """The file's object (404 as for `get`), and its bytes a part at a time.
 
-        A file deleted or expired while it is read ends early: the reader sees fewer bytes
-        than the object says (a download's Content-Length tells its client so).
+        The first part is read here, so a fault (Redis away: 503) or a missing file answers
+        before a download starts. A file deleted or expired, or Redis lost, while the rest is
+        read ends early: the reader gets fewer bytes than the object says (a download's
+        Content-Length tells its client so).
         """
-        file, _, count = await self._read(tenant, file_id, "object", "tenant", "parts")
+        file, _, count, legacy = await self._read(
+            tenant, file_id, "object", "tenant", "parts", "content"
+        )
+        if count is None:  # written before files had parts
+            first, count = legacy, 1
+        else:
+            first = await self._redis.hget(self._keys.file(file_id), "part:0")
+        if not isinstance(first, bytes):
+            raise not_found("file", file_id)
+        return file, self._parts(file_id, first, int(count))
+
+    async def _parts(self, file_id: str, first: bytes, count: int) -> AsyncIterator[bytes]:
+        yield first
         key = self._keys.file(file_id)
-
-        async def parts() -> AsyncIterator[bytes]:
-            if count is None:  # written before files had parts
-                legacy = await self._redis.hget(key, "content")
-                if isinstance(legacy, bytes):
-                    yield legacy
-                return
-            for index in range(int(count)):
+        for index in range(1, count):
+            try:
                 part = await self._redis.hget(key, f"part:{index}")
-                if not isinstance(part, bytes):
-                    return
-                yield part
+            except redis.RedisError as error:
+                log.warning("file.read_failed", file_id=file_id, part=index, error=str(error))
+                return
+            if not isinstance(part, bytes):
+                return
+            yield part
 
-        return file, parts()
-
-    async def _read(self, tenant: str, file_id: str, *fields: str) -> tuple[FileObject, Any, Any]:
+    async def _read(self, tenant: str, file_id: str, *fields: str) -> tuple[Any, ...]:
+        """The file's object, then the other `fields` asked for (the first being `tenant`)."""
         raw, owner, *rest = await self._redis.hmget(self._keys.file(file_id), list(fields))
         if raw is None or owner is None or as_text(owner) != tenant:
             raise not_found("file", file_id)
-        return FileObject.model_validate_json(raw), owner, rest[0] if rest else None
+        return (FileObject.model_validate_json(raw), owner, *rest)
 
     async def keep_at_least(self, file_id: str, seconds: int) -> None:
         """Let a file outlive its expiry when a batch still needs it (a resumed batch reads
