@@ -371,7 +371,7 @@ def test_cancelling_a_running_batch_ends_it_cancelled_with_the_unfinished_in_the
 
 
 def test_a_tenant_sees_and_lists_only_its_own_files_and_batches(
-    gateway_url: str, tenant_key: TenantKey
+    gateway_url: str, tenant_key: TenantKey, settings: Settings
 ) -> None:
     _, owner_key = tenant_key()
     _, other_key = tenant_key()
@@ -399,13 +399,18 @@ def test_a_tenant_sees_and_lists_only_its_own_files_and_batches(
         rest = owner.batches.list(limit=2, after=newest_first[1])
         assert [b.id for b in rest.data] == newest_first[2:]
         assert not rest.has_more
+        # A cursor whose batch has expired since still pages on
+        with redis.Redis.from_url(settings.redis_url.get_secret_value()) as r:
+            r.delete(Keys(settings.key_prefix).batch(newest_first[1]))
+        assert [b.id for b in owner.batches.list(after=newest_first[1])] == newest_first[2:]
+        assert [b.id for b in owner.batches.list()] == [newest_first[0], newest_first[2]]
         done = wait_for(owner, ids[0], {"completed"})
         with pytest.raises(openai.ConflictError):
             owner.batches.cancel(done.id)
     with httpx2.Client(headers={"Authorization": f"Bearer {owner_key}"}) as http:
         listing = http.get(f"{gateway_url}/v1/batches", params={"limit": 2}).json()
     assert listing["object"] == "list"
-    assert (listing["first_id"], listing["last_id"]) == (newest_first[0], newest_first[1])
+    assert (listing["first_id"], listing["last_id"]) == (newest_first[0], newest_first[2])
 
 
 def test_a_tenant_lists_pages_and_deletes_only_its_own_files(

@@ -111,7 +111,11 @@ class BatchStore:
                 },
             )
             pipe.expire(key, ttl)
-            pipe.zadd(listing, {batch.id: time.time()})
+            now = time.time()
+            pipe.zadd(listing, {batch.id: now})
+            # Entries stay when their batch expires (a listing's cursor survives it), until no
+            # batch that old can be left.
+            pipe.zremrangebyscore(listing, "-inf", now - ttl)
             pipe.expire(listing, ttl)
             pipe.sadd(self.keys.active_batches, batch.id)
             await pipe.execute()
@@ -264,16 +268,18 @@ class BatchStore:
                 message = f"No batch {after!r} to list after."
                 raise APIError(400, message, param="after", code="invalid_request")
             start = int(rank) + 1  # type: ignore[arg-type]  # WITHSCORE off: an int
-        ids = [as_text(m) for m in await self.redis.zrevrange(listing, start, start + limit)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for batch_id in ids:
-                pipe.hget(self.keys.batch(batch_id), "object")
-            raws = await pipe.execute()
-        gone = [batch_id for batch_id, raw in zip(ids, raws, strict=True) if raw is None]
-        if gone:
-            await self.redis.zrem(listing, *gone)
-        batches = [Batch.model_validate_json(raw) for raw in raws if raw is not None]
-        return BatchList.of(batches[:limit], has_more=len(ids) > limit)
+        batches: list[Batch] = []
+        while len(batches) <= limit:  # one more than the page says whether there is more
+            ids = await self.redis.zrevrange(listing, start, start + limit)
+            if not ids:
+                break
+            start += len(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch_id in ids:
+                    pipe.hget(self.keys.batch(as_text(batch_id)), "object")
+                raws = await pipe.execute()
+            batches.extend(Batch.model_validate_json(raw) for raw in raws if raw is not None)
+        return BatchList.of(batches[:limit], has_more=len(batches) > limit)
 
 
 class BatchLock:
