@@ -245,12 +245,10 @@ class BatchStore:
         return {as_text(m) for m in await self.redis.smembers(self.keys.active_batches)}
 
     async def finish(self, batch_id: str) -> None:
-        """The batch ended here: keep its record as long as its files, drop the rest."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.srem(self.keys.active_batches, batch_id)
-            pipe.delete(self.keys.batch_requests(batch_id))
-            pipe.expire(self.keys.batch(batch_id), self._file_ttl)
-            await pipe.execute()
+        """The batch ended here: drop what only a running batch needs, and keep its record
+        as long as its files."""
+        await self.discard(batch_id)
+        await self.redis.expire(self.keys.batch(batch_id), self._file_ttl)
 
     async def discard(self, batch_id: str) -> None:
         """The batch ended elsewhere, or its record expired: stop watching it."""
