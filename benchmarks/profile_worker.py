@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.throughput import Bench
-from devkit.local_redis import ensure_redis
+from tierq.devkit.local_redis import ensure_redis
 
 SAMPLES_PER_SECOND = 250
 ATTACH_SECONDS = 1.0

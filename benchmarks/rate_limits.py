@@ -38,16 +38,16 @@ import httpx2
 from rich.console import Console
 from rich.table import Table
 
-from devkit.local_redis import ensure_redis
-from devkit.processes import (
+from tierq.core.tokens import count_prompt_tokens
+from tierq.devkit.local_redis import ensure_redis
+from tierq.devkit.processes import (
     ManagedProcess,
     cpu_seconds,
     settings_for,
     start_simulator,
     start_worker,
 )
-from producers.client import TierqClient
-from worker.tokens import count_prompt_tokens
+from tierq.producers.client import TierqClient
 
 WORKERS = 3
 CONCURRENCY = 20

@@ -51,15 +51,15 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.machine import busy_share, machine_jiffies, own_cpu_seconds
-from devkit.local_redis import ensure_redis
-from devkit.processes import (
+from tierq.devkit.local_redis import ensure_redis
+from tierq.devkit.processes import (
     ManagedProcess,
     cpu_seconds,
     settings_for,
     start_simulator,
     start_worker,
 )
-from producers.client import TierqClient
+from tierq.producers.client import TierqClient
 
 CONCURRENCY = 100
 IO_LATENCY_MS = 200

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ops/bootstrap.sh dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy
+.venv/bin/python ops/typecheck.py
 .venv/bin/pytest "$@"
 out="$(mktemp -d)"
 .venv/bin/python -m benchmarks.throughput --quick --out "$out/throughput.json"

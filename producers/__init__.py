@@ -1,31 +1,5 @@
-"""tierq's producer side: submit Chat Completions jobs and read their results.
+"""tierq's producer side: the Python clients, the `tierq` job commands and the HTTP gateway.
 
-Imports the shared job contract and settings from `worker`, never `openai` or the task bodies.
+Apps import the clients from `tierq` (`from tierq import TierqClient`). This side imports the
+shared core (`tierq.core`), never the worker side (`tierq.worker`) or `openai`'s client.
 """
-
-from producers.aio import AsyncTierqClient
-from producers.client import TierqClient
-from worker.contract import JobRequest
-from worker.errors import (
-    BrokerUnavailableError,
-    InvalidJobError,
-    JobNotFoundError,
-    JobWaitTimeout,
-    TierqError,
-    UnknownModelError,
-)
-from worker.results import JobResult, JobStatus
-
-__all__ = [
-    "AsyncTierqClient",
-    "BrokerUnavailableError",
-    "InvalidJobError",
-    "JobNotFoundError",
-    "JobRequest",
-    "JobResult",
-    "JobStatus",
-    "JobWaitTimeout",
-    "TierqClient",
-    "TierqError",
-    "UnknownModelError",
-]

@@ -17,16 +17,16 @@ import redis.asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio.client import PubSub as AsyncPubSub
 
-from producers.client import (
+from tierq.core.errors import BrokerUnavailableError, JobNotFoundError
+from tierq.core.results import JobResult, JobStatus
+from tierq.core.settings import Settings, get_settings
+from tierq.producers.client import (
     PRODUCER_SOCKET_TIMEOUT_SECONDS,
     SUBSCRIBE_BATCH,
     RequestLike,
     TierqClient,
 )
-from producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
-from worker.errors import BrokerUnavailableError, JobNotFoundError
-from worker.results import JobResult, JobStatus
-from worker.settings import Settings, get_settings
+from tierq.producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
 
 
 class AsyncTierqClient:

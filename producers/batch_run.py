@@ -45,16 +45,16 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from producers.batchfile import (
+from tierq.core.errors import BrokerUnavailableError, JobWaitTimeout
+from tierq.core.results import JobResult
+from tierq.producers.batchfile import (
     ParsedBatch,
     is_error_line,
     output_line,
     parse_batch_file,
     rejected_line,
 )
-from producers.client import TierqClient
-from worker.errors import BrokerUnavailableError, JobWaitTimeout
-from worker.results import JobResult
+from tierq.producers.client import TierqClient
 
 EXIT_SOME_FAILED = 1
 EXIT_INVALID = 2

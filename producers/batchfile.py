@@ -25,11 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from producers.client import prepare
-from worker.contract import JobRequest
-from worker.errors import InvalidJobError
-from worker.results import JobResult, JobStatus
-from worker.settings import Settings
+from tierq.core.contract import JobRequest
+from tierq.core.errors import InvalidJobError
+from tierq.core.results import JobResult, JobStatus
+from tierq.core.settings import Settings
+from tierq.producers.client import prepare
 
 # The one endpoint tierq runs; input lines must name it as their `url`.
 ENDPOINT = "/v1/chat/completions"

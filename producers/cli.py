@@ -20,14 +20,14 @@ from typing import Any, TextIO
 import click
 import redis
 
-from worker.errors import (
+from tierq.core.errors import (
     BrokerUnavailableError,
     ConfigurationError,
     InvalidJobError,
     JobNotFoundError,
     JobWaitTimeout,
 )
-from worker.results import JobResult, JobStatus
+from tierq.core.results import JobResult, JobStatus
 
 EXIT_JOB_FAILED = 1
 EXIT_INVALID = 2
@@ -36,14 +36,14 @@ EXIT_TIMEOUT = 4
 EXIT_BROKER = 5
 
 LAZY_COMMANDS = {
-    "worker": "worker.cli:worker_command",
-    "simulator": "simulator.cli:simulator_command",
-    "demo": "devkit.demo:demo_command",
-    "gateway": "producers.gateway.cli:gateway_command",
-    "keys": "producers.gateway.cli:keys_group",
-    "batch": "producers.batch_run:batch_group",
-    "usage": "producers.usage:usage_command",
-    "stats": "producers.stats:stats_command",
+    "worker": "tierq.worker.cli:worker_command",
+    "simulator": "tierq_simulator.cli:simulator_command",
+    "demo": "tierq.devkit.demo:demo_command",
+    "gateway": "tierq.producers.gateway.cli:gateway_command",
+    "keys": "tierq.producers.gateway.cli:keys_group",
+    "batch": "tierq.producers.batch_run:batch_group",
+    "usage": "tierq.producers.usage:usage_command",
+    "stats": "tierq.producers.stats:stats_command",
 }
 
 
@@ -72,7 +72,7 @@ def cli() -> None:
 
 
 def _client() -> Any:
-    from producers.client import TierqClient
+    from tierq.producers.client import TierqClient
 
     return TierqClient()
 
@@ -365,10 +365,10 @@ def limits(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from producers.stats import limit_groups
-    from worker.jobstore import connect
-    from worker.ratelimit import SharedRateLimiter
-    from worker.settings import get_settings
+    from tierq.core.jobstore import connect
+    from tierq.core.ratelimit import SharedRateLimiter
+    from tierq.core.settings import get_settings
+    from tierq.producers.stats import limit_groups
 
     def run() -> None:
         settings = get_settings()

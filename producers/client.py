@@ -1,6 +1,6 @@
 """The Python producer: submit Chat Completions jobs, then poll or wait for their results.
 
-    from producers import TierqClient
+    from tierq.producers import TierqClient
     client = TierqClient()
     job_id = client.submit(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
     result = client.wait(job_id, timeout=60)
@@ -27,28 +27,28 @@ import redis
 from kombu.exceptions import OperationalError
 from redis.client import PubSub
 
-from producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
-from worker.app import TASK_NAME, create_app
-from worker.budget import check_fits, job_cost
-from worker.contract import (
+from tierq.core.budget import check_fits, job_cost
+from tierq.core.celery_app import TASK_NAME, create_app
+from tierq.core.contract import (
     TENANT_PATTERN,
     JobEnvelope,
     JobRequest,
     parse_job_request,
     request_size_bytes,
 )
-from worker.errors import (
+from tierq.core.errors import (
     BrokerUnavailableError,
     IdempotencyConflictError,
     InvalidJobError,
     JobNotFoundError,
     PayloadTooLargeError,
 )
-from worker.jobcontrol import JobControl, fingerprint
-from worker.jobstore import JobStore, connect
-from worker.results import JobResult, JobStatus
-from worker.settings import Settings, get_settings
-from worker.tiers import route
+from tierq.core.jobcontrol import JobControl, fingerprint
+from tierq.core.jobstore import JobStore, connect
+from tierq.core.results import JobResult, JobStatus
+from tierq.core.settings import Settings, get_settings
+from tierq.core.tiers import route
+from tierq.producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
 
 RequestLike = JobRequest | Mapping[str, Any]
 # A producer's Redis commands give up in seconds, so deadlines (wait's timeout) hold.

@@ -17,13 +17,13 @@ from typing import Any
 import click
 import redis
 
-from worker.accounting import SEP
-from worker.jobstore import connect
-from worker.keys import Keys, as_text
-from worker.monitoring import STALE_AFTER_SECONDS
-from worker.queues import queue_snapshots
-from worker.ratelimit import GroupUsage, SharedRateLimiter
-from worker.settings import Settings, get_settings
+from tierq.core.accounting import SEP
+from tierq.core.heartbeats import STALE_AFTER_SECONDS
+from tierq.core.jobstore import connect
+from tierq.core.keys import Keys, as_text
+from tierq.core.queues import queue_snapshots
+from tierq.core.ratelimit import GroupUsage, SharedRateLimiter
+from tierq.core.settings import Settings, get_settings
 
 WINDOW_MINUTES = 5
 

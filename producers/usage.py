@@ -17,9 +17,9 @@ from typing import Any
 import click
 import redis
 
-from worker.accounting import NO_TENANT, SEP, hour_of
-from worker.keys import Keys, as_text
-from worker.settings import Settings, get_settings
+from tierq.core.accounting import NO_TENANT, SEP, hour_of
+from tierq.core.keys import Keys, as_text
+from tierq.core.settings import Settings, get_settings
 
 METRICS = (
     "jobs",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from worker.errors import BrokerUnavailableError, JobNotFoundError, JobWaitTimeout
-from worker.results import JobResult, JobStatus
+from tierq.core.errors import BrokerUnavailableError, JobNotFoundError, JobWaitTimeout
+from tierq.core.results import JobResult, JobStatus
 
 DEFAULT_WAIT_SECONDS = 300.0
 # A full status check of every pending job at least this often, whatever the notifications.

@@ -5,7 +5,7 @@ structured output, tool calls, rate limits and each kind of failure, can be driv
 deterministically, at speed and without cost. Answers match the API's shapes closely
 enough for the official `openai` SDK to parse them into its own types.
 
-Run it with `python -m simulator` (or `tierq simulator`); build it in-process with
+Run it with `python -m tierq_simulator` (or `tierq simulator`); build it in-process with
 `simulator.app.create_app`. Failures are requested per request with `[sim ...]` directives
 in message text (see `simulator.directives`) or at random with `--fail-rate`.
 """

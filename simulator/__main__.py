@@ -1,6 +1,6 @@
-"""`python -m simulator`: run the simulator without the tierq root CLI."""
+"""`python -m tierq_simulator`: run the simulator without the tierq root CLI."""
 
-from simulator.cli import simulator_command
+from tierq_simulator.cli import simulator_command
 
 if __name__ == "__main__":
-    simulator_command(prog_name="python -m simulator")
+    simulator_command(prog_name="python -m tierq_simulator")

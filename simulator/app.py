@@ -24,14 +24,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from simulator import errors
-from simulator.chat import ChatCompletions
-from simulator.config import SimulatorConfig, describe
-from simulator.errors import ApiError
-from simulator.models import list_models, retrieve_model
-from simulator.responses import error_response, json_response
-from simulator.state import SimulatorState
-from worker.tokens import ENCODING_URLS, encoding
+from tierq.core.tokens import ENCODING_URLS, encoding
+from tierq_simulator import errors
+from tierq_simulator.chat import ChatCompletions
+from tierq_simulator.config import SimulatorConfig, describe
+from tierq_simulator.errors import ApiError
+from tierq_simulator.models import list_models, retrieve_model
+from tierq_simulator.responses import error_response, json_response
+from tierq_simulator.state import SimulatorState
 
 
 class SimControls:

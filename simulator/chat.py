@@ -20,14 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from simulator import errors
-from simulator.errors import ApiError
-from simulator.generation import generate
-from simulator.recorder import NO_RESPONSE_STATUS
-from simulator.render import completion_body, event_stream
-from simulator.request import parse_chat_request
-from simulator.responses import EventStreamResponse, NoResponse, error_response
-from simulator.state import SimulatorState
+from tierq_simulator import errors
+from tierq_simulator.errors import ApiError
+from tierq_simulator.generation import generate
+from tierq_simulator.recorder import NO_RESPONSE_STATUS
+from tierq_simulator.render import completion_body, event_stream
+from tierq_simulator.request import parse_chat_request
+from tierq_simulator.responses import EventStreamResponse, NoResponse, error_response
+from tierq_simulator.state import SimulatorState
 
 _IDS = Random()  # completion and request ids: unique, never seeded
 _ID_ALPHABET = string.ascii_letters + string.digits

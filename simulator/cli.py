@@ -1,4 +1,4 @@
-"""`tierq simulator` (or `python -m simulator`): run the simulator in this process.
+"""`tierq simulator` (or `python -m tierq_simulator`): run the simulator in this process.
 
 One process, uvloop and httptools, no access log: the simulator shares a small machine with
 the system under test in benchmarks, so it must spend as little CPU per request as it can.
@@ -13,8 +13,8 @@ import click
 import uvicorn
 from pydantic import ValidationError
 
-from simulator.app import create_app
-from simulator.config import FAULT_KINDS, SimulatorConfig, describe
+from tierq_simulator.app import create_app
+from tierq_simulator.config import FAULT_KINDS, SimulatorConfig, describe
 
 GRACEFUL_SHUTDOWN_SECONDS = 2  # don't let hanging `timeout` faults hold up a stop
 

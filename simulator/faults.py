@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from random import Random
 from typing import Literal
 
-from simulator import errors
-from simulator.config import FAULT_KINDS, SimulatorConfig
-from simulator.directives import Directives
-from simulator.errors import ApiError
-from simulator.ratelimit import format_duration, retry_after_headers
+from tierq_simulator import errors
+from tierq_simulator.config import FAULT_KINDS, SimulatorConfig
+from tierq_simulator.directives import Directives
+from tierq_simulator.errors import ApiError
+from tierq_simulator.ratelimit import format_duration, retry_after_headers
 
 MAX_TRACKED_BODIES = 100_000  # bodies whose `times=` count is kept; oldest forgotten first
 

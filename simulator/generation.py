@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from random import Random
 from typing import Any
 
-from simulator.request import ChatRequest, FunctionTool
-from simulator.schema import instance_for
-from simulator.tokens import count_tokens, split_tokens
-from simulator.vocabulary import WORDS, phrase
+from tierq_simulator.request import ChatRequest, FunctionTool
+from tierq_simulator.schema import instance_for
+from tierq_simulator.tokens import count_tokens, split_tokens
+from tierq_simulator.vocabulary import WORDS, phrase
 
 ANSWER_TOKENS_RANGE = (8, 24)  # length of a plain text answer when not directed
 REASONING_SPREAD = 0.25  # reasoning tokens vary ±25% around the effort's base

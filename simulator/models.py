@@ -9,10 +9,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from simulator import errors
-from simulator.chat import has_bearer_token
-from simulator.render import MODEL_SNAPSHOTS
-from simulator.responses import error_response, json_response
+from tierq_simulator import errors
+from tierq_simulator.chat import has_bearer_token
+from tierq_simulator.render import MODEL_SNAPSHOTS
+from tierq_simulator.responses import error_response, json_response
 
 MODEL_CREATED = 1_715_367_049  # a fixed `created` timestamp for every listed model
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from simulator.errors import ApiError, rate_limit_message
+from tierq_simulator.errors import ApiError, rate_limit_message
 
 _EPSILON = 1e-9  # float slack so a bucket refilled to exactly 1.0 admits
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from simulator.generation import GeneratedChoice, ToolCall
-from simulator.request import ChatRequest
+from tierq_simulator.generation import GeneratedChoice, ToolCall
+from tierq_simulator.request import ChatRequest
 
 SYSTEM_FINGERPRINT = "fp_51d2f7c4a9"  # constant: one simulated backend configuration
 SERVICE_TIER = "default"

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from simulator import errors
-from simulator.config import SimulatorConfig
-from simulator.directives import DirectiveError, Directives, parse_messages
-from simulator.errors import ApiError, invalid_request
-from simulator.tokens import count_prompt_tokens
+from tierq_simulator import errors
+from tierq_simulator.config import SimulatorConfig
+from tierq_simulator.directives import DirectiveError, Directives, parse_messages
+from tierq_simulator.errors import ApiError, invalid_request
+from tierq_simulator.tokens import count_prompt_tokens
 
 DEFAULT_OUTPUT_TOKENS_FOR_COST = 16  # assumed output when none is requested (rate-limit cost)
 MAX_CHOICES = 128

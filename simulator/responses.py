@@ -11,7 +11,7 @@ from pydantic_core import to_json
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from simulator.errors import ApiError
+from tierq_simulator.errors import ApiError
 
 
 def json_response(

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from random import Random
 from typing import Any
 
-from simulator.vocabulary import WORDS, phrase
+from tierq_simulator.vocabulary import WORDS, phrase
 
 MAX_DEPTH = 6  # past this, only required properties and minimum items (recursive schemas)
 

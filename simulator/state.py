@@ -6,10 +6,10 @@ swaps the config and the limiter in one place, and a reset clears everything in 
 
 from typing import Any
 
-from simulator.config import RUNTIME_FIELDS, SimulatorConfig
-from simulator.faults import FaultInjector
-from simulator.ratelimit import RateLimiter
-from simulator.recorder import Recorder
+from tierq_simulator.config import RUNTIME_FIELDS, SimulatorConfig
+from tierq_simulator.faults import FaultInjector
+from tierq_simulator.ratelimit import RateLimiter
+from tierq_simulator.recorder import Recorder
 
 
 class SimulatorState:

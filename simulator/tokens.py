@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from worker import tokens as worker_tokens
+from tierq.core import tokens as worker_tokens
 
 TOKENS_PER_MESSAGE = 3  # role and separators around each message (cookbook recipe)
 TOKENS_PER_NAME = 1  # extra cost of a message's optional `name` field

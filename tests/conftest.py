@@ -18,9 +18,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from devkit.local_redis import ensure_redis
-from devkit.processes import ManagedProcess, start_gateway, start_simulator, start_worker
-from producers.client import TierqClient
 from tests.support import (
     API_KEY,
     TEST_REDIS_URL,
@@ -32,7 +29,10 @@ from tests.support import (
     settings_for,
     unique_tenant,
 )
-from worker.settings import Settings
+from tierq.core.settings import Settings
+from tierq.devkit.local_redis import ensure_redis
+from tierq.devkit.processes import ManagedProcess, start_gateway, start_simulator, start_worker
+from tierq.producers.client import TierqClient
 
 
 @pytest.fixture(scope="session")

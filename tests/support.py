@@ -10,10 +10,10 @@ from typing import Any
 import httpx2
 import redis.asyncio
 
-from devkit.processes import settings_for
-from producers.gateway.auth import KeyStore
-from worker.keys import Keys
-from worker.settings import Settings
+from tierq.core.keys import Keys
+from tierq.core.settings import Settings
+from tierq.devkit.processes import settings_for
+from tierq.producers.gateway.auth import KeyStore
 
 TEST_REDIS_URL = os.environ.get("TIERQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # A recognisable fake key: the log tests look for it in every worker log.

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from producers.usage import usage_report
 from tests.support import nonce
-from worker.jobcontrol import JobControl
-from worker.jobstore import JobStore
-from worker.results import JobError, JobResult, JobStatus, Usage
+from tierq.core.jobcontrol import JobControl
+from tierq.core.jobstore import JobStore
+from tierq.core.results import JobError, JobResult, JobStatus, Usage
+from tierq.producers.usage import usage_report
 
 MODEL = "gpt-4o-mini"
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devkit.processes import ManagedProcess
 from tests.support import Simulator, nonce
+from tierq.devkit.processes import ManagedProcess
 
 
 def batch_line(custom_id: str, content: str, **params: Any) -> str:
@@ -23,7 +23,7 @@ def batch_line(custom_id: str, content: str, **params: Any) -> str:
 
 def run_cli(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "producers", "batch", "run", *map(str, args), "--no-progress"],
+        [sys.executable, "-m", "tierq", "batch", "run", *map(str, args), "--no-progress"],
         env=env, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
 
@@ -93,7 +93,7 @@ def test_an_interrupted_run_resumes_without_paying_twice(
     )
     output = tmp_path / "results.jsonl"
     first = subprocess.Popen(
-        [sys.executable, "-m", "producers", "batch", "run", str(source), "-o", str(output),
+        [sys.executable, "-m", "tierq", "batch", "run", str(source), "-o", str(output),
          "--no-progress"],
         env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

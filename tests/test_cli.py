@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from devkit.processes import ManagedProcess, free_port
+from tierq.devkit.processes import ManagedProcess, free_port
 
-TIERQ = [sys.executable, "-m", "producers.cli"]
+TIERQ = [sys.executable, "-m", "tierq"]
 
 
 def tierq(
@@ -127,7 +127,7 @@ def test_a_wrong_setting_stops_the_worker_naming_the_variable(
     worker_env: dict[str, str], variable: str, value: str
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "--tier", "fast"],
+        [sys.executable, "-m", "tierq.worker", "--tier", "fast"],
         env={**worker_env, variable: value},
         capture_output=True,
         text=True,
@@ -140,7 +140,7 @@ def test_a_wrong_setting_stops_the_worker_naming_the_variable(
 
 def test_an_unknown_tier_is_refused_with_the_list_of_tiers(worker_env: dict[str, str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "--tier", "turbo"],
+        [sys.executable, "-m", "tierq.worker", "--tier", "turbo"],
         env=worker_env,
         capture_output=True,
         text=True,

@@ -11,8 +11,8 @@ import httpx2
 import openai
 import pytest
 
-from worker.completions import call_chat_completions
-from worker.errors import PermanentProviderError, ProviderUnavailableError
+from tierq.core.errors import PermanentProviderError, ProviderUnavailableError
+from tierq.worker.completions import call_chat_completions
 
 REQUEST: dict[str, Any] = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

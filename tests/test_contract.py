@@ -19,14 +19,14 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from worker.contract import (
+from tierq.core.contract import (
     JobEnvelope,
     JobRequest,
     parse_job_request,
     request_size_bytes,
 )
-from worker.errors import InvalidJobError, TierqError
-from worker.validation import describe_validation_error
+from tierq.core.errors import InvalidJobError, TierqError
+from tierq.core.validation import describe_validation_error
 
 USER = {"role": "user", "content": "Name three rivers."}
 WEATHER_TOOL = {

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from devkit.processes import ManagedProcess, log_events
-from producers.client import TierqClient
 from tests.support import Simulator, nonce
-from worker.contract import JobEnvelope, JobRequest
-from worker.jobstore import JobStore
-from worker.results import JobResult, JobStatus
-from worker.settings import Settings
+from tierq.core.contract import JobEnvelope, JobRequest
+from tierq.core.jobstore import JobStore
+from tierq.core.results import JobResult, JobStatus
+from tierq.core.settings import Settings
+from tierq.devkit.processes import ManagedProcess, log_events
+from tierq.producers.client import TierqClient
 
 pytestmark = pytest.mark.slow
 

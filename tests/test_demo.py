@@ -26,7 +26,7 @@ def test_the_demo_runs_every_tier_and_prints_a_table_of_results(
     assert settings_for(env).openai_api_key is None
 
     done = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "demo"],
+        [sys.executable, "-m", "tierq", "demo"],
         env=env,
         capture_output=True,
         text=True,

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from devkit.local_redis import EmbeddedRedis
-from devkit.processes import ManagedProcess, free_port, start_worker
-from producers.client import TierqClient
 from tests.support import nonce
-from worker.settings import Settings
+from tierq.core.settings import Settings
+from tierq.devkit.local_redis import EmbeddedRedis
+from tierq.devkit.processes import ManagedProcess, free_port, start_worker
+from tierq.producers.client import TierqClient
 
 Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
 
 
 def stats_json(env: dict[str, str]) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-m", "producers", "stats", "--json"],
+        [sys.executable, "-m", "tierq", "stats", "--json"],
         env=env, capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     return json.loads(done.stdout)  # type: ignore[no-any-return]

@@ -24,27 +24,27 @@ import redis
 import redis.asyncio
 from openai.types import Batch
 
-from devkit.processes import (
+from tests.support import Simulator, clean_environment, create_api_key, nonce, unique_tenant
+from tierq.core.keys import Keys
+from tierq.core.results import JobError, JobResult, JobStatus
+from tierq.core.settings import Settings
+from tierq.devkit.processes import (
     ManagedProcess,
     log_events,
     settings_for,
     start_gateway,
     start_worker,
 )
-from producers.batchfile import (
+from tierq.producers.batchfile import (
     BatchRequest,
     cancelled_line,
     is_error_line,
     output_line,
     parse_batch_file,
 )
-from producers.gateway.batch_store import BatchStore
-from producers.gateway.errors import APIError
-from producers.gateway.files import FileObject, FileStore
-from tests.support import Simulator, clean_environment, create_api_key, nonce, unique_tenant
-from worker.keys import Keys
-from worker.results import JobError, JobResult, JobStatus
-from worker.settings import Settings
+from tierq.producers.gateway.batch_store import BatchStore
+from tierq.producers.gateway.errors import APIError
+from tierq.producers.gateway.files import FileObject, FileStore
 
 TenantKey = Callable[..., tuple[str, str]]
 BATCH_WAIT_SECONDS = 30.0

@@ -17,12 +17,12 @@ from openai.types.chat import ChatCompletionChunk
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from devkit.local_redis import EmbeddedRedis
-from devkit.processes import free_port
 from tests.support import nonce
-from worker.deltas import DeltaStreams, coalesce, delta_entries
-from worker.keys import Keys
-from worker.settings import Settings
+from tierq.core.keys import Keys
+from tierq.core.settings import Settings
+from tierq.devkit.local_redis import EmbeddedRedis
+from tierq.devkit.processes import free_port
+from tierq.worker.deltas import DeltaStreams, coalesce, delta_entries
 
 # Long enough for a job on a loaded 2-core machine, short enough to fail fast.
 EVENTS_TIMEOUT_SECONDS = 30.0

@@ -15,9 +15,9 @@ from typing import Any
 import httpx2
 import pytest
 
-from devkit.local_redis import EmbeddedRedis
-from devkit.processes import ManagedProcess, settings_for, start_gateway
 from tests.support import create_api_key, nonce, unique_tenant
+from tierq.devkit.local_redis import EmbeddedRedis
+from tierq.devkit.processes import ManagedProcess, settings_for, start_gateway
 
 TenantKey = Callable[..., tuple[str, str]]
 
@@ -157,7 +157,7 @@ def test_revoking_a_key_ends_the_event_streams_it_opened(
     with httpx2.Client(base_url=gateway_url, headers=headers, timeout=60) as http:
         job_id = http.post("/v1/jobs", json=job(f"{nonce()} [sim latency_ms=15000]")).json()["id"]
         listed = subprocess.run(
-            [sys.executable, "-m", "producers", "keys", "list", "--json"],
+            [sys.executable, "-m", "tierq", "keys", "list", "--json"],
             env=worker_env, capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         key_id = next(
@@ -173,7 +173,7 @@ def test_revoking_a_key_ends_the_event_streams_it_opened(
                     events.append(line.split(":", 1)[1].strip())
                     if len(events) == 1:
                         subprocess.run(
-                            [sys.executable, "-m", "producers", "keys", "revoke", key_id],
+                            [sys.executable, "-m", "tierq", "keys", "revoke", key_id],
                             env=worker_env, check=True, capture_output=True,
                         )  # fmt: skip
         ended_after = time.monotonic() - began

@@ -16,10 +16,10 @@ import httpx2
 import pytest
 import redis
 
-from devkit.processes import ManagedProcess, settings_for, start_gateway
 from tests.support import Simulator, create_api_key, nonce, unique_tenant
-from worker.keys import Keys
-from worker.settings import Settings
+from tierq.core.keys import Keys
+from tierq.core.settings import Settings
+from tierq.devkit.processes import ManagedProcess, settings_for, start_gateway
 
 TenantKey = Callable[..., tuple[str, str]]
 
@@ -164,7 +164,7 @@ def test_requests_without_a_live_key_are_refused(
         assert_error_shape(anonymous.post("/v1/jobs", json=job()), 401)
         assert_error_shape(wrong.get(f"/v1/jobs/{uuid.uuid4()}"), 401)
     listed = subprocess.run(
-        [sys.executable, "-m", "producers", "keys", "list", "--json"],
+        [sys.executable, "-m", "tierq", "keys", "list", "--json"],
         env=worker_env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert key not in listed, "keys are never shown again after creation"
@@ -176,7 +176,7 @@ def test_requests_without_a_live_key_are_refused(
     with api(gateway_url, key) as http:
         assert http.post("/v1/jobs", json=job()).status_code == 202
         subprocess.run(
-            [sys.executable, "-m", "producers", "keys", "revoke", key_id],
+            [sys.executable, "-m", "tierq", "keys", "revoke", key_id],
             env=worker_env, check=True, capture_output=True,
         )  # fmt: skip
         assert_error_shape(http.post("/v1/jobs", json=job()), 401)

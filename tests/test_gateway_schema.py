@@ -33,11 +33,11 @@ import schemathesis
 from hypothesis import strategies as st
 from schemathesis import BaseSchema, Case, CheckContext, CheckFunction, GenerationMode, Response
 
-from producers.gateway.auth import KeyStore
 from tests.support import unique_tenant
-from worker.keys import Keys
-from worker.results import JobResult
-from worker.settings import Settings
+from tierq.core.keys import Keys
+from tierq.core.results import JobResult
+from tierq.core.settings import Settings
+from tierq.producers.gateway.auth import KeyStore
 
 # Negative examples per operation: in a longer run (400, 150 and 200) these routes showed
 # nothing these do not; generating job batches is the slow part.

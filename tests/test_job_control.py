@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from devkit.processes import ManagedProcess
-from producers.client import TierqClient
 from tests.support import Simulator, nonce
-from worker.app import create_app
-from worker.errors import IdempotencyConflictError, InvalidJobError
-from worker.results import JobStatus
-from worker.settings import Settings
+from tierq.core.celery_app import create_app
+from tierq.core.errors import IdempotencyConflictError, InvalidJobError
+from tierq.core.results import JobStatus
+from tierq.core.settings import Settings
+from tierq.devkit.processes import ManagedProcess
+from tierq.producers.client import TierqClient
 
 Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
 
@@ -145,14 +145,14 @@ def test_a_job_that_exhausts_its_attempts_is_a_dead_letter_that_can_be_retried(
     # Then it is listed as a dead letter, by the client and by `tierq dead`
     assert job_id in [record.job_id for record in client.dead_letters()]
     listed = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "dead", "--json"],
+        [sys.executable, "-m", "tierq", "dead", "--json"],
         env=worker_env, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert job_id in [record["job_id"] for record in json.loads(listed.stdout)]
 
     # When it is retried, it runs again with a fresh budget, and leaves the dead letters
     retried = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "retry", job_id],
+        [sys.executable, "-m", "tierq", "retry", job_id],
         env=worker_env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert retried.returncode == 0, retried.stderr

@@ -11,15 +11,15 @@ import pytest
 import redis
 from kombu.exceptions import OperationalError
 
-import producers.client
-from devkit.local_redis import EmbeddedRedis
-from devkit.processes import ManagedProcess, log_events
-from producers.client import TierqClient
+import tierq.producers.client
 from tests.support import Simulator, nonce
-from worker.app import TASK_NAME, create_app
-from worker.errors import BrokerUnavailableError
-from worker.results import JobStatus
-from worker.settings import Settings
+from tierq.core.celery_app import TASK_NAME, create_app
+from tierq.core.errors import BrokerUnavailableError
+from tierq.core.results import JobStatus
+from tierq.core.settings import Settings
+from tierq.devkit.local_redis import EmbeddedRedis
+from tierq.devkit.processes import ManagedProcess, log_events
+from tierq.producers.client import TierqClient
 
 Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
 
@@ -127,7 +127,7 @@ def test_jobs_that_may_have_been_enqueued_keep_their_idempotency_keys(
 ) -> None:
     # Given the broker fails while the second of two batches is being published
     # (an injected fault: the publish itself is the real one for every other message)
-    monkeypatch.setattr(producers.client, "PUBLISH_BATCH", 2)
+    monkeypatch.setattr(tierq.producers.client, "PUBLISH_BATCH", 2)
     published = 0
     real_publish = TierqClient._publish
 

@@ -15,13 +15,13 @@ import openai
 import pytest
 import redis
 
-from producers.client import TierqClient
 from tests.support import API_KEY, Simulator, nonce
-from worker.app import TASK_NAME, create_app
-from worker.contract import JobEnvelope, JobRequest
-from worker.errors import InvalidJobError, UnknownModelError
-from worker.results import JobStatus
-from worker.settings import Settings
+from tierq.core.celery_app import TASK_NAME, create_app
+from tierq.core.contract import JobEnvelope, JobRequest
+from tierq.core.errors import InvalidJobError, UnknownModelError
+from tierq.core.results import JobStatus
+from tierq.core.settings import Settings
+from tierq.producers.client import TierqClient
 
 
 def user(text: str) -> list[dict[str, Any]]:

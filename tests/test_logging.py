@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from devkit.processes import ManagedProcess, log_events
-from producers.client import TierqClient
 from tests.support import API_KEY, nonce
-from worker.results import JobStatus
-from worker.settings import Settings
+from tierq.core.results import JobStatus
+from tierq.core.settings import Settings
+from tierq.devkit.processes import ManagedProcess, log_events
+from tierq.producers.client import TierqClient
 
 
 def test_no_log_line_carries_the_prompt_the_completion_or_the_key(

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devkit.processes import ManagedProcess, free_port
-from producers.client import TierqClient
 from tests.support import nonce
-from worker.results import JobResult, JobStatus, Usage
-from worker.settings import Settings
+from tierq.core.results import JobResult, JobStatus, Usage
+from tierq.core.settings import Settings
+from tierq.devkit.processes import ManagedProcess, free_port
+from tierq.producers.client import TierqClient
 
 Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
 MODEL = "gpt-4o-mini"
@@ -128,7 +128,7 @@ def test_the_usage_report_sums_the_ledger_once_per_paid_answer(
     records, env = finished_run.records, finished_run.env
     report = json.loads(
         subprocess.run(
-            [sys.executable, "-m", "producers", "usage", "--since", "1h", "--json"],
+            [sys.executable, "-m", "tierq", "usage", "--since", "1h", "--json"],
             env={**worker_env, **env}, capture_output=True, text=True, check=True, timeout=30,
         ).stdout
     )  # fmt: skip

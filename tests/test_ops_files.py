@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from devkit.processes import settings_for
-from worker.settings import default_tiers
+from tierq.core.settings import default_tiers
+from tierq.devkit.processes import settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

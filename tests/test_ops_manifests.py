@@ -23,9 +23,9 @@ import pytest
 import redis
 import yaml
 
-from producers.client import TierqClient
 from tests.support import TEST_REDIS_URL, clean_environment, settings_for
-from worker.settings import Settings
+from tierq.core.settings import Settings
+from tierq.producers.client import TierqClient
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "ops" / "k8s"
@@ -172,7 +172,7 @@ def test_docker_compose_file_follows_the_compose_specification() -> None:
 def test_the_dashboard_charts_only_metrics_tierq_exports() -> None:
     from prometheus_client import REGISTRY
 
-    import worker.metrics  # noqa: F401 (registers the metrics)
+    import tierq.worker.metrics  # noqa: F401 (registers the metrics)
 
     exported = set()
     for metric in REGISTRY.collect():

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from devkit.processes import ManagedProcess
-from producers.client import TierqClient
 from tests.support import Simulator, nonce
-from worker.errors import InvalidJobError, RequestTooLargeError
-from worker.results import JobResult, JobStatus
-from worker.settings import RateLimitGroup, Settings
-from worker.tokens import count_prompt_tokens
+from tierq.core.errors import InvalidJobError, RequestTooLargeError
+from tierq.core.results import JobResult, JobStatus
+from tierq.core.settings import RateLimitGroup, Settings
+from tierq.core.tokens import count_prompt_tokens
+from tierq.devkit.processes import ManagedProcess
+from tierq.producers.client import TierqClient
 
 pytestmark = pytest.mark.slow
 
@@ -259,7 +259,7 @@ def test_tierq_limits_shows_each_limit_and_its_use(
         "TIERQ_KEY_PREFIX": settings.key_prefix,
     }
     shown = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "limits", "--json"],
+        [sys.executable, "-m", "tierq", "limits", "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from tests.support import nonce
-from worker.ratelimit import SharedRateLimiter
-from worker.ratelimit_headers import RateLimitHeaders, parse_duration_seconds
-from worker.settings import LimiterSettings, RateLimitGroup, Settings
+from tierq.core.ratelimit import SharedRateLimiter
+from tierq.core.ratelimit_headers import RateLimitHeaders, parse_duration_seconds
+from tierq.core.settings import LimiterSettings, RateLimitGroup, Settings
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from devkit.processes import ManagedProcess, free_port
-from producers.aio import AsyncTierqClient
-from producers.client import TierqClient
 from tests.support import nonce
-from worker.errors import BrokerUnavailableError, JobNotFoundError, JobWaitTimeout
-from worker.results import JobStatus
-from worker.settings import Settings
+from tierq.core.errors import BrokerUnavailableError, JobNotFoundError, JobWaitTimeout
+from tierq.core.results import JobStatus
+from tierq.core.settings import Settings
+from tierq.devkit.processes import ManagedProcess, free_port
+from tierq.producers.aio import AsyncTierqClient
+from tierq.producers.client import TierqClient
 
 
 def user(text: str) -> list[dict[str, Any]]:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from devkit.processes import ManagedProcess
-from producers.client import TierqClient
 from tests.support import Simulator, nonce
-from worker.results import JobStatus
-from worker.settings import Settings
+from tierq.core.results import JobStatus
+from tierq.core.settings import Settings
+from tierq.devkit.processes import ManagedProcess
+from tierq.producers.client import TierqClient
 
 pytestmark = pytest.mark.slow
 

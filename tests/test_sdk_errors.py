@@ -16,7 +16,7 @@ import httpx2
 import openai
 import pytest
 
-from worker.errors import (
+from tierq.core.errors import (
     AccessDeniedError,
     PermanentProviderError,
     ProviderError,
@@ -27,7 +27,7 @@ from worker.errors import (
     RequestRejectedError,
     RetryableProviderError,
 )
-from worker.sdk_errors import retry_after_seconds, translate
+from tierq.worker.sdk_errors import retry_after_seconds, translate
 
 REQUEST = httpx2.Request("POST", "https://api.test/v1/chat/completions")
 # Something a caller would not want in logs: it must reach `message`, never `repr`.

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from worker.errors import ConfigurationError, TierqError
-from worker.settings import RetrySettings, Settings, TierSettings, default_tiers, get_settings
+from tierq.core.errors import ConfigurationError, TierqError
+from tierq.core.settings import RetrySettings, Settings, TierSettings, default_tiers, get_settings
 
 
 @pytest.fixture(autouse=True)

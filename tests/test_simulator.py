@@ -25,8 +25,8 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
 )
 
-from simulator.ratelimit import format_duration
-from worker.tokens import count_prompt_tokens, count_text
+from tierq.core.tokens import count_prompt_tokens, count_text
+from tierq_simulator.ratelimit import format_duration
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 15.0
@@ -55,7 +55,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("simulator") / "stderr.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "simulator", "--port", str(port)],
+            [sys.executable, "-m", "tierq_simulator", "--port", str(port)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=log,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from worker.contract import JobRequest, parse_job_request
-from worker.errors import InvalidJobError, UnknownModelError
-from worker.settings import Settings, TierSettings
-from worker.tiers import api_params, check_model_rules, route
+from tierq.core.contract import JobRequest, parse_job_request
+from tierq.core.errors import InvalidJobError, UnknownModelError
+from tierq.core.settings import Settings, TierSettings
+from tierq.core.tiers import api_params, check_model_rules, route
 
 REASONING_MODELS = ["o3", "o4-mini"]
 SAMPLING_KNOBS = [

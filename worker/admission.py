@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import redis
 import structlog
 
-from worker.budget import JobCost, check_fits, job_cost, too_large_for_tpm
-from worker.contract import JobEnvelope
-from worker.errors import AdmissionDeferred, RateLimitedError
-from worker.metrics import LIMITER_WAIT
-from worker.ratelimit import SharedRateLimiter
-from worker.ratelimit_headers import RateLimitHeaders
-from worker.results import Usage
-from worker.settings import Settings
+from tierq.core.budget import JobCost, check_fits, job_cost, too_large_for_tpm
+from tierq.core.contract import JobEnvelope
+from tierq.core.errors import AdmissionDeferred, RateLimitedError
+from tierq.core.ratelimit import SharedRateLimiter
+from tierq.core.ratelimit_headers import RateLimitHeaders
+from tierq.core.results import Usage
+from tierq.core.settings import Settings
+from tierq.worker.metrics import LIMITER_WAIT
 
 log = structlog.get_logger("tierq.worker")
 

@@ -18,18 +18,18 @@ import click
 import structlog
 from celery import signals
 
-from worker.admission import AdmissionGate
-from worker.app import TASK_NAME, create_app
-from worker.completions import CallOutcome, build_client, call_chat_completions
-from worker.errors import ConfigurationError
-from worker.execution import JobRunner
-from worker.jobstore import JobStore, connect
-from worker.logging import configure_logging
-from worker.monitoring import WorkerMonitor
-from worker.ratelimit import SharedRateLimiter
-from worker.recovery import Leases
-from worker.settings import Settings, get_settings
-from worker.tasks import register_tasks
+from tierq.core.celery_app import TASK_NAME, create_app
+from tierq.core.errors import ConfigurationError
+from tierq.core.jobstore import JobStore, connect
+from tierq.core.logging import configure_logging
+from tierq.core.ratelimit import SharedRateLimiter
+from tierq.core.settings import Settings, get_settings
+from tierq.worker.admission import AdmissionGate
+from tierq.worker.completions import CallOutcome, build_client, call_chat_completions
+from tierq.worker.execution import JobRunner
+from tierq.worker.monitoring import WorkerMonitor
+from tierq.worker.recovery import Leases
+from tierq.worker.tasks import register_tasks
 
 
 def _bind_job_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -115,7 +115,7 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     )
     register_tasks(app, runner)
     # Celery's threads pool, minus the final join of calls given up on (worker/pool.py).
-    app.conf.worker_pool = "worker.pool:TaskPool"
+    app.conf.worker_pool = "tierq.worker.pool:TaskPool"
     if tier_settings.rate_limit:
         # Celery's rate limit is per worker process: a per-process cap, not a fleet-wide one.
         app.conf.task_annotations = {"tierq.complete": {"rate_limit": tier_settings.rate_limit}}

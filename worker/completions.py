@@ -19,10 +19,10 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 from pydantic import ValidationError
 
-from worker.errors import ConfigurationError, PermanentProviderError, ProviderUnavailableError
-from worker.results import ChatCompletion
-from worker.sdk_errors import translate
-from worker.settings import Settings
+from tierq.core.errors import ConfigurationError, PermanentProviderError, ProviderUnavailableError
+from tierq.core.results import ChatCompletion
+from tierq.core.settings import Settings
+from tierq.worker.sdk_errors import translate
 
 # The path `client.chat.completions.create` posts to, relative to the client's base URL.
 CHAT_COMPLETIONS_PATH = "/chat/completions"

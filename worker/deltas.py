@@ -35,18 +35,16 @@ from typing import TYPE_CHECKING, Any
 import redis
 import structlog
 
-from worker.jobstore import connect
-from worker.keys import Keys
-from worker.settings import Settings
+from tierq.core.jobstore import connect
+from tierq.core.keys import DELTA_FIELD, Keys
+from tierq.core.settings import Settings
 
 if TYPE_CHECKING:
-    # For annotations only: the gateway reads this module's entry format without the SDK.
+    # For annotations only: importing this module needs no SDK.
     from openai.types.chat import ChatCompletionChunk
 
 log = structlog.get_logger("tierq.worker")
 
-# The stream entry's one field; its value is the delta's JSON.
-DELTA_FIELD = "delta"
 # Entries kept per job (trimmed approximately, which is cheap): a late watcher of a very long
 # answer misses its start, and reads the whole answer in the final record.
 MAX_ENTRIES = 20_000

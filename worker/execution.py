@@ -19,12 +19,8 @@ import redis
 import structlog
 from pydantic import ValidationError
 
-from worker import metrics
-from worker.admission import AdmissionGate
-from worker.completions import CallOutcome
-from worker.contract import JobEnvelope, JobRequest
-from worker.deltas import DeltaStreams
-from worker.errors import (
+from tierq.core.contract import JobEnvelope, JobRequest
+from tierq.core.errors import (
     AdmissionDeferred,
     BrokerUnavailableError,
     InvalidJobError,
@@ -33,13 +29,17 @@ from worker.errors import (
     RateLimitedError,
     RequestTooLargeError,
 )
-from worker.jobstore import JobStore
-from worker.pricing import cost_usd, price_for
-from worker.recovery import Leases
-from worker.results import JobError, JobResult, JobStatus
-from worker.settings import Settings, TierSettings
-from worker.tiers import api_params, check_model_rules
-from worker.validation import describe_validation_error
+from tierq.core.jobstore import JobStore
+from tierq.core.pricing import cost_usd, price_for
+from tierq.core.results import JobError, JobResult, JobStatus
+from tierq.core.settings import Settings, TierSettings
+from tierq.core.tiers import api_params, check_model_rules
+from tierq.core.validation import describe_validation_error
+from tierq.worker import metrics
+from tierq.worker.admission import AdmissionGate
+from tierq.worker.completions import CallOutcome
+from tierq.worker.deltas import DeltaStreams
+from tierq.worker.recovery import Leases
 
 log = structlog.get_logger("tierq.worker")
 # The token of the attempt this thread is running, for the retry and failure hooks Celery

@@ -1,10 +1,8 @@
-"""Prometheus metrics of workers and the gateway (prometheus-client).
+"""Prometheus metrics of workers (prometheus-client).
 
 Counters and histograms are updated where things happen (worker/execution.py,
-worker/admission.py); queue depth and the oldest job's age are read from Redis at scrape time
-by `QueueCollector`, so every scrape is current and a process that does not consume (the
-gateway) reports them too. With PROMETHEUS_MULTIPROC_DIR set (several processes behind one
-port: `tierq gateway --workers N`), prometheus-client's multiprocess mode sums them.
+worker/admission.py); a worker serves them with the queue gauges through
+`tierq.core.exposition`.
 
 Labels stay bounded: tier, model (from the tier table, plus the API's snapshot names),
 status, reason. Never a job id, a tenant's free text or a prompt.
@@ -12,25 +10,13 @@ status, reason. Never a job id, a tenant's free text or a prompt.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
-import redis
 from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
-    multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from worker.queues import queue_snapshots
-from worker.results import JobResult
-from worker.settings import Settings
+from tierq.core.results import JobResult
 
 # Seconds: from well under a second (the fast tier) to the reasoning tier's minutes.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
@@ -68,11 +54,6 @@ LIMITER_WAIT = Histogram(
     ["tier", "group"],
     buckets=WAIT_BUCKETS,
 )
-GATEWAY_REQUESTS = Counter(
-    "tierq_gateway_requests",
-    "Gateway requests by route template and status",
-    ["method", "route", "status"],
-)
 IN_FLIGHT = Gauge(
     "tierq_jobs_in_flight", "Jobs this process is running", ["tier"], multiprocess_mode="livesum"
 )
@@ -100,52 +81,3 @@ def observe_bill(record: JobResult) -> None:
             TOKENS.labels(record.tier, record.model, kind).inc(amount)
     if record.cost_usd:
         COST.labels(record.tier, record.model).inc(record.cost_usd)
-
-
-class QueueCollector(Collector):
-    """Queue depth and oldest job age per tier, read from Redis at each scrape."""
-
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
-        self._client = client
-        self._settings = settings
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily(
-            "tierq_queue_depth", "Jobs waiting in the tier's queue", labels=["tier"]
-        )
-        age = GaugeMetricFamily(
-            "tierq_queue_oldest_age_seconds",
-            "Age (since submission) of the oldest job waiting in the tier's queue; 0 when empty",
-            labels=["tier"],
-        )
-        try:
-            snapshots = queue_snapshots(self._client, self._settings)
-        except redis.RedisError:
-            return  # a scrape during an outage shows the gap rather than stale numbers
-        for snap in snapshots:
-            depth.add_metric([snap.tier], snap.depth)
-            age.add_metric([snap.tier], snap.oldest_age_seconds or 0.0)
-        yield depth
-        yield age
-
-
-_exposed: CollectorRegistry | None = None
-
-
-def exposed_registry(client: redis.Redis, settings: Settings) -> CollectorRegistry:
-    """The registry a process serves at /metrics: its own metrics (in multiprocess mode, every
-    process's), plus the queue gauges. Built once per process."""
-    global _exposed
-    if _exposed is None:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        else:
-            registry = REGISTRY
-        registry.register(QueueCollector(client, settings))
-        _exposed = registry
-    return _exposed
-
-
-def render(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)

@@ -2,7 +2,7 @@
 
 - Heartbeat: every few seconds the worker writes its tier, concurrency and jobs in flight to
   one Redis hash (`Keys.workers`), which `tierq stats` reads; an entry not refreshed for
-  `STALE_AFTER_SECONDS` is a worker that is gone.
+  `tierq.core.heartbeats.STALE_AFTER_SECONDS` is a worker that is gone.
 - Liveness: /healthz answers 200 while the worker has its broker, 503 once Redis has not
   answered for `liveness_grace_seconds` or Celery's consumer has lost its connection for as
   long. The grace lets the worker ride out a Redis restart on its own (it reconnects), so an
@@ -30,13 +30,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import redis
 import structlog
 
-from worker.errors import ConfigurationError
-from worker.keys import Keys
-from worker.metrics import IN_FLIGHT, exposed_registry, render
-from worker.settings import Settings
-
-HEARTBEAT_SECONDS = 5.0
-STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+from tierq.core.errors import ConfigurationError
+from tierq.core.exposition import exposed_registry, render
+from tierq.core.heartbeats import HEARTBEAT_SECONDS
+from tierq.core.keys import Keys
+from tierq.core.settings import Settings
+from tierq.worker.metrics import IN_FLIGHT
 
 log = structlog.get_logger("tierq.worker")
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]

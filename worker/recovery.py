@@ -28,8 +28,8 @@ from typing import Any
 import redis
 import structlog
 
-from worker.jobstore import LUA_NOW, JobStore
-from worker.results import JobResult
+from tierq.core.jobstore import LUA_NOW, JobStore
+from tierq.core.results import JobResult
 
 log = structlog.get_logger("tierq.worker")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import openai
 
-from worker.errors import (
+from tierq.core.errors import (
     AccessDeniedError,
     PermanentProviderError,
     ProviderError,

@@ -19,15 +19,15 @@ import structlog
 from celery import Celery, Task
 from celery.exceptions import Reject, Retry
 
-from worker.app import TASK_NAME
-from worker.errors import (
+from tierq.core.celery_app import TASK_NAME
+from tierq.core.errors import (
     AdmissionDeferred,
     BrokerUnavailableError,
     InvalidJobError,
     PermanentProviderError,
     RetryableProviderError,
 )
-from worker.execution import JobRunner
+from tierq.worker.execution import JobRunner
 
 log = structlog.get_logger("tierq.worker")
 

@@ -3,6 +3,6 @@
 `tierq gateway` serves `create_app()`; see producers/gateway/app.py for the routes.
 """
 
-from producers.gateway.app import create_app
+from tierq.producers.gateway.app import create_app
 
 __all__ = ["create_app"]

@@ -29,16 +29,16 @@ import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from producers.aio import AsyncTierqClient
-from producers.gateway import batches, events, files, jobs, observability
-from producers.gateway.auth import KeyStore
-from producers.gateway.deps import Gateway, GatewayState, RequireKey
-from producers.gateway.errors import install_error_handlers
-from producers.gateway.limits import BodyLimit
-from producers.gateway.quota import TenantQuota
-from producers.gateway.waiting import Waiters
-from worker.keys import Keys
-from worker.settings import Settings, get_settings
+from tierq.core.keys import Keys
+from tierq.core.settings import Settings, get_settings
+from tierq.producers.aio import AsyncTierqClient
+from tierq.producers.gateway import batches, events, files, jobs, observability
+from tierq.producers.gateway.auth import KeyStore
+from tierq.producers.gateway.deps import Gateway, GatewayState, RequireKey
+from tierq.producers.gateway.errors import install_error_handlers
+from tierq.producers.gateway.limits import BodyLimit
+from tierq.producers.gateway.quota import TenantQuota
+from tierq.producers.gateway.waiting import Waiters
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

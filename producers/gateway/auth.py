@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 import redis.asyncio
 from pydantic import BaseModel
 
-from worker.contract import TENANT_PATTERN
-from worker.errors import TierqError
-from worker.keys import Keys, as_text
+from tierq.core.contract import TENANT_PATTERN
+from tierq.core.errors import TierqError
+from tierq.core.keys import Keys, as_text
 
 KEY_PREFIX = "tq-"
 

@@ -35,7 +35,9 @@ from typing import Any
 import redis
 import structlog
 
-from producers.batchfile import (
+from tierq.core.errors import BrokerUnavailableError, JobNotFoundError, TenantQuotaExceededError
+from tierq.core.results import JobResult, JobStatus
+from tierq.producers.batchfile import (
     LineError,
     ParsedBatch,
     cancelled_line,
@@ -44,19 +46,17 @@ from producers.batchfile import (
     parse_batch_file,
     rejected_line,
 )
-from producers.gateway.batch_models import (
+from tierq.producers.gateway.batch_models import (
     BatchError,
     BatchErrors,
     BatchStatus,
     BatchUsage,
     RequestCounts,
 )
-from producers.gateway.batch_store import BatchLock, BatchState, BatchStore, LockLost
-from producers.gateway.deps import Gateway
-from producers.gateway.errors import APIError
-from producers.gateway.files import FileStore, FileWriter
-from worker.errors import BrokerUnavailableError, JobNotFoundError, TenantQuotaExceededError
-from worker.results import JobResult, JobStatus
+from tierq.producers.gateway.batch_store import BatchLock, BatchState, BatchStore, LockLost
+from tierq.producers.gateway.deps import Gateway
+from tierq.producers.gateway.errors import APIError
+from tierq.producers.gateway.files import FileStore, FileWriter
 
 log = structlog.get_logger("tierq.gateway")
 

@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from producers.gateway.expiry import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
-from producers.gateway.pages import Listed, ListPage
-from worker.results import Usage
+from tierq.core.results import Usage
+from tierq.producers.gateway.expiry import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
+from tierq.producers.gateway.pages import Listed, ListPage
 
 # The API's only completion window, "24h".
 COMPLETION_WINDOW_SECONDS = 24 * 3_600

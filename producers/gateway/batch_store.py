@@ -26,18 +26,18 @@ from dataclasses import dataclass
 import redis.asyncio
 from redis.typing import EncodableT, FieldT
 
-from producers.batchfile import BatchRequest
-from producers.gateway.batch_models import (
+from tierq.core.contract import JobRequest
+from tierq.core.errors import TierqError
+from tierq.core.keys import Keys, as_text
+from tierq.producers.batchfile import BatchRequest
+from tierq.producers.gateway.batch_models import (
     COMPLETION_WINDOW_SECONDS,
     Batch,
     BatchList,
     BatchStatus,
 )
-from producers.gateway.deps import Gateway
-from producers.gateway.errors import APIError, not_found
-from worker.contract import JobRequest
-from worker.errors import TierqError
-from worker.keys import Keys, as_text
+from tierq.producers.gateway.deps import Gateway
+from tierq.producers.gateway.errors import APIError, not_found
 
 # A batch's lock lapses this long after its holder stopped renewing it (a crashed gateway).
 LOCK_SECONDS = 30

@@ -18,19 +18,19 @@ import structlog
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 
-from producers.batchfile import ENDPOINT
-from producers.gateway.batch_finalizer import finalizer
-from producers.gateway.batch_models import (
+from tierq.producers.batchfile import ENDPOINT
+from tierq.producers.gateway.batch_finalizer import finalizer
+from tierq.producers.gateway.batch_models import (
     COMPLETION_WINDOW_SECONDS,
     Batch,
     BatchCreate,
     BatchList,
     BatchStatus,
 )
-from producers.gateway.batch_store import BatchStore
-from producers.gateway.deps import GatewayState, Tenant
-from producers.gateway.errors import APIError
-from producers.gateway.files import FileStore
+from tierq.producers.gateway.batch_store import BatchStore
+from tierq.producers.gateway.deps import GatewayState, Tenant
+from tierq.producers.gateway.errors import APIError
+from tierq.producers.gateway.files import FileStore
 
 __all__ = ["finalizer", "router"]
 

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import click
 import redis.asyncio
 
-from producers.gateway.auth import ApiKey, InvalidTenantError, KeyStore, UnknownKeyError
-from worker.keys import Keys
-from worker.settings import get_settings
+from tierq.core.keys import Keys
+from tierq.core.settings import get_settings
+from tierq.producers.gateway.auth import ApiKey, InvalidTenantError, KeyStore, UnknownKeyError
 
 T = TypeVar("T")
 
@@ -27,12 +27,12 @@ def gateway_command(host: str | None, port: int | None, workers: int) -> None:
     """Serve the HTTP gateway: the job API and the OpenAI Files and Batches API."""
     import uvicorn
 
-    from worker.logging import configure_logging
+    from tierq.core.logging import configure_logging
 
     settings = get_settings()
     configure_logging(settings)
     uvicorn.run(
-        "producers.gateway.app:create_app",
+        "tierq.producers.gateway.app:create_app",
         factory=True,
         host=host or settings.gateway.host,
         port=port or settings.gateway.port,

@@ -11,15 +11,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from producers.aio import AsyncTierqClient
-from producers.gateway.auth import KeyStore
-from producers.gateway.errors import APIError, broker_unavailable, not_found
-from producers.gateway.quota import TenantQuota
-from producers.gateway.waiting import Waiters
-from worker.errors import JobNotFoundError
-from worker.keys import Keys
-from worker.results import JobResult
-from worker.settings import Settings
+from tierq.core.errors import JobNotFoundError
+from tierq.core.keys import Keys
+from tierq.core.results import JobResult
+from tierq.core.settings import Settings
+from tierq.producers.aio import AsyncTierqClient
+from tierq.producers.gateway.auth import KeyStore
+from tierq.producers.gateway.errors import APIError, broker_unavailable, not_found
+from tierq.producers.gateway.quota import TenantQuota
+from tierq.producers.gateway.waiting import Waiters
 
 
 @dataclass

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from worker.contract import parse_job_request
-from worker.errors import (
+from tierq.core.contract import parse_job_request
+from tierq.core.errors import (
     BrokerUnavailableError,
     IdempotencyConflictError,
     InvalidJobError,

@@ -39,10 +39,10 @@ from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
-from producers.gateway.errors import APIError, error_responses
-from worker.deltas import DELTA_FIELD
-from worker.results import JobResult
+from tierq.core.keys import DELTA_FIELD
+from tierq.core.results import JobResult
+from tierq.producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
+from tierq.producers.gateway.errors import APIError, error_responses
 
 log = structlog.get_logger("tierq.gateway")
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=error_responses(401, 503))

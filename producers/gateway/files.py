@@ -30,11 +30,11 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.responses import StreamingResponse
 
-from producers.gateway.deps import Gateway, GatewayState, Tenant
-from producers.gateway.errors import APIError, not_found
-from producers.gateway.expiry import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
-from producers.gateway.pages import Listed, ListPage
-from worker.keys import Keys, as_text
+from tierq.core.keys import Keys, as_text
+from tierq.producers.gateway.deps import Gateway, GatewayState, Tenant
+from tierq.producers.gateway.errors import APIError, not_found
+from tierq.producers.gateway.expiry import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
+from tierq.producers.gateway.pages import Listed, ListPage
 
 router = APIRouter(prefix="/v1", tags=["files"])
 log = structlog.get_logger("tierq.gateway")

@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
-from producers.gateway.errors import APIError, error_responses
-from producers.gateway.waiting import ClientGone, unless_gone
-from worker.contract import JobRequest
-from worker.errors import JobWaitTimeout
-from worker.results import JobResult, JobStatus
+from tierq.core.contract import JobRequest
+from tierq.core.errors import JobWaitTimeout
+from tierq.core.results import JobResult, JobStatus
+from tierq.producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
+from tierq.producers.gateway.errors import APIError, error_responses
+from tierq.producers.gateway.waiting import ClientGone, unless_gone
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=error_responses(401, 422, 503))
 

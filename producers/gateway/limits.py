@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producers.gateway.errors import APIError
+from tierq.producers.gateway.errors import APIError
 
 
 class BodyTooLarge(Exception):

@@ -10,10 +10,17 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Response
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producers.gateway.deps import GatewayState
-from worker.metrics import GATEWAY_REQUESTS, exposed_registry, render
+from tierq.core.exposition import exposed_registry, render
+from tierq.producers.gateway.deps import GatewayState
+
+GATEWAY_REQUESTS = Counter(
+    "tierq_gateway_requests",
+    "Gateway requests by route template and status",
+    ["method", "route", "status"],
+)
 
 router = APIRouter(tags=["health"])
 

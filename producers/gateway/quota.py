@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import redis.asyncio
 
-from worker.errors import TenantQuotaExceededError
-from worker.keys import Keys, as_text
-from worker.results import JobStatus
+from tierq.core.errors import TenantQuotaExceededError
+from tierq.core.keys import Keys, as_text
+from tierq.core.results import JobStatus
 
 FINAL = {status.value.encode() for status in JobStatus if status.is_final}
 

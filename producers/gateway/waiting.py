@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from producers.gateway.errors import APIError
+from tierq.producers.gateway.errors import APIError
 
 T = TypeVar("T")
 # How often a long-poll looks whether its client is still there.

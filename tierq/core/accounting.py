@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from worker.results import JobResult, JobStatus
+from tierq.core.results import JobResult, JobStatus
 
 NO_TENANT = "-"
 # How long the per-minute counters are kept: `tierq stats` looks back minutes, not hours.

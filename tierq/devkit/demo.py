@@ -21,11 +21,11 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from devkit.local_redis import ensure_redis
-from devkit.processes import start_simulator, start_worker
-from worker.errors import ConfigurationError, InvalidJobError
-from worker.results import JobResult
-from worker.settings import get_settings
+from tierq.core.errors import ConfigurationError, InvalidJobError
+from tierq.core.results import JobResult
+from tierq.core.settings import get_settings
+from tierq.devkit.local_redis import ensure_redis
+from tierq.devkit.processes import start_simulator, start_worker
 
 SIMULATED_KEY = "sk-simulator-demo"
 NOT_AN_IMAGE = "https://tierq.invalid/not-an-image.png"
@@ -127,7 +127,7 @@ def _tokens(result: JobResult) -> str:
 
 
 def run_demo(console: Console) -> int:
-    from producers.client import TierqClient
+    from tierq.producers.client import TierqClient
 
     base = get_settings()
     logs = Path(tempfile.mkdtemp(prefix="tierq-demo-"))

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.contract import JobRequest
-from worker.jobstore import JobStore
-from worker.results import JobResult, JobStatus
+from tierq.core.contract import JobRequest
+from tierq.core.jobstore import JobStore
+from tierq.core.results import JobResult, JobStatus
 
 # KEYS: job, watch. ARGV: cancelled record, done channel, job id.
 # A job not yet finished becomes cancelled: a queued one will not reach the API (its claim

@@ -36,9 +36,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from worker.errors import ConfigurationError
-from worker.pricing import ModelPrice, default_prices
-from worker.validation import FieldRuleError
+from tierq.core.errors import ConfigurationError
+from tierq.core.pricing import ModelPrice, default_prices
+from tierq.core.validation import FieldRuleError
 
 ENV_PREFIX = "TIERQ_"
 # Variables of tierq's own tooling (the test suite's Redis URL), not settings.

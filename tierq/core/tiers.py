@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.contract import JobRequest
-from worker.errors import InvalidJobError, UnknownModelError
-from worker.settings import Settings, TierSettings
+from tierq.core.contract import JobRequest
+from tierq.core.errors import InvalidJobError, UnknownModelError
+from tierq.core.settings import Settings, TierSettings
 
 # Refused by reasoning models; the API answers "Unsupported parameter" for each.
 NOT_FOR_REASONING_MODELS = (

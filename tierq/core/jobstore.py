@@ -24,10 +24,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from worker import accounting
-from worker.keys import Keys
-from worker.results import JobResult, JobStatus
-from worker.settings import Settings
+from tierq.core import accounting
+from tierq.core.keys import Keys
+from tierq.core.results import JobResult, JobStatus
+from tierq.core.settings import Settings
 
 # Seconds between pings on an idle pooled connection, so a dead one is noticed before use.
 HEALTH_CHECK_INTERVAL_SECONDS = 25

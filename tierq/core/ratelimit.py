@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import redis
 
-from worker.ratelimit_headers import RateLimitHeaders
-from worker.settings import LimiterSettings, Settings
+from tierq.core.ratelimit_headers import RateLimitHeaders
+from tierq.core.settings import LimiterSettings, Settings
 
 # Limits of -1 tell the script to use the limits learned from the API's headers, if any.
 LEARNED = -1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from devkit.processes import free_port
+from tierq.devkit.processes import free_port
 
 STARTUP_TIMEOUT_SECONDS = 10.0
 

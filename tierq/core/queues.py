@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from worker.settings import Settings
+from tierq.core.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

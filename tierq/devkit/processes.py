@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from worker.settings import Settings
+from tierq.core.settings import Settings
 
 READY_TIMEOUT_SECONDS = 60.0
 
@@ -113,7 +113,7 @@ def start_simulator(
     port = port or free_port()
     process = ManagedProcess(
         "simulator",
-        [sys.executable, "-m", "simulator", "--port", str(port), *args],
+        [sys.executable, "-m", "tierq_simulator", "--port", str(port), *args],
         log_path,
     ).start()
     process.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"))
@@ -129,7 +129,7 @@ def start_worker(
     wait: bool = True,
 ) -> ManagedProcess:
     """A running `tierq worker --tier TIER`; waits for its `worker.ready` log line."""
-    argv = [sys.executable, "-m", "worker", "--tier", tier]
+    argv = [sys.executable, "-m", "tierq.worker", "--tier", tier]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     process = ManagedProcess(f"worker[{tier}]", argv, log_path, env).start()
@@ -145,7 +145,7 @@ def start_gateway(
     port = port or free_port()
     process = ManagedProcess(
         "gateway",
-        [sys.executable, "-m", "producers", "gateway", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "tierq", "gateway", "--host", "127.0.0.1", "--port", str(port)],
         log_path,
         env,
     ).start()

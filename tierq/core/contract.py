@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from worker.validation import FieldRuleError, describe_validation_error
+from tierq.core.validation import FieldRuleError, describe_validation_error
 
 FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_STOP_SEQUENCES = 4

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from worker.settings import Settings
+from tierq.core.settings import Settings
 
 TASK_NAME = "tierq.complete"
 # Seconds between Redis pings on the broker connection, so a dead socket is noticed early.
@@ -23,7 +23,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": broker_url,
         # kombu's Redis transport with a fix that keeps a worker alive through a Redis restart.
-        "broker_transport": "worker.broker:Transport",
+        "broker_transport": "tierq.core.broker:Transport",
         # Job records and results are tierq's own (worker.jobstore): Celery stores nothing.
         # The job store's client retries on connection errors and expires records after
         # result_ttl_seconds, the two things result_backend_always_retry/result_expires give.

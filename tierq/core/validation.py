@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ValidationError
 
-from worker.errors import InvalidJobError
+from tierq.core.errors import InvalidJobError
 
 
 class FieldRuleError(ValueError):

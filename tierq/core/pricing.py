@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.results import Usage
+from tierq.core.results import Usage
 
 PER_TOKENS = 1_000_000
 

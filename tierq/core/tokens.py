@@ -24,8 +24,8 @@ from typing import Any
 
 import tiktoken
 
-from worker.contract import JobRequest
-from worker.errors import ConfigurationError
+from tierq.core.contract import JobRequest
+from tierq.core.errors import ConfigurationError
 
 # The files tiktoken would download, by encoding; the cache key is the SHA-1 of the URL.
 ENCODING_URLS = {

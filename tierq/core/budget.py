@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.contract import JobRequest
-from worker.errors import RequestTooLargeError
-from worker.settings import Settings
-from worker.tokens import estimate_prompt_tokens, reserved_output_tokens
+from tierq.core.contract import JobRequest
+from tierq.core.errors import RequestTooLargeError
+from tierq.core.settings import Settings
+from tierq.core.tokens import estimate_prompt_tokens, reserved_output_tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from worker.settings import Settings
+from tierq.core.settings import Settings
 
 # Loggers whose DEBUG output would carry prompts or headers: the SDK and HTTP clients print
 # request bodies, Celery's pool prints each task's arguments (the whole job request).

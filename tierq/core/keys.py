@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The one field of an entry of a job's delta stream (`Keys.deltas`); its value is the delta's
+# JSON. Written by workers (tierq.worker.deltas), read by the gateway's event stream.
+DELTA_FIELD = "delta"
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:

@@ -1,0 +1,5 @@
+"""`python -m tierq` is the `tierq` command."""
+
+from tierq.producers.cli import main
+
+main()

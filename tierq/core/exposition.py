@@ -1,0 +1,72 @@
+"""What a process serves at /metrics: its own prometheus-client metrics, plus queue gauges read
+from Redis at scrape time.
+
+Workers and the gateway both serve /metrics; each defines its own counters
+(`tierq.worker.metrics`, `tierq.producers.gateway.observability`) and shares this registry.
+Queue depth and the oldest job's age are read from Redis at each scrape by `QueueCollector`,
+so every scrape is current and a process that does not consume (the gateway) reports them too.
+With PROMETHEUS_MULTIPROC_DIR set (several processes behind one port: `tierq gateway
+--workers N`), prometheus-client's multiprocess mode sums the processes' metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tierq.core.queues import queue_snapshots
+from tierq.core.settings import Settings
+
+
+class QueueCollector(Collector):
+    """Queue depth and oldest job age per tier, read from Redis at each scrape."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "tierq_queue_depth", "Jobs waiting in the tier's queue", labels=["tier"]
+        )
+        age = GaugeMetricFamily(
+            "tierq_queue_oldest_age_seconds",
+            "Age (since submission) of the oldest job waiting in the tier's queue; 0 when empty",
+            labels=["tier"],
+        )
+        try:
+            snapshots = queue_snapshots(self._client, self._settings)
+        except redis.RedisError:
+            return  # a scrape during an outage shows the gap rather than stale numbers
+        for snap in snapshots:
+            depth.add_metric([snap.tier], snap.depth)
+            age.add_metric([snap.tier], snap.oldest_age_seconds or 0.0)
+        yield depth
+        yield age
+
+
+_exposed: CollectorRegistry | None = None
+
+
+def exposed_registry(client: redis.Redis, settings: Settings) -> CollectorRegistry:
+    """The registry a process serves at /metrics: its own metrics (in multiprocess mode, every
+    process's), plus the queue gauges. Built once per process."""
+    global _exposed
+    if _exposed is None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        else:
+            registry = REGISTRY
+        registry.register(QueueCollector(client, settings))
+        _exposed = registry
+    return _exposed
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
