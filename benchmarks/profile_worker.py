@@ -50,7 +50,7 @@ SHARES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "tierq's background threads (leases, heartbeat, metrics server)",
-        ("(worker/recovery.py", "(worker/monitoring.py", "(worker/jobcontrol.py"),
+        ("(worker/recovery.py", "(worker/monitoring.py", "(tierq/core/jobcontrol.py"),
     ),
     (
         "Celery's tracer and thread pool",
