@@ -25,11 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -46,6 +45,7 @@ from rich.progress import (
 from rich.text import Text
 
 from tierq.core.errors import BrokerUnavailableError, JobWaitTimeout
+from tierq.core.exit_codes import ExitCode
 from tierq.core.results import JobResult
 from tierq.producers.batchfile import (
     ParsedBatch,
@@ -56,11 +56,6 @@ from tierq.producers.batchfile import (
 )
 from tierq.producers.client import TierqClient
 
-EXIT_SOME_FAILED = 1
-EXIT_INVALID = 2
-EXIT_TIMEOUT = 4
-EXIT_BROKER = 5
-EXIT_INTERRUPTED = 130
 # Requests per submit_many call: progress shows while a large file is being submitted.
 SUBMIT_CHUNK = 1_000
 
@@ -97,12 +92,12 @@ def write_jsonl(path: Path, lines: Iterable[Mapping[str, Any]]) -> int:
     return count
 
 
-def _refuse(parsed: ParsedBatch, console: Console) -> None:
+def _refuse(parsed: ParsedBatch, console: Console) -> NoReturn:
     console.print(f"[red]error:[/] the input file is refused ({len(parsed.errors)} problems):")
     for error in parsed.errors:
         where = f"line {error.line}" if error.line is not None else "file"
         console.print(f"  {where}: {error.message} [dim]({error.code})[/]")
-    sys.exit(EXIT_INVALID)
+    raise click.exceptions.Exit(ExitCode.INVALID)
 
 
 def run_batch(
@@ -199,20 +194,21 @@ def run_command(
             "[yellow]interrupted:[/] submitted jobs keep running; run the same command again "
             "to collect them (nothing is paid for twice)"
         )
-        sys.exit(EXIT_INTERRUPTED)
+        raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None
     except JobWaitTimeout as error:
         console.print(f"[yellow]timed out:[/] {error}; run the same command again to resume")
-        sys.exit(EXIT_TIMEOUT)
+        raise click.exceptions.Exit(ExitCode.TIMED_OUT) from None
     except BrokerUnavailableError as error:
         console.print(f"[red]error:[/] {error}")
-        sys.exit(EXIT_BROKER)
+        raise click.exceptions.Exit(ExitCode.REDIS_UNREACHABLE) from None
     write_jsonl(output, outputs)
     write_jsonl(errors_path, errors)
     console.print(
         f"{len(outputs)} succeeded, {len(errors)} failed in {time.monotonic() - started:.1f}s: "
         f"{output}" + (f", errors in {errors_path}" if errors else "")
     )
-    sys.exit(EXIT_SOME_FAILED if errors else 0)
+    if errors:
+        raise click.exceptions.Exit(ExitCode.JOB_FAILED)
 
 
 __all__ = ["batch_group", "run_batch"]

@@ -1,102 +1,32 @@
-"""The `tierq` command: submit jobs and read results, and every other role by subcommand:
-`worker`, `gateway` and `keys`, `batch run`, `stats`, `usage`, `simulator`, `demo`.
+"""The job commands of `tierq`: `submit`, `status`, `result`, `cancel`, `dead`, `retry`,
+`limits`.
 
-Subcommands of other packages are imported only when invoked (click's lazy-group pattern), so
-`tierq submit` loads neither `openai`, the gateway nor the worker's tasks.
-
-Exit status: 0 done (or job succeeded), 1 job failed or cancelled, 2 bad usage or invalid
-job request, 3 unknown job, 4 timed out waiting, 5 Redis unreachable.
+The root command (tierq/cli.py) imports this module only when one of them is invoked, and this
+module imports nothing of the worker side or the gateway, so `tierq submit` loads neither
+`openai`, the gateway nor the worker's tasks. Each command is an `ExitCodeCommand`: the tierq
+errors its body lets rise end it with their message and exit code (tierq/core/exit_codes.py).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import click
 import redis
 
-from tierq.core.errors import (
-    BrokerUnavailableError,
-    ConfigurationError,
-    InvalidJobError,
-    JobNotFoundError,
-    JobWaitTimeout,
-)
+from tierq.core.contract import ReasoningEffort
+from tierq.core.errors import BrokerUnavailableError
+from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.results import JobResult, JobStatus
-
-EXIT_JOB_FAILED = 1
-EXIT_INVALID = 2
-EXIT_NOT_FOUND = 3
-EXIT_TIMEOUT = 4
-EXIT_BROKER = 5
-
-LAZY_COMMANDS = {
-    "worker": "tierq.worker.cli:worker_command",
-    "simulator": "tierq_simulator.cli:simulator_command",
-    "demo": "tierq.devkit.demo:demo_command",
-    "gateway": "tierq.producers.gateway.cli:gateway_command",
-    "keys": "tierq.producers.gateway.cli:keys_group",
-    "batch": "tierq.producers.batch_run:batch_group",
-    "usage": "tierq.producers.usage:usage_command",
-    "stats": "tierq.producers.stats:stats_command",
-}
-
-
-class LazyGroup(click.Group):
-    """A group whose heavier subcommands are imported on first use."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in LAZY_COMMANDS:
-            module_name, attribute = LAZY_COMMANDS[cmd_name].split(":")
-            command = getattr(importlib.import_module(module_name), attribute)
-            assert isinstance(command, click.Command)
-            return command
-        return super().get_command(ctx, cmd_name)
-
-
-@click.group(cls=LazyGroup)
-@click.version_option(package_name="tierq")
-def cli() -> None:
-    """tierq: OpenAI Chat Completions calls as durable, rate-limited background jobs.
-
-    Settings come from the environment (TIERQ_*, OPENAI_API_KEY, OPENAI_BASE_URL) or .env.
-    """
 
 
 def _client() -> Any:
     from tierq.producers.client import TierqClient
 
     return TierqClient()
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _guarded(action: Callable[[], Any]) -> Any:
-    """Run a CLI action, turning tierq errors into a message and a documented exit status."""
-    try:
-        return action()
-    except InvalidJobError as error:
-        _fail(str(error), EXIT_INVALID)
-    except ConfigurationError as error:
-        _fail(str(error), EXIT_INVALID)
-    except JobNotFoundError as error:
-        _fail(str(error), EXIT_NOT_FOUND)
-    except JobWaitTimeout as error:
-        _fail(str(error), EXIT_TIMEOUT)
-    except BrokerUnavailableError as error:
-        _fail(str(error), EXIT_BROKER)
-    return None
 
 
 def _read_json(source: str) -> Any:
@@ -109,11 +39,11 @@ def _read_json(source: str) -> Any:
             with open(source, encoding="utf-8") as stream:
                 text = stream.read()
         except OSError as error:
-            _fail(f"{source}: {error.strerror}", EXIT_INVALID)
+            fail(f"{source}: {error.strerror}", ExitCode.INVALID)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        _fail(f"{source}: not valid JSON ({error})", EXIT_INVALID)
+        fail(f"{source}: not valid JSON ({error})", ExitCode.INVALID)
 
 
 def _print_result(result: JobResult, as_json: bool) -> None:
@@ -144,11 +74,12 @@ def _print_status(result: JobResult) -> None:
 
 
 def _exit_for(result: JobResult) -> None:
+    """End with `ExitCode.JOB_FAILED` if the job failed or was cancelled (after printing it)."""
     if result.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        sys.exit(EXIT_JOB_FAILED)
+        raise click.exceptions.Exit(ExitCode.JOB_FAILED)
 
 
-@cli.command()
+@click.command(cls=ExitCodeCommand)
 @click.option("--model", help="Model name; picks the tier (e.g. gpt-4o-mini, gpt-4o, o3).")
 @click.option("--system", "system_text", help="A system message.")
 @click.option("--developer", "developer_text", help="A developer message.")
@@ -183,7 +114,8 @@ def _exit_for(result: JobResult) -> None:
 @click.option("--tool-choice", help="none, auto, required, or a function name.")
 @click.option(
     "--reasoning-effort",
-    type=click.Choice(["none", "minimal", "low", "medium", "high", "xhigh", "max"]),
+    # The contract's own Literal: a new effort level there is a new choice here.
+    type=click.Choice(get_args(ReasoningEffort)),
 )
 @click.option("--end-user", "end_user", help="The API's `user` field (an end-user id).")
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Job metadata (repeat).")
@@ -197,18 +129,14 @@ def _exit_for(result: JobResult) -> None:
 def submit(**options: Any) -> None:
     """Submit a Chat Completions job; prints its id (or, with --wait, its result)."""
     request = _build_request(options)
-
-    def run() -> None:
-        client = _client()
-        job_id = client.submit(request, idempotency_key=options["idempotency_key"])
-        if not options["wait"]:
-            click.echo(json.dumps({"job_id": job_id}) if options["as_json"] else job_id)
-            return
-        result = client.wait(job_id, timeout=options["timeout"])
-        _print_result(result, options["as_json"])
-        _exit_for(result)
-
-    _guarded(run)
+    client = _client()
+    job_id = client.submit(request, idempotency_key=options["idempotency_key"])
+    if not options["wait"]:
+        click.echo(json.dumps({"job_id": job_id}) if options["as_json"] else job_id)
+        return
+    result = client.wait(job_id, timeout=options["timeout"])
+    _print_result(result, options["as_json"])
+    _exit_for(result)
 
 
 def _build_request(options: dict[str, Any]) -> dict[str, Any]:
@@ -216,13 +144,13 @@ def _build_request(options: dict[str, Any]) -> dict[str, Any]:
     if options["request_source"]:
         loaded = _read_json(options["request_source"])
         if not isinstance(loaded, dict):
-            _fail("--request must hold a JSON object", EXIT_INVALID)
+            fail("--request must hold a JSON object", ExitCode.INVALID)
         request.update(loaded)
     messages = list(request.get("messages") or [])
     if options["messages_source"]:
         loaded = _read_json(options["messages_source"])
         if not isinstance(loaded, list):
-            _fail("--messages must hold a JSON list of messages", EXIT_INVALID)
+            fail("--messages must hold a JSON list of messages", ExitCode.INVALID)
         messages = loaded
     for role, key in (("system", "system_text"), ("developer", "developer_text")):
         if options[key] is not None:
@@ -275,90 +203,70 @@ def _build_request(options: dict[str, Any]) -> dict[str, Any]:
         for item in options["metadata"]:
             key, sep, value = item.partition("=")
             if not sep:
-                _fail(f"--metadata {item!r} is not KEY=VALUE", EXIT_INVALID)
+                fail(f"--metadata {item!r} is not KEY=VALUE", ExitCode.INVALID)
             pairs[key] = value
         request["metadata"] = {**request.get("metadata", {}), **pairs}
     if "model" not in request:
-        _fail("a model is needed: --model, or in --request", EXIT_INVALID)
+        fail("a model is needed: --model, or in --request", ExitCode.INVALID)
     return request
 
 
-@cli.command()
+@click.command(cls=ExitCodeCommand)
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
 def status(job_id: str, as_json: bool) -> None:
     """Show a job's status, attempts and tokens."""
-
-    def run() -> None:
-        result = _client().get(job_id)
-        if as_json:
-            click.echo(result.model_dump_json(indent=2))
-        else:
-            _print_status(result)
-
-    _guarded(run)
+    result = _client().get(job_id)
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+    else:
+        _print_status(result)
 
 
-@cli.command()
+@click.command(cls=ExitCodeCommand)
 @click.argument("job_id")
 @click.option("--wait", is_flag=True, help="Wait until the job has finished.")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="For --wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
 def result(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Print a job's answer (exit 1 if the job failed)."""
-
-    def run() -> None:
-        client = _client()
-        record = client.wait(job_id, timeout=timeout) if wait else client.get(job_id)
-        _print_result(record, as_json)
-        _exit_for(record)
-
-    _guarded(run)
+    client = _client()
+    record = client.wait(job_id, timeout=timeout) if wait else client.get(job_id)
+    _print_result(record, as_json)
+    _exit_for(record)
 
 
-@cli.command()
+@click.command(cls=ExitCodeCommand)
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
     """Cancel a job: if queued it never reaches the API; if running its result is discarded."""
-
-    def run() -> None:
-        record = _client().cancel(job_id)
-        _print_status(record)
-
-    _guarded(run)
+    record = _client().cancel(job_id)
+    _print_status(record)
 
 
-@cli.command()
+@click.command(cls=ExitCodeCommand)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def dead(limit: int, as_json: bool) -> None:
     """List dead letters: jobs that failed after exhausting their attempts, newest first."""
-
-    def run() -> None:
-        records = _client().dead_letters(limit)
-        if as_json:
-            click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
-            return
-        if not records:
-            click.echo("no dead letters")
-        for record in records:
-            _print_status(record)
-
-    _guarded(run)
+    records = _client().dead_letters(limit)
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no dead letters")
+    for record in records:
+        _print_status(record)
 
 
-@cli.command()
+@click.command(cls=ExitCodeCommand)
 @click.argument("job_id")
 def retry(job_id: str) -> None:
     """Run a dead letter again with a fresh attempt budget (same job id)."""
-
-    def run() -> None:
-        click.echo(_client().retry(job_id))
-
-    _guarded(run)
+    click.echo(_client().retry(job_id))
 
 
-@cli.command()
+@click.command(cls=ExitCodeCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per group.")
 def limits(as_json: bool) -> None:
     """Show each model's (or group's) RPM/TPM limit, where it came from, and its use."""
@@ -370,52 +278,39 @@ def limits(as_json: bool) -> None:
     from tierq.core.settings import get_settings
     from tierq.producers.stats import limit_groups
 
-    def run() -> None:
-        settings = get_settings()
-        limiter = SharedRateLimiter(
-            connect(settings, socket_timeout_seconds=2.0, retries=3), settings
+    settings = get_settings()
+    limiter = SharedRateLimiter(connect(settings, socket_timeout_seconds=2.0, retries=3), settings)
+    groups = limit_groups(settings)
+    try:
+        usages = [limiter.usage(group, models) for group, models in sorted(groups.items())]
+    except redis.RedisError as error:
+        raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
+    if as_json:
+        click.echo(json.dumps([asdict(usage) for usage in usages], indent=2))
+        return
+    table = Table(title="Rate limits (shared by every worker)")
+    for column in ("group", "models", "limit", "source", "this minute", "last minute", "state"):
+        table.add_column(column)
+    for u in usages:
+        limit = " / ".join(
+            f"{value:,} {unit}" for value, unit in ((u.rpm, "RPM"), (u.tpm, "TPM")) if value
         )
-        groups = limit_groups(settings)
-        try:
-            usages = [limiter.usage(group, models) for group, models in sorted(groups.items())]
-        except redis.RedisError as error:
-            raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
-        if as_json:
-            click.echo(json.dumps([asdict(usage) for usage in usages], indent=2))
-            return
-        table = Table(title="Rate limits (shared by every worker)")
-        for column in ("group", "models", "limit", "source", "this minute", "last minute", "state"):
-            table.add_column(column)
-        for u in usages:
-            limit = " / ".join(
-                f"{value:,} {unit}" for value, unit in ((u.rpm, "RPM"), (u.tpm, "TPM")) if value
+        state = (
+            f"paused {u.paused_for_seconds:.1f}s"
+            if u.paused_for_seconds
+            else (
+                f"next start in {u.next_start_in_seconds:.1f}s"
+                if u.next_start_in_seconds
+                else "open"
             )
-            state = (
-                f"paused {u.paused_for_seconds:.1f}s"
-                if u.paused_for_seconds
-                else (
-                    f"next start in {u.next_start_in_seconds:.1f}s"
-                    if u.next_start_in_seconds
-                    else "open"
-                )
-            )
-            table.add_row(
-                u.group,
-                ", ".join(u.models),
-                limit or "not known yet",
-                u.source,
-                f"{u.requests_this_minute} req, {u.tokens_this_minute:,} tok",
-                f"{u.requests_last_minute} req, {u.tokens_last_minute:,} tok",
-                state,
-            )
-        Console().print(table)
-
-    _guarded(run)
-
-
-def main() -> None:
-    cli(prog_name="tierq")
-
-
-if __name__ == "__main__":
-    main()
+        )
+        table.add_row(
+            u.group,
+            ", ".join(u.models),
+            limit or "not known yet",
+            u.source,
+            f"{u.requests_this_minute} req, {u.tokens_this_minute:,} tok",
+            f"{u.requests_last_minute} req, {u.tokens_last_minute:,} tok",
+            state,
+        )
+    Console().print(table)

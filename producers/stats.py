@@ -18,6 +18,7 @@ import click
 import redis
 
 from tierq.core.accounting import SEP
+from tierq.core.exit_codes import ExitCode, fail
 from tierq.core.heartbeats import STALE_AFTER_SECONDS
 from tierq.core.jobstore import connect
 from tierq.core.keys import Keys, as_text
@@ -170,8 +171,7 @@ def stats_command(as_json: bool, once: bool, interval: float) -> None:
                 time.sleep(interval)
                 live.update(render(collect_stats(settings, client)))
     except redis.RedisError as error:
-        click.echo(f"error: cannot reach Redis: {error}", err=True)
-        raise SystemExit(5) from None
+        fail(f"cannot reach Redis: {error}", ExitCode.REDIS_UNREACHABLE)
     except KeyboardInterrupt:
         pass
     finally:

@@ -18,6 +18,7 @@ import click
 import redis
 
 from tierq.core.accounting import NO_TENANT, SEP, hour_of
+from tierq.core.exit_codes import ExitCode, fail
 from tierq.core.keys import Keys, as_text
 from tierq.core.settings import Settings, get_settings
 
@@ -116,8 +117,7 @@ def usage_command(since: str, until: str | None, tenant: str | None, as_json: bo
     try:
         rows = usage_report(client, Keys(settings.key_prefix), start, end, tenant)
     except redis.RedisError as error:
-        click.echo(f"error: cannot reach Redis: {error}", err=True)
-        raise SystemExit(5) from None
+        fail(f"cannot reach Redis: {error}", ExitCode.REDIS_UNREACHABLE)
     finally:
         client.close()
     summed = totals(rows)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import version
+from typing import get_args
 
 import pytest
 
+from tierq.core.contract import ReasoningEffort
+from tierq.core.exit_codes import ExitCode
 from tierq.devkit.processes import ManagedProcess, free_port
 
 TIERQ = [sys.executable, "-m", "tierq"]
@@ -19,6 +23,72 @@ def tierq(
     return subprocess.run(
         [*TIERQ, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
     )
+
+
+def imported_modules(env: dict[str, str], *args: str) -> tuple[int, set[str]]:
+    """Run `tierq ARGS` with `-X importtime`: its exit status, and every module it imported."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "tierq", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = (line for line in done.stderr.splitlines() if line.startswith("import time:"))
+    return done.returncode, {line.rsplit("|", 1)[-1].strip() for line in lines}
+
+
+def loaded(modules: set[str], package: str) -> bool:
+    return any(name == package or name.startswith(f"{package}.") for name in modules)
+
+
+def test_the_exit_codes_are_the_documented_ones() -> None:
+    assert {code.name: int(code) for code in ExitCode} == {
+        "OK": 0,
+        "JOB_FAILED": 1,
+        "INVALID": 2,
+        "NOT_FOUND": 3,
+        "TIMED_OUT": 4,
+        "REDIS_UNREACHABLE": 5,
+        "INTERRUPTED": 130,
+    }
+
+
+def test_help_lists_every_command_with_its_summary(worker_env: dict[str, str]) -> None:
+    done = tierq(worker_env, "--help")
+
+    assert done.returncode == 0, done.stderr
+    commands = done.stdout.split("Commands:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in commands] == [
+        "batch", "cancel", "dead", "demo", "gateway", "keys", "limits", "result", "retry",
+        "simulator", "stats", "status", "submit", "usage", "worker",
+    ]  # fmt: skip
+    assert "  status     Show a job's status, attempts and tokens." in commands
+
+
+def test_version_names_the_installed_package(worker_env: dict[str, str]) -> None:
+    done = tierq(worker_env, "--version")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"tierq, version {version('tierq')}"
+
+
+def test_job_commands_load_neither_openai_the_gateway_nor_the_worker(
+    worker_env: dict[str, str],
+) -> None:
+    # Given: the import check sees these packages when a command does load them.
+    _, worker_modules = imported_modules(worker_env, "worker", "--help")
+    assert loaded(worker_modules, "openai")
+    assert loaded(worker_modules, "tierq.worker")
+
+    # When: a job command runs to its end (an unknown job).
+    code, modules = imported_modules(worker_env, "status", "nope")
+
+    # Then: it needed only the producer side and the shared core.
+    assert code == ExitCode.NOT_FOUND
+    assert loaded(modules, "tierq.producers.client")
+    for package in ("openai", "tierq.worker", "tierq.producers.gateway"):
+        assert not loaded(modules, package), package
 
 
 def test_submit_with_wait_prints_the_result_as_json(
@@ -92,6 +162,26 @@ def test_a_failed_job_exits_1_and_shows_the_apis_error(
     assert done.returncode == 1
     assert "failed" in done.stdout
     assert "authentication_error 401" in done.stdout
+
+
+def test_reasoning_effort_offers_the_contracts_levels(worker_env: dict[str, str]) -> None:
+    levels = get_args(ReasoningEffort)
+
+    shown = tierq(worker_env, "submit", "--help")
+    refused = tierq(worker_env, "submit", "--model", "o3", "--reasoning-effort", "huge")
+
+    assert f"--reasoning-effort [{'|'.join(levels)}]" in shown.stdout
+    assert refused.returncode == 2
+    assert "'huge' is not one of" in refused.stderr
+
+
+def test_a_wrong_setting_exits_2_naming_the_variable(worker_env: dict[str, str]) -> None:
+    done = tierq({**worker_env, "TIERQ_LOG_LEVEL": "LOUD"}, "status", "some-job")
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: invalid settings:")
+    assert "TIERQ_LOG_LEVEL" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_an_unknown_job_exits_3(worker_env: dict[str, str]) -> None:

@@ -1,5 +1,5 @@
 """`python -m tierq` is the `tierq` command."""
 
-from tierq.producers.cli import main
+from tierq.cli import main
 
 main()

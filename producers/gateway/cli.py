@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 import redis.asyncio
 
+from tierq.core.exit_codes import ExitCode, fail
 from tierq.core.keys import Keys
 from tierq.core.settings import get_settings
 from tierq.producers.gateway.auth import ApiKey, InvalidTenantError, KeyStore, UnknownKeyError
@@ -55,12 +55,12 @@ def _with_store(action: Callable[[KeyStore], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except (InvalidTenantError, UnknownKeyError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2 if isinstance(error, InvalidTenantError) else 3)
+    except InvalidTenantError as error:
+        fail(str(error), ExitCode.INVALID)
+    except UnknownKeyError as error:
+        fail(str(error), ExitCode.NOT_FOUND)
     except (redis.RedisError, OSError) as error:
-        click.echo(f"error: cannot reach Redis: {error}", err=True)
-        sys.exit(5)
+        fail(f"cannot reach Redis: {error}", ExitCode.REDIS_UNREACHABLE)
 
 
 def _view(key: ApiKey) -> dict[str, Any]:

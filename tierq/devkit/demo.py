@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tierq.core.errors import ConfigurationError, InvalidJobError
+from tierq.core.exit_codes import ExitCode
 from tierq.core.results import JobResult
 from tierq.core.settings import get_settings
 from tierq.devkit.local_redis import ensure_redis
@@ -126,7 +127,7 @@ def _tokens(result: JobResult) -> str:
     return text + (f" ({usage.reasoning_tokens} reasoning)" if usage.reasoning_tokens else "")
 
 
-def run_demo(console: Console) -> int:
+def run_demo(console: Console) -> ExitCode:
     from tierq.producers.client import TierqClient
 
     base = get_settings()
@@ -193,7 +194,7 @@ def run_demo(console: Console) -> int:
         for note in notes:
             console.print(note, style="dim", markup=False)
         console.print(f"[dim]Worker and simulator logs: {logs}[/]")
-    return 0
+    return ExitCode.OK
 
 
 @click.command("demo")
@@ -206,4 +207,4 @@ def demo_command() -> None:
         code = run_demo(console)
     except ConfigurationError as error:
         raise click.ClickException(str(error)) from None
-    raise SystemExit(code)
+    raise click.exceptions.Exit(code)
