@@ -1,8 +1,10 @@
 """The producer for asyncio apps: the same calls as `TierqClient`, awaitable.
 
-Reads and waits use `redis.asyncio`, so waiting on jobs never blocks the event loop. Publishing
-goes through Celery's (blocking) producer, so `submit` runs it in a worker thread; one
-submission is a couple of Redis round trips, well under a millisecond on a local network.
+The asyncio face of the client core (client_base.py). Reads and waits use `redis.asyncio`, so
+waiting on jobs never blocks the event loop. Publishing goes through Celery's (blocking)
+producer, so submitting, cancelling and retrying run the sync face (`TierqClient`) in a worker
+thread; one submission is a couple of Redis round trips, well under a millisecond on a local
+network.
 """
 
 from __future__ import annotations
@@ -17,23 +19,25 @@ import redis.asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio.client import PubSub as AsyncPubSub
 
-from tierq.core.errors import BrokerUnavailableError, JobNotFoundError
 from tierq.core.results import JobResult, JobStatus
-from tierq.core.settings import Settings, get_settings
-from tierq.producers.client import (
+from tierq.core.settings import Settings
+from tierq.producers.client import TierqClient
+from tierq.producers.client_base import (
     PRODUCER_SOCKET_TIMEOUT_SECONDS,
-    SUBSCRIBE_BATCH,
-    RequestLike,
-    TierqClient,
+    BaseClient,
+    decode_record,
+    decode_status,
+    redis_errors,
 )
+from tierq.producers.submission import RequestLike
 from tierq.producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
 
 
-class AsyncTierqClient:
+class AsyncTierqClient(BaseClient):
     """Awaitable submit/get/wait; create one per event loop."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or get_settings()
+        super().__init__(settings)
         self._sync = TierqClient(self.settings)
         self._redis = redis.asyncio.Redis.from_url(
             self.settings.redis_url.get_secret_value(),
@@ -42,9 +46,6 @@ class AsyncTierqClient:
             socket_timeout=PRODUCER_SOCKET_TIMEOUT_SECONDS,
             health_check_interval=25,
         )
-
-    def _key(self, job_id: str) -> str:
-        return f"{self.settings.key_prefix}job:{job_id}"
 
     async def submit(self, request: RequestLike | None = None, /, **params: Any) -> str:
         return await asyncio.to_thread(self._sync.submit, request, **params)
@@ -82,26 +83,28 @@ class AsyncTierqClient:
         return await asyncio.to_thread(self._sync.dead_letters, limit)
 
     async def get(self, job_id: str) -> JobResult:
-        try:
-            raw = await self._redis.hget(self._key(job_id), "record")
-        except redis.RedisError as error:
-            raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
-        if not raw:
-            raise JobNotFoundError(job_id)
-        return JobResult.from_json(raw)
+        with redis_errors():
+            raw = await self._redis.hget(self._keys.job(job_id), "record")
+        return self._found(job_id, decode_record(raw))
 
     async def get_many(self, job_ids: Sequence[str]) -> list[JobResult | None]:
-        try:
-            return await self._fetch(job_ids)
-        except redis.RedisError as error:
-            raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
+        with redis_errors():
+            return await self._records(job_ids)
 
-    async def _fetch(self, job_ids: Sequence[str]) -> list[JobResult | None]:
+    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        """Each job's status alone (None for an unknown id): one pipelined read."""
+        with redis_errors():
+            return [decode_status(raw) for raw in await self._fields(job_ids, "status")]
+
+    async def _records(self, job_ids: Sequence[str]) -> list[JobResult | None]:
+        return [decode_record(raw) for raw in await self._fields(job_ids, "record")]
+
+    async def _fields(self, job_ids: Sequence[str], field: str) -> list[bytes | None]:
+        """One field of each job's hash, in one pipelined round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hget(self._key(job_id), "record")
-            raws = await pipe.execute()
-        return [JobResult.from_json(raw) if raw else None for raw in raws]
+                pipe.hget(self._keys.job(job_id), field)
+            return list(await pipe.execute())
 
     async def wait(self, job_id: str, timeout: float = DEFAULT_WAIT_SECONDS) -> JobResult:
         return (await self.wait_many([job_id], timeout=timeout))[0]
@@ -116,7 +119,7 @@ class AsyncTierqClient:
         self, job_ids: Sequence[str], timeout: float = DEFAULT_WAIT_SECONDS
     ) -> AsyncIterator[JobResult]:
         """Yield each job's record as soon as it finishes (see `TierqClient.as_completed`)."""
-        waiter = Waiter(job_ids, timeout)
+        waiter = self._waiter(job_ids, timeout)
         while not waiter.done():
             try:
                 async for record in self._watch(waiter):
@@ -125,55 +128,33 @@ class AsyncTierqClient:
                 await asyncio.sleep(waiter.broker_failed(error))
 
     async def _watch(self, waiter: Waiter) -> AsyncIterator[JobResult]:
+        """Carry out `waiter`'s steps (see `Waiter`) on one subscription."""
         subscription = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            channels = [self._done_channel(job_id) for job_id in waiter.pending()]
-            for start in range(0, len(channels), SUBSCRIBE_BATCH):
-                await subscription.subscribe(*channels[start : start + SUBSCRIBE_BATCH])
-            announced: list[str] = []
+            for channels in waiter.subscriptions():
+                await subscription.subscribe(*channels)
             while not waiter.done():
-                check = waiter.to_check(announced)
-                finished = (
-                    waiter.finished_among(check, await self._statuses(check)) if check else []
-                )
-                for record in await self._fetch(finished) if finished else []:
-                    if record is not None:
-                        waiter.finish(record)
-                        yield record
+                check = waiter.to_check()
+                statuses = await self._fields(check, "status") if check else []
+                finished = waiter.finished_among(check, statuses)
+                records = await self._records(finished) if finished else []
+                for record in waiter.finish(records):
+                    yield record
                 if not waiter.done():
-                    announced = await self._announced(subscription, waiter.next_wake())
+                    await self._listen(subscription, waiter)
         finally:
             await subscription.aclose()  # type: ignore[no-untyped-call]
 
     @staticmethod
-    async def _announced(subscription: AsyncPubSub, wait_seconds: float) -> list[str]:
-        ids = []
-        message = await subscription.get_message(
-            ignore_subscribe_messages=True, timeout=wait_seconds
-        )
-        while message is not None:
-            if message.get("type") == "message":
-                data = message["data"]
-                ids.append(data.decode() if isinstance(data, bytes) else data)
-            message = await subscription.get_message(ignore_subscribe_messages=True, timeout=0)
-        return ids
-
-    async def statuses(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
-        """Each job's status alone (None for an unknown id): one pipelined read."""
-        try:
-            raws = await self._statuses(job_ids)
-        except redis.RedisError as error:
-            raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
-        return [JobStatus(raw.decode()) if raw else None for raw in raws]
-
-    async def _statuses(self, job_ids: Sequence[str]) -> list[bytes | None]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hget(self._key(job_id), "status")
-            return list(await pipe.execute())
-
-    def _done_channel(self, job_id: str) -> str:
-        return f"{self.settings.key_prefix}done:{job_id}"
+    async def _listen(subscription: AsyncPubSub, waiter: Waiter) -> None:
+        """Hand `waiter` the announcements: the first within its wake-up time, then the rest
+        already received."""
+        timeout = waiter.next_wake()
+        while message := await subscription.get_message(
+            ignore_subscribe_messages=True, timeout=timeout
+        ):
+            waiter.heard(message)
+            timeout = 0.0
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -29,7 +29,7 @@ from tierq.core.contract import JobRequest
 from tierq.core.errors import InvalidJobError
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
-from tierq.producers.client import prepare
+from tierq.producers.submission import prepare
 
 # The one endpoint tierq runs; input lines must name it as their `url`.
 ENDPOINT = "/v1/chat/completions"

@@ -1,23 +1,26 @@
 """Waiting for jobs: told by Redis the moment a job finishes, checked in full now and then.
 
 A worker that records a job's final outcome publishes the job id on that job's own channel
-(`JobStore.done_channel`, from the same Lua script that writes the record). A waiter
-subscribes to the channels of the jobs it waits for *before* it first reads their status, so
-no completion can slip between the two, and then sleeps on the subscription: a finished job is
-seen within a millisecond or so, and waiting costs Redis nothing while nothing finishes. Every
+(`Keys.done_channel`, from the same Lua script that writes the record). A waiter subscribes to
+the channels of the jobs it waits for *before* it first reads their status, so no completion
+can slip between the two, and then sleeps on the subscription: a finished job is seen within a
+millisecond or so, and waiting costs Redis nothing while nothing finishes. Every
 `RECHECK_SECONDS` it reads the status of all pending jobs anyway (one pipelined round trip of
 `HGET status`, not whole records), which covers a notification lost with a dropped connection.
 
-`Waiter` holds the bookkeeping shared by the sync and the asyncio client, which differ only in
-how they talk to Redis.
+`Waiter` holds all of a wait that needs no I/O: which channels to subscribe to, what was
+announced, which jobs to check, the deadline and the pause after a Redis fault. The sync and
+the asyncio client only carry out its steps, each with its own Redis client.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tierq.core.errors import BrokerUnavailableError, JobNotFoundError, JobWaitTimeout
+from tierq.core.keys import Keys, as_text
 from tierq.core.results import JobResult, JobStatus
 
 DEFAULT_WAIT_SECONDS = 300.0
@@ -25,26 +28,49 @@ DEFAULT_WAIT_SECONDS = 300.0
 RECHECK_SECONDS = 1.0
 # Pause before trying again after Redis could not be reached (until the deadline).
 BROKER_RETRY_SECONDS = 0.2
+# Channels per SUBSCRIBE command when waiting on many jobs.
+SUBSCRIBE_BATCH = 1000
 _FINAL = {status.value.encode() for status in JobStatus if status.is_final}
 
 
 class Waiter:
-    """The state of one wait: which jobs are pending, what has finished, the deadline."""
+    """The state of one wait: which jobs are pending, what was announced, the deadline.
 
-    def __init__(self, job_ids: Sequence[str], timeout: float) -> None:
+    A client's loop, until `done()`: subscribe to each of `subscriptions()`; then read the
+    statuses of `to_check()`, the records of those `finished_among` them, and pass the records
+    to `finish`; then listen for up to `next_wake()` seconds, passing each message to `heard`.
+    On a Redis fault it sleeps `broker_failed(error)` seconds and starts over.
+    """
+
+    def __init__(self, job_ids: Sequence[str], timeout: float, keys: Keys) -> None:
         self.job_ids = list(job_ids)
         self.timeout = timeout
+        self._keys = keys
         self._deadline = time.monotonic() + timeout
         self._pending = dict.fromkeys(self.job_ids)
-        self._done: dict[str, JobResult] = {}
+        self._announced: list[str] = []
         self._last_status: dict[str, str] = {}
         self._next_recheck = 0.0
 
     def pending(self) -> list[str]:
         return list(self._pending)
 
-    def to_check(self, announced: Sequence[str]) -> list[str]:
+    def subscriptions(self) -> list[list[str]]:
+        """The pending jobs' done channels, a SUBSCRIBE command's worth at a time."""
+        channels = [self._keys.done_channel(job_id) for job_id in self._pending]
+        return [
+            channels[start : start + SUBSCRIBE_BATCH]
+            for start in range(0, len(channels), SUBSCRIBE_BATCH)
+        ]
+
+    def heard(self, message: Mapping[str, Any]) -> None:
+        """Note a pub/sub message: a published one names a job that has finished."""
+        if message.get("type") == "message":
+            self._announced.append(as_text(message["data"]))
+
+    def to_check(self) -> list[str]:
         """Jobs whose status to read now: those announced, or all pending when a recheck is due."""
+        announced, self._announced = self._announced, []
         now = time.monotonic()
         if now >= self._next_recheck:
             self._next_recheck = now + RECHECK_SECONDS
@@ -65,15 +91,16 @@ class Waiter:
                 finished.append(job_id)
         return finished
 
-    def finish(self, record: JobResult) -> None:
-        self._pending.pop(record.job_id, None)
-        self._done[record.job_id] = record
+    def finish(self, records: Sequence[JobResult | None]) -> list[JobResult]:
+        """Take the finished jobs' records off the wait and return them; a record that expired
+        since its status was read (None) stays pending, and the next recheck reports it gone."""
+        found = [record for record in records if record is not None]
+        for record in found:
+            self._pending.pop(record.job_id, None)
+        return found
 
     def done(self) -> bool:
         return not self._pending
-
-    def results(self) -> list[JobResult]:
-        return [self._done[job_id] for job_id in self.job_ids]
 
     def seconds_left(self) -> float:
         """Time left to wait; raises `JobWaitTimeout` once it is spent."""

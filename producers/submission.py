@@ -1,0 +1,197 @@
+"""A submission before any I/O: requests validated, routed and built into jobs.
+
+Everything `submit` and `submit_many` decide needs no Redis and no broker: the contract and the
+limits, the tier, the budget check, the envelopes and their first records, what an idempotency
+key's reservation means, and what to tell the caller when publishing failed part-way. It lives
+here once; the clients (client.py, aio.py) only write what a `Submission` holds and publish it.
+The batch file checker (batchfile.py) judges bodies with the same `prepare`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tierq.core.budget import check_fits, job_cost
+from tierq.core.contract import (
+    TENANT_PATTERN,
+    JobEnvelope,
+    JobRequest,
+    parse_job_request,
+    request_size_bytes,
+)
+from tierq.core.errors import (
+    BrokerUnavailableError,
+    IdempotencyConflictError,
+    InvalidJobError,
+    PayloadTooLargeError,
+)
+from tierq.core.jobcontrol import Reservation, fingerprint
+from tierq.core.results import JobResult, JobStatus
+from tierq.core.settings import Settings
+from tierq.core.tiers import route
+
+RequestLike = JobRequest | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    request: JobRequest
+    tier: str
+    prompt_tokens: int
+
+
+def prepare(settings: Settings, request: RequestLike) -> PreparedJob:
+    """Validate a request: the contract, the payload limit, the tier table, and the budgets
+    (a job over its model's context window or whole TPM limit could never run)."""
+    parsed = parse_job_request(dict(request) if isinstance(request, Mapping) else request)
+    if len(parsed.messages) > settings.max_messages_per_job:
+        raise InvalidJobError(
+            f"invalid job request: messages: {len(parsed.messages)} messages, over the limit "
+            f"of {settings.max_messages_per_job} (TIERQ_MAX_MESSAGES_PER_JOB)",
+            [{"field": "messages", "message": "too many messages"}],
+        )
+    size = request_size_bytes(parsed)
+    if size > settings.max_request_bytes:
+        raise PayloadTooLargeError(size, settings.max_request_bytes)
+    tier = route(parsed, settings)
+    cost = job_cost(parsed, settings)
+    check_fits(parsed, cost, settings)
+    return PreparedJob(parsed, tier, cost.prompt_tokens)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def merge_request(request: RequestLike | None, params: Mapping[str, Any]) -> RequestLike:
+    """`submit`'s positional request and keyword parameters as one request (keywords win)."""
+    if request is None:
+        return params
+    if not params:
+        return request
+    base = request.api_fields() if isinstance(request, JobRequest) else dict(request)
+    if isinstance(request, JobRequest):
+        base["metadata"] = request.metadata
+    return {**base, **params}
+
+
+@dataclass(slots=True)
+class Submission:
+    """One call's jobs, validated and built; what the reservation of idempotency keys decided.
+
+    Build it with `Submission.build`; a request that fails validation raises there, so one bad
+    request enqueues none.
+    """
+
+    envelopes: list[JobEnvelope]
+    idempotency_keys: Sequence[str | None] | None
+    # Position of a request -> the earlier job its idempotency key already names.
+    reused: dict[int, str] = field(default_factory=dict)
+    # Job id -> the idempotency key this submission newly took for it.
+    new_keys: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        requests: Iterable[RequestLike],
+        idempotency_keys: Sequence[str | None] | None,
+        tenant: str | None,
+    ) -> Submission:
+        """Validate every request and give each a new job (envelope) on its tier."""
+        if tenant is not None and not TENANT_PATTERN.match(tenant):
+            raise ValueError(f"tenant {tenant!r}: 1 to 64 characters from A-Z a-z 0-9 _ . -")
+        prepared = [prepare(settings, request) for request in requests]
+        if idempotency_keys is not None and len(idempotency_keys) != len(prepared):
+            raise ValueError("idempotency_keys must hold one key (or None) per request")
+        submitted_at = datetime.now(UTC)
+        envelopes = [
+            JobEnvelope(
+                job_id=new_job_id(),
+                tier=job.tier,
+                submitted_at=submitted_at,
+                request=job.request,
+                estimated_prompt_tokens=job.prompt_tokens,
+                tenant=tenant,
+            )
+            for job in prepared
+        ]
+        return cls(envelopes, idempotency_keys)
+
+    def _keyed(self) -> list[tuple[int, str]]:
+        keys = self.idempotency_keys or []
+        return [(i, key) for i, key in enumerate(keys) if key is not None]
+
+    def key_claims(self) -> list[tuple[str, str, str]]:
+        """(idempotency key, job id, request fingerprint) for each request given a key, for
+        `JobControl.reserve`."""
+        return [
+            (key, self.envelopes[i].job_id, fingerprint(self.envelopes[i].request))
+            for i, key in self._keyed()
+        ]
+
+    def take(self, reservations: Sequence[Reservation]) -> IdempotencyConflictError | None:
+        """Note what `JobControl.reserve` answered for `key_claims()`: the keys newly taken
+        and the earlier jobs reused. Returns the error for the first key that names another
+        request (the caller frees `new_keys` and raises it), or None."""
+        keyed = list(zip(self._keyed(), reservations, strict=True))
+        self.new_keys = {r.job_id: key for (_, key), r in keyed if r.new}
+        for (_, key), reservation in keyed:
+            if reservation.conflict:
+                return IdempotencyConflictError(key, reservation.job_id)
+        self.reused = {i: r.job_id for (i, _), r in keyed if not r.new}
+        return None
+
+    @property
+    def job_ids(self) -> list[str]:
+        """Every request's job id, in order: an earlier job's where its key was reused."""
+        return [self.reused.get(i, envelope.job_id) for i, envelope in enumerate(self.envelopes)]
+
+    @property
+    def to_send(self) -> list[JobEnvelope]:
+        """The new jobs: to record and publish (a reused key's job already was)."""
+        return [envelope for i, envelope in enumerate(self.envelopes) if i not in self.reused]
+
+    def keys_of(self, envelopes: Iterable[JobEnvelope]) -> list[str]:
+        """The idempotency keys these jobs newly took (to free when they were never sent)."""
+        return [self.new_keys[e.job_id] for e in envelopes if e.job_id in self.new_keys]
+
+    def publish_failed(
+        self,
+        published: Sequence[str],
+        maybe: Sequence[JobEnvelope],
+        unsent: Sequence[JobEnvelope],
+        error: BaseException,
+    ) -> BrokerUnavailableError:
+        """What to tell a caller whose publish failed part-way: the jobs enqueued, those that
+        may have been (they will run once the broker is back), those that were not;
+        `job_ids` names the first two."""
+        return BrokerUnavailableError(
+            f"cannot reach the broker: {len(published)} of {len(self.to_send)} jobs were "
+            f"enqueued, {len(maybe)} may have been (they will run once the broker is back), "
+            f"{len(unsent)} were not: {error}",
+            job_ids=[*published, *(envelope.job_id for envelope in maybe)],
+        )
+
+
+def queued_record(envelope: JobEnvelope) -> JobResult:
+    """A new job's first record, written before its message is published."""
+    return JobResult(
+        job_id=envelope.job_id,
+        status=JobStatus.QUEUED,
+        tier=envelope.tier,
+        model=envelope.request.model,
+        submitted_at=envelope.submitted_at,
+        metadata=envelope.request.metadata,
+        tenant=envelope.tenant,
+    )
+
+
+def queue_message(envelope: JobEnvelope) -> str:
+    """The job's queue message as JSON, kept on its record for a reaper's re-queue."""
+    return json.dumps(envelope.to_message(), separators=(",", ":"))
