@@ -51,6 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.machine import busy_share, machine_jiffies, own_cpu_seconds
+from tierq.core.keys import Keys
 from tierq.devkit.local_redis import ensure_redis
 from tierq.devkit.processes import (
     ManagedProcess,
@@ -258,7 +259,7 @@ class Bench:
                               concurrency=CONCURRENCY)  # fmt: skip
         heard: dict[str, float] = {}
         listener = redis.Redis.from_url(self.redis_url).pubsub(ignore_subscribe_messages=True)
-        listener.psubscribe(f"{settings.key_prefix}done:*")
+        listener.psubscribe(Keys(settings.key_prefix).done_channels)
         stop = threading.Event()
 
         def listen() -> None:

@@ -12,10 +12,6 @@ from typing import Any
 
 from tierq.core import tokens as worker_tokens
 
-TOKENS_PER_MESSAGE = 3  # role and separators around each message (cookbook recipe)
-TOKENS_PER_NAME = 1  # extra cost of a message's optional `name` field
-REPLY_PRIMING_TOKENS = 3  # every reply is primed with <|start|>assistant<|message|>
-
 # A token is a word or one punctuation mark, with the whitespace before it attached so
 # that joining the pieces gives back the text exactly (needed for streamed deltas).
 _PIECE = re.compile(r"\s*(?:\w+|[^\w\s])")

@@ -43,8 +43,9 @@ from tierq.producers.batchfile import (
     parse_batch_file,
 )
 from tierq.producers.gateway.batch_store import BatchStore
-from tierq.producers.gateway.errors import APIError
-from tierq.producers.gateway.files import FileObject, FileStore
+from tierq.producers.gateway.file_models import FileObject
+from tierq.producers.gateway.file_store import FileStore
+from tierq.producers.gateway.storage_errors import NoSuchFileError
 
 TenantKey = Callable[..., tuple[str, str]]
 BATCH_WAIT_SECONDS = 30.0
@@ -207,7 +208,7 @@ def test_a_file_written_in_parts_reads_back_whole_and_appears_only_once_closed(
             try:
                 await files.get("t", writer.file_id)
                 visible_before_close = True
-            except APIError:
+            except NoSuchFileError:
                 visible_before_close = False
             file = await writer.close()
             _, whole = await files.content("t", file.id)
@@ -218,8 +219,8 @@ def test_a_file_written_in_parts_reads_back_whole_and_appears_only_once_closed(
             try:
                 await files.content("t", file.id)
                 truncated_read = True
-            except APIError as gone:
-                truncated_read = gone.status_code != 404
+            except NoSuchFileError:
+                truncated_read = False
             return visible_before_close or truncated_read, file, whole, streamed
         finally:
             await client.aclose()

@@ -9,8 +9,8 @@ countdown longer than it would then be delivered twice. tierq settles the tensio
 - Each job that has not finished sits on a watch list with the time by which it must move on:
   its lease end while running, its retry time (plus a lease) while waiting to retry.
 - Every worker runs a reaper (`REAP_INTERVAL_SECONDS`): jobs past their time are put back on
-  their tier's queue from the message kept with the job. One script picks them and moves their
-  time on, so two reapers never re-queue the same job.
+  their tier's queue from the message kept with the job. One script (lua/lease_reap.lua) picks
+  them and moves their time on, so two reapers never re-queue the same job.
 
 A killed worker's jobs thus run again elsewhere within a lease and a reaper interval. When the
 original message does come back after the visibility timeout, the job's claim finds it
@@ -28,7 +28,8 @@ from typing import Any
 import redis
 import structlog
 
-from tierq.core.jobstore import LUA_NOW, JobStore
+from tierq.core import scripts
+from tierq.core.jobstore import JobStore
 from tierq.core.results import JobResult
 
 log = structlog.get_logger("tierq.worker")
@@ -37,54 +38,6 @@ log = structlog.get_logger("tierq.worker")
 REAP_INTERVAL_SECONDS = 5.0
 # Jobs re-queued per reaper pass at most (the rest wait for the next pass).
 REAP_BATCH = 100
-
-# KEYS: watch. ARGV: lease seconds, then (job key, token, job id) per job held by this worker.
-# Extends each lease still held by its token; returns how many were.
-_RENEW = (
-    LUA_NOW
-    + """
-local until_ = now + tonumber(ARGV[1])
-local renewed = 0
-for i = 2, #ARGV, 3 do
-  if redis.call('HGET', ARGV[i], 'owner') == ARGV[i + 1] then
-    redis.call('HSET', ARGV[i], 'lease_until', tostring(until_))
-    redis.call('ZADD', KEYS[1], until_, ARGV[i + 2])
-    renewed = renewed + 1
-  end
-end
-return renewed
-"""
-)
-
-# KEYS: watch. ARGV: job key prefix, seconds before the same job may be re-queued again,
-# batch size. Returns {job id, message, record, generation} for each job to re-queue; the
-# job's generation is bumped, so the message it replaces is stale if it turns up after all.
-_REAP = (
-    LUA_NOW
-    + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, id in ipairs(due) do
-  local key = ARGV[1] .. id
-  local s = redis.call('HMGET', key, 'status', 'lease_until', 'message', 'record')
-  local lease = tonumber(s[2]) or 0
-  if not s[1] or s[1] == 'succeeded' or s[1] == 'failed' or s[1] == 'cancelled' or not s[3] then
-    redis.call('ZREM', KEYS[1], id)
-  elseif s[1] == 'running' and lease > now then
-    redis.call('ZADD', KEYS[1], lease, id)
-  else
-    redis.call('HDEL', key, 'owner', 'lease_until')
-    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
-    local generation = redis.call('HINCRBY', key, 'gen', 1)
-    table.insert(out, id)
-    table.insert(out, s[3])
-    table.insert(out, s[4])
-    table.insert(out, tostring(generation))
-  end
-end
-return out
-"""
-)
 
 Requeue = Callable[[str, dict[str, Any], int], None]
 
@@ -99,8 +52,8 @@ class Leases:
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
         client = store.redis
-        self._renew = client.register_script(_RENEW)
-        self._reap = client.register_script(_REAP)
+        self._renew = scripts.register(client, "lease_renew")
+        self._reap = scripts.register(client, "lease_reap")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # When this process last failed to reach Redis (renewing or reaping).
@@ -134,7 +87,7 @@ class Leases:
         """Put jobs whose worker stopped renewing (or whose retry never came) back on queue."""
         found = self._reap(
             keys=[self.store.keys.watch],
-            args=[self.store.keys.job(""), self.lease_seconds, REAP_BATCH],
+            args=[self.store.keys.job_prefix, self.lease_seconds, REAP_BATCH],
         )
         picked = zip(found[::4], found[1::4], found[2::4], found[3::4], strict=True)
         for job_id, message, record, generation in picked:

@@ -4,7 +4,8 @@
 The routes only store a batch and flip its status; all the slow work (parsing the input,
 submitting jobs as the tenant's quota allows, counting, cancelling, writing the result files)
 happens here. Each second it looks at the active batches and, holding a batch's lock
-(`BatchLock`, so of several gateway processes one works on a batch at a time), moves each on:
+(`BatchStore.lock`, so of several gateway processes one works on a batch at a time), moves each
+on:
 
     validating   parse the input file (producers/batchfile.py): `failed` with `errors` naming the
                  lines, or `in_progress`
@@ -34,6 +35,7 @@ from typing import Any
 
 import redis
 import structlog
+from redis.asyncio.lock import Lock
 
 from tierq.core.errors import BrokerUnavailableError, JobNotFoundError, TenantQuotaExceededError
 from tierq.core.results import JobResult, JobStatus
@@ -53,10 +55,10 @@ from tierq.producers.gateway.batch_models import (
     BatchUsage,
     RequestCounts,
 )
-from tierq.producers.gateway.batch_store import BatchLock, BatchState, BatchStore, LockLost
+from tierq.producers.gateway.batch_store import BatchState, BatchStore
 from tierq.producers.gateway.deps import Gateway
-from tierq.producers.gateway.errors import APIError
-from tierq.producers.gateway.files import FileStore, FileWriter
+from tierq.producers.gateway.file_store import FileStore, FileWriter
+from tierq.producers.gateway.storage_errors import NoSuchFileError
 
 log = structlog.get_logger("tierq.gateway")
 
@@ -122,19 +124,23 @@ class Finalizer:
 
     async def _step(self, batch_id: str) -> None:
         async with self._slots:
-            lock = BatchLock(self.store.redis, self.store.lock_key(batch_id))
+            lock = self.store.lock(batch_id)
             if not await lock.acquire():
                 return
             try:
                 await self._advance(batch_id, lock)
-            except (redis.RedisError, OSError, BrokerUnavailableError, LockLost) as error:
+            # A lock that lapsed mid-step (another process may hold the batch now) is
+            # redis-py's `LockNotOwnedError`, a `RedisError`: the step stops, as on any fault.
+            except (redis.RedisError, OSError, BrokerUnavailableError) as error:
                 log.warning("batch.step_failed", batch_id=batch_id, error=repr(error))
             except Exception:  # a bug: its traceback, and the next pass tries again
                 log.exception("batch.step_failed", batch_id=batch_id)
             finally:
-                await lock.release()
+                # Freed only if still ours; one that lapsed, or a Redis away, just expires.
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await lock.release()
 
-    async def _advance(self, batch_id: str, lock: BatchLock) -> None:
+    async def _advance(self, batch_id: str, lock: Lock) -> None:
         # One pass may take a batch through several statuses (validating -> in_progress -> ...).
         for _ in range(4):
             state = await self.store.load(batch_id)
@@ -188,11 +194,11 @@ class Finalizer:
         """The batch's input file, parsed; None if the file is gone."""
         try:
             _, data = await self.files.content(state.tenant, state.batch.input_file_id)
-        except APIError:
+        except NoSuchFileError:
             return None
         return await asyncio.to_thread(parse_batch_file, data, self.gateway.settings)
 
-    async def _progress(self, state: BatchState, lock: BatchLock) -> bool:
+    async def _progress(self, state: BatchState, lock: Lock) -> bool:
         """Submit, count, and move to finalizing when every job is final; True if it moved."""
         batch = state.batch
         if batch.expires_at is not None and time.time() >= batch.expires_at:
@@ -219,7 +225,7 @@ class Finalizer:
             await self.store.transition(updated, BatchStatus.IN_PROGRESS)
         return False
 
-    async def _submit(self, state: BatchState, lock: BatchLock) -> None:
+    async def _submit(self, state: BatchState, lock: Lock) -> None:
         """Submit what the tenant's quota holds of the requests not yet submitted."""
         if state.cursor >= state.valid:
             return
@@ -241,19 +247,17 @@ class Finalizer:
                     continue
                 # Neither the stored requests nor the input are left: what was not submitted
                 # cannot be, and the batch ends with what was.
-                if not await lock.extend():
-                    raise LockLost(batch_id)
+                await lock.reacquire()
                 log.warning(
                     "batch.requests_lost", batch_id=batch_id, unsubmitted=state.valid - state.cursor
                 )
-                await self.store.redis.hset(self.store.keys.batch(batch_id), "valid", state.cursor)
+                await self.store.give_up_unsubmitted(batch_id, state.cursor)
                 state.valid = state.cursor
                 return
             # A fresh lock for each chunk, before it is paid for: a chunk is small enough (by
             # count and by bytes) to be submitted well within LOCK_SECONDS, so no other
             # gateway can take the batch over while it is on its way.
-            if not await lock.extend():
-                raise LockLost(batch_id)
+            await lock.reacquire()
             keys = [f"batch:{batch_id}:{r.custom_id}" for r in chunk]
             job_ids = await client.submit_many([r.request for r in chunk], keys, tenant=tenant)
             await quota.add(tenant, job_ids)
@@ -282,7 +286,7 @@ class Finalizer:
         submitted more since)."""
         cursor, jobs = self._jobs.get(state.batch.id, (-1, {}))
         if cursor != state.cursor:
-            jobs = await self.store.fields(state.batch.id, "job")
+            jobs = await self.store.jobs(state.batch.id)
             self._jobs[state.batch.id] = (state.cursor, jobs)
         return jobs
 
@@ -303,7 +307,7 @@ class Finalizer:
         failed = sum(1 for job_id in jobs.values() if final.get(job_id) is False)
         return succeeded, failed
 
-    async def _cancel_jobs(self, batch_id: str, jobs: dict[str, str], lock: BatchLock) -> None:
+    async def _cancel_jobs(self, batch_id: str, jobs: dict[str, str], lock: Lock) -> None:
         """Cancel the jobs not yet final: queued ones never run, running ones are discarded."""
         await self._tally(batch_id, jobs)  # one pipelined read spares cancelling finished ones
         final = self._final.get(batch_id, {})
@@ -317,11 +321,10 @@ class Finalizer:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException) and not isinstance(outcome, JobNotFoundError):
                     raise outcome
-            if not await lock.extend():
-                raise LockLost("lock lapsed while cancelling jobs")
+            await lock.reacquire()
 
     async def _records(
-        self, jobs: dict[str, str], lock: BatchLock
+        self, jobs: dict[str, str], lock: Lock
     ) -> AsyncIterator[list[tuple[str, JobResult | None]]]:
         """The jobs' records by custom id, READ_CHUNK at a time (never all of them at once)."""
         items = list(jobs.items())
@@ -329,11 +332,10 @@ class Finalizer:
             chunk = items[start : start + READ_CHUNK]
             found = await self.gateway.client.get_many([job_id for _, job_id in chunk])
             yield list(zip([cid for cid, _ in chunk], found, strict=True))
-            if not await lock.extend():
-                raise LockLost("lock lapsed while reading job records")
+            await lock.reacquire()
 
     async def _close(
-        self, state: BatchState, lock: BatchLock, end: BatchStatus, cancelled_code: str
+        self, state: BatchState, lock: Lock, end: BatchStatus, cancelled_code: str
     ) -> None:
         """Write the output and error files and end the batch `end` (completed after all jobs
         finished; cancelled or expired after cancelling those that had not).
@@ -361,7 +363,7 @@ class Finalizer:
                         usage.add(record.usage)
             await files.add(lines)
         await files.add(
-            [json.loads(line) for line in (await self.store.fields(batch.id, "rejected")).values()]
+            [json.loads(line) for line in (await self.store.rejected(batch.id)).values()]
         )
         if state.cursor < state.valid:  # never submitted: cancelled or expired first
             await self._restore_requests(state)

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tierq.core.results import Usage
-from tierq.producers.gateway.expiry import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
+from tierq.producers.gateway.file_models import MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS
 from tierq.producers.gateway.pages import Listed, ListPage
 
 # The API's only completion window, "24h".

@@ -1,34 +1,34 @@
 """Where a batch lives in Redis, and the per-batch lock that lets one gateway process at a time
 move it on.
 
-Every read and write of a batch goes through here, so the key layout and the Lua scripts that
-keep concurrent writers honest sit in one file, and the routes and the finalizer need not know
-either.
+Every read and write of a batch goes through here, so its layout and the Lua script that keeps
+concurrent writers honest (lua/batch_transition.lua) sit behind one class, and the routes and
+the finalizer need not know either. Like the file store, it raises the domain errors of
+storage_errors.py, which the routes answer.
 
 A batch is one hash (`Keys.batch`): `object` (the API's Batch as JSON), `status` (the same,
 for compare-and-set: the cancel route and the finalizer never overwrite each other), `tenant`,
-`output_ttl`, `valid` (requests to run), `cursor` (how many of them are submitted),
-`job:<custom_id>` (its job id) and `rejected:<custom_id>` (its error line). Once validated, its
-requests to run are a list (`Keys.batch_requests`), read a chunk at a time as they are
-submitted and deleted when the batch ends. Its lock is the derived key `<Keys.batch(id)>:lock`
-(SET NX EX, so it lapses if its holder dies).
+`output_ttl`, `valid` (requests to run), `cursor` (how many of them are submitted), and per
+request a `BatchField`: `job:<custom_id>` (its job id) or `rejected:<custom_id>` (its error
+line). Once validated, its requests to run are a list (`Keys.batch_requests`), read a chunk at
+a time as they are submitted and deleted when the batch ends. Its lock (`Keys.batch_lock`) is
+redis-py's `Lock`, which expires if its holder dies.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio
+from redis.asyncio.lock import Lock
 from redis.typing import EncodableT, FieldT
 
+from tierq.core import scripts
 from tierq.core.contract import JobRequest
-from tierq.core.errors import TierqError
-from tierq.core.keys import Keys, as_text
+from tierq.core.keys import BatchField, Keys, as_text
 from tierq.producers.batchfile import BatchRequest
 from tierq.producers.gateway.batch_models import (
     COMPLETION_WINDOW_SECONDS,
@@ -37,26 +37,10 @@ from tierq.producers.gateway.batch_models import (
     BatchStatus,
 )
 from tierq.producers.gateway.deps import Gateway
-from tierq.producers.gateway.errors import APIError, not_found
+from tierq.producers.gateway.storage_errors import NoSuchBatchError, UnknownCursorError
 
 # A batch's lock lapses this long after its holder stopped renewing it (a crashed gateway).
 LOCK_SECONDS = 30
-
-# KEYS: batch. ARGV: expected status, new status, new object. Applied only if the status is
-# still the expected one, so a cancel and a finalizer pass never overwrite each other.
-_TRANSITION = """
-if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'object', ARGV[3])
-return 1
-"""
-_LOCK_EXTEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('EXPIRE', KEYS[1], ARGV[2])
-"""
-_LOCK_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1])
-"""
 
 
 @dataclass
@@ -84,14 +68,20 @@ class BatchStore:
         self.redis = client
         self.keys = keys
         self._file_ttl = file_ttl_seconds
-        self._transition = client.register_script(_TRANSITION)
+        self._transition = scripts.register(client, "batch_transition")
 
     @classmethod
     def of(cls, gateway: Gateway) -> BatchStore:
         return cls(gateway.client.redis, gateway.keys, gateway.settings.gateway.file_ttl_seconds)
 
-    def lock_key(self, batch_id: str) -> str:
-        return f"{self.keys.batch(batch_id)}:lock"
+    def lock(self, batch_id: str) -> Lock:
+        """The batch's lock: one holder across gateway processes, taken without waiting
+        (`acquire()` answers False if another holds it), lapsing `LOCK_SECONDS` after its
+        holder last renewed it (`reacquire()`, which raises `LockNotOwnedError` once it has
+        lapsed); `release()` frees it only while still held by this holder."""
+        return self.redis.lock(
+            self.keys.batch_lock(batch_id), timeout=LOCK_SECONDS, blocking=False, thread_local=False
+        )
 
     async def create(self, tenant: str, batch: Batch, output_ttl: int) -> None:
         key = self.keys.batch(batch.id)
@@ -121,10 +111,11 @@ class BatchStore:
             await pipe.execute()
 
     async def get(self, tenant: str, batch_id: str) -> Batch:
-        """The batch; 404 for an unknown or expired id and for another tenant's."""
+        """The batch; `NoSuchBatchError` for an unknown or expired id and for another
+        tenant's."""
         raw, owner = await self.redis.hmget(self.keys.batch(batch_id), ["object", "tenant"])
         if raw is None or owner is None or as_text(owner) != tenant:
-            raise not_found("batch", batch_id)
+            raise NoSuchBatchError(batch_id)
         return Batch.model_validate_json(raw)
 
     async def load(self, batch_id: str) -> BatchState | None:
@@ -158,7 +149,7 @@ class BatchStore:
         """Keep the requests to run (so submitting never needs the input file again) and the
         rejected lines; a validation repeated after a crash replaces them."""
         mapping: dict[FieldT, EncodableT] = {
-            f"rejected:{cid}": line for cid, line in rejected.items()
+            BatchField.REJECTED.of(cid): line for cid, line in rejected.items()
         }
         await self.keep_requests(batch_id, requests, {**mapping, "valid": len(requests)})
 
@@ -175,7 +166,7 @@ class BatchStore:
         reader never sees half a list.
         """
         listing = self.keys.batch_requests(batch_id)
-        building = f"{listing}:building"
+        building = self.keys.batch_requests_building(batch_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(building)
             for start in range(0, len(requests), REQUESTS_PER_PUSH):
@@ -227,17 +218,31 @@ class BatchStore:
             yield [json.loads(raw)["custom_id"] for raw in raws]
             start += len(raws)
 
+    async def give_up_unsubmitted(self, batch_id: str, submitted: int) -> None:
+        """The batch's requests past the first `submitted` can no longer be run (neither the
+        stored requests nor the input are left): it runs only those."""
+        await self.redis.hset(self.keys.batch(batch_id), "valid", submitted)
+
     async def record_jobs(self, batch_id: str, jobs: dict[str, str], cursor: int) -> None:
-        mapping: dict[FieldT, EncodableT] = {f"job:{cid}": job for cid, job in jobs.items()}
+        mapping: dict[FieldT, EncodableT] = {
+            BatchField.JOB.of(cid): job for cid, job in jobs.items()
+        }
         await self.redis.hset(self.keys.batch(batch_id), mapping={**mapping, "cursor": cursor})
 
-    async def fields(self, batch_id: str, prefix: str) -> dict[str, str]:
-        """`prefix:<custom_id>` fields by custom id (`job` -> job ids, `rejected` -> lines)."""
+    async def jobs(self, batch_id: str) -> dict[str, str]:
+        """The submitted requests' job ids by custom id."""
+        return await self._fields(batch_id, BatchField.JOB)
+
+    async def rejected(self, batch_id: str) -> dict[str, str]:
+        """The error lines of the requests refused while validating, by custom id."""
+        return await self._fields(batch_id, BatchField.REJECTED)
+
+    async def _fields(self, batch_id: str, kind: BatchField) -> dict[str, str]:
         found: dict[str, str] = {}
         async for name, value in self.redis.hscan_iter(
-            self.keys.batch(batch_id), match=f"{prefix}:*", count=1_000
+            self.keys.batch(batch_id), match=kind.pattern, count=1_000
         ):
-            found[as_text(name).removeprefix(f"{prefix}:")] = as_text(value)
+            found[kind.custom_id(as_text(name))] = as_text(value)
         return found
 
     async def active(self) -> set[str]:
@@ -263,8 +268,7 @@ class BatchStore:
         if after is not None:
             rank = await self.redis.zrevrank(listing, after)
             if rank is None:
-                message = f"No batch {after!r} to list after."
-                raise APIError(400, message, param="after", code="invalid_request")
+                raise UnknownCursorError("batch", after)
             start = int(rank) + 1  # type: ignore[arg-type]  # WITHSCORE off: an int
         batches: list[Batch] = []
         while len(batches) <= limit:  # one more than the page says whether there is more
@@ -278,31 +282,6 @@ class BatchStore:
                 raws = await pipe.execute()
             batches.extend(Batch.model_validate_json(raw) for raw in raws if raw is not None)
         return BatchList.of(batches[:limit], has_more=len(batches) > limit)
-
-
-class BatchLock:
-    """One holder per batch across gateway processes; it lapses if its holder dies."""
-
-    def __init__(self, client: redis.asyncio.Redis, key: str) -> None:
-        self._redis = client
-        self._key = key
-        self._token = uuid.uuid4().hex
-        self._extend = client.register_script(_LOCK_EXTEND)
-        self._release = client.register_script(_LOCK_RELEASE)
-
-    async def acquire(self) -> bool:
-        return bool(await self._redis.set(self._key, self._token, nx=True, ex=LOCK_SECONDS))
-
-    async def extend(self) -> bool:
-        return bool(await self._extend(keys=[self._key], args=[self._token, LOCK_SECONDS]))
-
-    async def release(self) -> None:
-        with contextlib.suppress(redis.RedisError, OSError):
-            await self._release(keys=[self._key], args=[self._token])
-
-
-class LockLost(TierqError):
-    """Raised when a step outlasted its lock; another process may now hold the batch."""
 
 
 def _request_json(request: BatchRequest) -> str:

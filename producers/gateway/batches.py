@@ -30,7 +30,7 @@ from tierq.producers.gateway.batch_models import (
 from tierq.producers.gateway.batch_store import BatchStore
 from tierq.producers.gateway.deps import GatewayState, Tenant
 from tierq.producers.gateway.errors import APIError
-from tierq.producers.gateway.files import FileStore
+from tierq.producers.gateway.file_store import FileStore
 
 __all__ = ["finalizer", "router"]
 

@@ -4,6 +4,10 @@ Clients written for the API (the `openai` SDK among them) read that shape into t
 exception classes, so tierq's errors reach them as the API's would. The status codes follow
 the API where it has a route of the same kind; tierq's own job routes answer 422 for a request
 that breaks the contract and 413 for one over a size limit.
+
+This is the one place where errors become answers: the routes raise `APIError` for what they
+check themselves, and tierq's own errors (a job's, the gateway storage's) are translated by the
+handlers installed here, so the storage and the finalizer never speak HTTP.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from tierq.core.errors import (
     JobNotFoundError,
     PayloadTooLargeError,
     TenantQuotaExceededError,
+)
+from tierq.producers.gateway.storage_errors import (
+    NoSuchObjectError,
+    StorageError,
+    UnknownCursorError,
 )
 
 
@@ -169,6 +178,15 @@ async def _tierq_error(_: Request, error: Exception) -> JSONResponse:
     raise error
 
 
+async def _storage_error(_: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, NoSuchObjectError):
+        return not_found(error.kind, error.ident).response()
+    if isinstance(error, UnknownCursorError):
+        message = f"No {error.kind} {error.ident!r} to list after."
+        return APIError(400, message, param="after", code="invalid_request").response()
+    raise error
+
+
 def broker_unavailable() -> APIError:
     return APIError(
         503, "the job queue is unreachable; try again shortly", type="server_error",
@@ -187,6 +205,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(redis.RedisError, _redis_error)
+    app.add_exception_handler(StorageError, _storage_error)
     for kind in (
         InvalidJobError,
         TenantQuotaExceededError,

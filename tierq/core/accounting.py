@@ -1,8 +1,9 @@
 """What each settled attempt adds to the usage ledger (per tenant, model and hour) and to the
 per-minute counters `tierq stats` reads.
 
-Two kinds of increment, applied by the settle script in the same step as the record
-(worker/jobstore.py), so no crash can count a job without recording it or the reverse:
+Two kinds of increment, applied by the settle script (lua/settle.lua, run by
+tierq/core/jobstore.py) in the same step as the record, so no crash can count a job without
+recording it or the reverse:
 - the bill (tokens and cost): added for every paid answer, recorded or not, because the API
   bills an answer even when tierq discards it (a job cancelled while its call ran, a late
   duplicate); each attempt's bill is added once, however often its settle is retried;

@@ -1,6 +1,7 @@
 """What a caller or an operator does to jobs after submission: cancel, retry dead letters, and
-reserve idempotency keys. Each is one Lua script over the job's record, so it cannot race a
-worker writing the same record (worker/jobstore.py holds the workers' side).
+reserve idempotency keys. Each is one Lua script over the job's record (lua/cancel.lua,
+lua/retry_dead.lua, lua/reserve_idempotency.lua), so it cannot race a worker writing the same
+record (tierq/core/jobstore.py holds the workers' side).
 """
 
 from __future__ import annotations
@@ -12,53 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tierq.core import scripts
 from tierq.core.contract import JobRequest
 from tierq.core.jobstore import JobStore
 from tierq.core.results import JobResult, JobStatus
-
-# KEYS: job, watch. ARGV: cancelled record, done channel, job id.
-# A job not yet finished becomes cancelled: a queued one will not reach the API (its claim
-# finds it final), a running one's result is discarded (its settle never overwrites it).
-_CANCEL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing', ''} end
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
-  return {'final', redis.call('HGET', KEYS[1], 'record')}
-end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'record', ARGV[1])
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
-redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return {'cancelled', ''}
-"""
-
-# KEYS: job, dead, watch. ARGV: queued record, job id, seconds until the reaper re-queues it if
-# the publish that follows never arrives. A dead letter goes back to queued, with its message
-# and a new generation (any older message of the job that turns up late is not run).
-_RETRY_DEAD = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then return {'not_dead', ''} end
-local s = redis.call('HMGET', KEYS[1], 'status', 'message')
-if s[1] ~= 'failed' or not s[2] then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  return {'not_dead', ''}
-end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'record', ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[2])
-local generation = redis.call('HINCRBY', KEYS[1], 'gen', 1)
-return {'queued', s[2], tostring(generation)}
-"""
-
-# KEYS: idempotency key. ARGV: "job id|fingerprint", ttl. The key's first job, or nil after
-# taking it for this one.
-_RESERVE = """
-local taken = redis.call('GET', KEYS[1])
-if taken then return taken end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
-"""
 
 
 def fingerprint(request: JobRequest) -> str:
@@ -81,9 +39,9 @@ class JobControl:
     def __init__(self, store: JobStore) -> None:
         self.store = store
         client = store.redis
-        self._cancel = client.register_script(_CANCEL)
-        self._retry_dead = client.register_script(_RETRY_DEAD)
-        self._reserve = client.register_script(_RESERVE)
+        self._cancel = scripts.register(client, "cancel")
+        self._retry_dead = scripts.register(client, "retry_dead")
+        self._reserve = scripts.register(client, "reserve_idempotency")
 
     def cancel(self, record: JobResult) -> tuple[str, JobResult | None]:
         """Cancel the job `record` describes; ("cancelled" | "final" | "missing", record)."""

@@ -24,7 +24,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from tierq.core import accounting
+from tierq.core import accounting, scripts
 from tierq.core.keys import Keys
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
@@ -33,143 +33,6 @@ from tierq.core.settings import Settings
 HEALTH_CHECK_INTERVAL_SECONDS = 25
 # Attempts of one Redis command across a brief outage (with exponential back-off, ~10 s in all).
 REDIS_COMMAND_RETRIES = 8
-
-# Lua prelude: `now` in seconds by Redis's clock, the one clock every worker shares.
-LUA_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
-
-# Claim a job for one attempt (a delivery of its message), identified by a token.
-# KEYS: job, watch. ARGV: token, running record, lease seconds, ttl, queue message, job id,
-# the message's generation.
-# - A job that already ended (succeeded, failed, cancelled) is not reopened: its call is never
-#   paid for again. -> final
-# - A message older than the job's current generation was superseded (by a retry, a re-queue
-#   by the reaper, a retried dead letter): it is not run. -> stale
-# - A job another attempt is running, with its lease still valid, is left to it: Redis hands
-#   unacked messages out again when a worker's connection drops, while the first attempt is
-#   still running. -> busy, with the seconds left on that lease
-# - Otherwise (queued, retrying, or a running attempt whose lease lapsed: its worker died)
-#   the record becomes this attempt's for `lease` seconds (renewed while it runs), and the job
-#   goes on the watch list until then. -> claimed
-_CLAIM = (
-    LUA_NOW
-    + """
-local s = redis.call('HMGET', KEYS[1], 'status', 'owner', 'lease_until', 'gen')
-if s[1] == 'succeeded' or s[1] == 'failed' or s[1] == 'cancelled' then
-  return {'final', redis.call('HGET', KEYS[1], 'record')}
-end
-local generation = tonumber(ARGV[7])
-if generation < (tonumber(s[4]) or 0) then return {'stale', ''} end
-if s[1] == 'running' and s[2] and s[2] ~= ARGV[1] then
-  local left = (tonumber(s[3]) or 0) - now
-  if left > 0 then return {'busy', tostring(left)} end
-end
-local lease_until = now + tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'status', 'running', 'record', ARGV[2], 'owner', ARGV[1],
-           'lease_until', tostring(lease_until), 'gen', generation)
-redis.call('HSETNX', KEYS[1], 'message', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[2], lease_until, ARGV[6])
-return {'claimed', ''}
-"""
-)
-
-# Record an attempt's outcome: retrying, succeeded, failed, or (released for a rate-limit wait)
-# queued. KEYS: job, watch, dead, usage ledger (the hour's), stats (the minute's). ARGV: token,
-# status, record, ttl, done channel, job id, seconds until the job must have moved on (non-final
-# outcomes), dead-letter it (1 or 0), the generation of the message that carries the job on
-# ('' to leave it), the bill and the counts (JSON, worker/accounting.py), the ledger's and the
-# stats' TTLs.
-# Only the attempt holding the claim writes (or, with no claim held: a delivery that never
-# claimed, or a success from an attempt whose claim a reaper took back); a success or a
-# cancellation is never overwritten, so a late duplicate cannot turn a paid answer into a
-# failure. A final outcome leaves the watch list and is announced on the job's channel, for
-# waiters (producers/waiting.py); an exhausted one joins the dead letters. A paid answer's bill
-# is added once per attempt even when its record is not written (the API billed it); the counts
-# only with the record, and a job's outcome once in the ledger. A settle sent again after its
-# reply was lost answers as the first did. Returns 1 if written.
-_SETTLE = (
-    LUA_NOW
-    + """
-local function add(spec)
-  if spec == '' then return end
-  local touched = {}
-  for field, amount in pairs(cjson.decode(spec)) do
-    local key, ttl = KEYS[4], ARGV[12]
-    if string.sub(field, 1, 2) == 's:' then key, ttl = KEYS[5], ARGV[13] end
-    redis.call('HINCRBYFLOAT', key, string.sub(field, 3), amount)
-    touched[key] = ttl
-  end
-  for key, ttl in pairs(touched) do redis.call('EXPIRE', key, ttl) end
-end
-local function add_bill()
-  if ARGV[10] == '' or ARGV[1] == '' then return end
-  if redis.call('HSETNX', KEYS[1], 'billed:' .. ARGV[1], 1) == 1 then add(ARGV[10]) end
-end
--- A job's outcome is counted in the ledger once: a later outcome (a dead letter retried, a
--- paid answer arriving after a lost worker's job was failed) takes the earlier one's place.
-local function count(spec)
-  if spec == '' then return end
-  local ledger, has = {}, false
-  for field, amount in pairs(cjson.decode(spec)) do
-    if string.sub(field, 1, 2) == 'u:' then ledger[field] = amount; has = true end
-  end
-  if has then
-    local prev = redis.call('HGET', KEYS[1], 'counted')
-    if prev then
-      local p = cjson.decode(prev)
-      for field, amount in pairs(p.spec) do
-        redis.call('HINCRBYFLOAT', p.key, string.sub(field, 3), -amount)
-      end
-    end
-    redis.call('HSET', KEYS[1], 'counted', cjson.encode({key = KEYS[4], spec = ledger}))
-  end
-  add(spec)
-end
-local s = redis.call('HMGET', KEYS[1], 'status', 'owner', 'settled_by')
--- This very settle, sent again because its reply was lost: it was written.
-if ARGV[1] ~= '' and s[3] == ARGV[1] .. ':' .. ARGV[2] then return 1 end
-if s[1] == 'succeeded' or s[1] == 'cancelled' then add_bill() return 0 end
-if s[2] then
-  if s[2] ~= ARGV[1] then add_bill() return 0 end
-elseif ARGV[1] ~= '' and ARGV[2] ~= 'succeeded' then
-  -- This attempt's claim was taken back by a reaper: only a paid answer is still worth keeping.
-  return 0
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'record', ARGV[3],
-           'settled_by', ARGV[1] .. ':' .. ARGV[2])
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'gen', ARGV[9]) end
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' then
-  redis.call('ZREM', KEYS[2], ARGV[6])
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
-  if ARGV[2] == 'succeeded' then redis.call('ZREM', KEYS[3], ARGV[6]) end
-else
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[7]), ARGV[6])
-end
-if ARGV[8] == '1' then redis.call('ZADD', KEYS[3], now, ARGV[6]) end
--- Accounting last: the outcome above stands even if a ledger write fails.
-add_bill()
-count(ARGV[11])
-return 1
-"""
-)
-
-
-# KEYS: watch. ARGV: the due time the producer set, job ids. Removes each job still due at
-# exactly that time (one a worker has claimed or rescheduled since has another).
-_UNWATCH_PUBLISHED = """
-local due = tonumber(ARGV[1])
-for i = 2, #ARGV do
-  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i])) == due then
-    redis.call('ZREM', KEYS[1], ARGV[i])
-  end
-end
-return 0
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,13 +81,12 @@ class JobStore:
         usage_ttl_seconds: int = 90 * 86_400,
     ) -> None:
         self._redis = client
-        self._key_prefix = key_prefix
         self.keys = Keys(key_prefix)
         self._ttl_seconds = ttl_seconds
         self._usage_ttl_seconds = usage_ttl_seconds
-        self._claim_script = client.register_script(_CLAIM)
-        self._settle_script = client.register_script(_SETTLE)
-        self._unwatch_script = client.register_script(_UNWATCH_PUBLISHED)
+        self._claim_script = scripts.register(client, "claim")
+        self._settle_script = scripts.register(client, "settle")
+        self._unwatch_script = scripts.register(client, "unwatch_published")
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> JobStore:
@@ -239,20 +101,8 @@ class JobStore:
     def redis(self) -> redis.Redis:
         return self._redis
 
-    @property
-    def key_prefix(self) -> str:
-        return self._key_prefix
-
     def key(self, job_id: str) -> str:
         return self.keys.job(job_id)
-
-    def save(self, result: JobResult) -> None:
-        """Write the record as it stands and restart its TTL."""
-        key = self.key(result.job_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"status": result.status.value, "record": result.to_json()})
-        pipe.expire(key, self._ttl_seconds)
-        pipe.execute()
 
     def save_many(
         self,
@@ -298,7 +148,8 @@ class JobStore:
         self, result: JobResult, token: str, lease_seconds: float, message: str, generation: int
     ) -> Claim:
         """Make the job this attempt's (status running), unless it ended, the message is stale,
-        or another attempt holds a live lease on it. `message` (JSON) is kept for a re-queue."""
+        or another attempt holds a live lease on it. `message` (JSON) is kept for a re-queue.
+        One script, lua/claim.lua, says each case."""
         outcome, detail = self._claim_script(
             keys=[self.key(result.job_id), self.keys.watch],
             args=[
@@ -334,7 +185,8 @@ class JobStore:
         A job that is not finished (retrying, or queued again) must move on within
         `due_in_seconds`, or a reaper re-queues it; `dead_letter` adds a failed job to the
         dead letters. With `account`, the outcome's bill and counts go to the usage ledger
-        and the stats counters (worker/accounting.py) in the same step.
+        and the stats counters (tierq/core/accounting.py) in the same step: one script,
+        lua/settle.lua.
         """
         moment = result.finished_at or datetime.now(UTC)
         billed = accounting.bill(result) if account and result.status is JobStatus.SUCCEEDED else {}

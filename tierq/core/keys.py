@@ -1,29 +1,66 @@
 """Every Redis key and channel tierq writes (besides Celery's own queues), named in one place.
 
 All start with the configured prefix (`TIERQ_KEY_PREFIX`, "tierq:"), so several deployments
-can share one Redis and an operator can find everything of tierq's with one pattern.
+can share one Redis and an operator can find everything of tierq's with one pattern. No other
+module spells a key: tests/test_redis_names.py fails if one builds a name from the prefix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 # The one field of an entry of a job's delta stream (`Keys.deltas`); its value is the delta's
 # JSON. Written by workers (tierq.worker.deltas), read by the gateway's event stream.
 DELTA_FIELD = "delta"
 
 
+class BatchField(StrEnum):
+    """The per-request fields of a batch's hash (`Keys.batch`), `<kind>:<custom_id>`."""
+
+    # The job id a request was submitted as.
+    JOB = "job"
+    # The error line of a request refused while validating (never submitted).
+    REJECTED = "rejected"
+
+    def of(self, custom_id: str) -> str:
+        """The field of one request."""
+        return f"{self.value}:{custom_id}"
+
+    @property
+    def pattern(self) -> str:
+        """A match pattern (HSCAN) for the fields of this kind."""
+        return f"{self.value}:*"
+
+    def custom_id(self, field: str) -> str:
+        """The custom id a field of this kind belongs to."""
+        return field.removeprefix(f"{self.value}:")
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
+    """The names under one deployment's prefix; each says its Redis type and what it holds."""
+
     prefix: str
 
     def job(self, job_id: str) -> str:
         """Hash: status, record (JobResult JSON), message (the queue message), owner, lease."""
-        return f"{self.prefix}job:{job_id}"
+        return f"{self.job_prefix}{job_id}"
+
+    @property
+    def job_prefix(self) -> str:
+        """What every job's key starts with (`job`), for a script that derives keys from ids
+        (the reaper's: the ids it finds are on the watch list)."""
+        return f"{self.prefix}job:"
 
     def done_channel(self, job_id: str) -> str:
         """Pub/sub channel on which a job's end is announced to waiters."""
         return f"{self.prefix}done:{job_id}"
+
+    @property
+    def done_channels(self) -> str:
+        """Pattern (PSUBSCRIBE) of every job's `done_channel`, for a listener of all ends."""
+        return self.done_channel("*")
 
     @property
     def watch(self) -> str:
@@ -43,6 +80,16 @@ class Keys:
     def ratelimit(self, group: str) -> str:
         """Hash: a rate-limit group's GCRA state, pause and learned limits."""
         return f"{self.prefix}ratelimit:{group}"
+
+    def ratelimit_usage(self, group: str, minute: int) -> str:
+        """Hash: the requests and tokens a group admitted in one minute (epoch minute, by
+        Redis's clock), for `tierq limits`."""
+        return f"{self.ratelimit_usage_prefix(group)}{minute}"
+
+    def ratelimit_usage_prefix(self, group: str) -> str:
+        """What a group's `ratelimit_usage` keys start with: the limiter's scripts append the
+        minute by Redis's clock."""
+        return f"{self.ratelimit(group)}:usage:"
 
     def deltas(self, job_id: str) -> str:
         """Stream: a streamed job's content deltas as its worker receives them (for SSE)."""
@@ -70,13 +117,23 @@ class Keys:
         return f"{self.prefix}tenant:{tenant}:files"
 
     def batch(self, batch_id: str) -> str:
-        """Hash: a gateway batch's object (JSON) and its jobs."""
+        """Hash: a gateway batch's object (JSON), status and counters, and per request a
+        `BatchField` (its job id, or its error line)."""
         return f"{self.prefix}batch:{batch_id}"
 
     def batch_requests(self, batch_id: str) -> str:
         """List: a validated batch's requests to run, in file order (JSON: custom id, body),
         read a chunk at a time as they are submitted."""
         return f"{self.prefix}batch:{batch_id}:requests"
+
+    def batch_requests_building(self, batch_id: str) -> str:
+        """List: `batch_requests` while being written, renamed into place once whole."""
+        return f"{self.batch_requests(batch_id)}:building"
+
+    def batch_lock(self, batch_id: str) -> str:
+        """String: the token of the one gateway process moving a batch on (redis-py's `Lock`,
+        expiring if its holder dies)."""
+        return f"{self.batch(batch_id)}:lock"
 
     def tenant_batches(self, tenant: str) -> str:
         """Sorted set: a tenant's batch ids -> creation time, for listing."""

@@ -6,7 +6,8 @@ number of workers. The algorithm is GCRA (the generic cell rate algorithm, a lea
 one "theoretical arrival time" per budget): it paces calls evenly, as the API enforces its
 per-minute limits over sub-second windows, and allows a burst of `burst_seconds` of budget.
 Admission *reserves* the earliest start time instead of answering yes/no, so waiting callers
-are served in order and never stampede when the budget refills.
+are served in order and never stampede when the budget refills. The scripts are
+lua/ratelimit_acquire.lua, lua/ratelimit_adjust.lua and lua/ratelimit_pause.lua.
 
 Why hand-written: `limits` (PyPI) keeps one counter per limit with no atomic check of two limits
 together and no even pacing; `redis-cell` does GCRA but is a Redis module that managed Redis
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 
 import redis
 
+from tierq.core import scripts
+from tierq.core.keys import Keys
 from tierq.core.ratelimit_headers import RateLimitHeaders
 from tierq.core.settings import LimiterSettings, Settings
 
@@ -36,101 +39,6 @@ LEARNED = -1
 USAGE_TTL_SECONDS = 180
 # How long a process trusts that a group has no limit at all before asking Redis again.
 OPEN_GROUP_RECHECK_SECONDS = 1.0
-
-_COMMON = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function limit_of(configured, learned)
-  -- The lower of what the operator configured and what the API's headers say it allows.
-  configured = tonumber(configured)
-  learned = tonumber(learned)
-  if configured >= 0 and learned then return math.min(configured, learned) end
-  if configured >= 0 then return configured end
-  return learned or 0
-end
-local function interval_of(limit, headroom)
-  if limit <= 0 then return 0 end
-  return 60 / (limit * (1 - headroom))
-end
-"""
-
-# KEYS: state hash, usage key prefix. ARGV: rpm, tpm, cost tokens, burst s, headroom, max wait s.
-# Returns {status, wait seconds, tpm}: status 1 reserved (start after wait), 0 not reserved
-# (the wait is longer than max wait), -1 the call alone exceeds the TPM limit, 2 the group has
-# no limit and no pause (nothing reserved or counted).
-_ACQUIRE = (
-    _COMMON
-    + """
-local s = redis.call('HMGET', KEYS[1], 'tat_r', 'tat_t', 'pause_until', 'learned_rpm',
-                     'learned_tpm')
-local rpm = limit_of(ARGV[1], s[4])
-local tpm = limit_of(ARGV[2], s[5])
-local cost = tonumber(ARGV[3])
-local burst = tonumber(ARGV[4])
-local headroom = tonumber(ARGV[5])
-local max_wait = tonumber(ARGV[6])
-if tpm > 0 and cost > tpm then return {-1, '0', tostring(tpm)} end
-
-local tat_r = tonumber(s[1]) or 0
-local tat_t = tonumber(s[2]) or 0
-local paused = (tonumber(s[3]) or 0) > now
-if rpm <= 0 and tpm <= 0 and not paused then return {2, '0', '0'} end
-local start = math.max(now, tonumber(s[3]) or 0)
-local step_r = interval_of(rpm, headroom)
-local step_t = interval_of(tpm, headroom) * cost
-if step_r > 0 then start = math.max(start, tat_r + step_r - math.max(burst, step_r)) end
-if step_t > 0 then start = math.max(start, tat_t + step_t - math.max(burst, step_t)) end
-local wait = start - now
-if wait > max_wait then return {0, tostring(wait), tostring(tpm)} end
-
-if step_r > 0 then
-  redis.call('HSET', KEYS[1], 'tat_r', tostring(math.max(tat_r, start) + step_r))
-end
-if step_t > 0 then
-  redis.call('HSET', KEYS[1], 'tat_t', tostring(math.max(tat_t, start) + step_t))
-end
-local usage = KEYS[2] .. math.floor(now / 60)
-redis.call('HINCRBY', usage, 'requests', 1)
-redis.call('HINCRBY', usage, 'tokens', cost)
-redis.call('EXPIRE', usage, ARGV[7])
-return {1, tostring(wait), tostring(tpm)}
-"""
-)
-
-# KEYS: state hash, usage key prefix. ARGV: tpm, token delta, headroom, usage ttl.
-# Spend (or give back) tokens after the fact: the real usage differs from the estimate.
-_ADJUST = (
-    _COMMON
-    + """
-local s = redis.call('HMGET', KEYS[1], 'tat_t', 'learned_tpm')
-local tpm = limit_of(ARGV[1], s[2])
-local delta = tonumber(ARGV[2])
-local step = interval_of(tpm, tonumber(ARGV[3]))
-local tat = tonumber(s[1]) or 0
-if step > 0 then
-  if delta > 0 then
-    redis.call('HSET', KEYS[1], 'tat_t', tostring(math.max(tat, now) + delta * step))
-  elseif tat > now then
-    redis.call('HSET', KEYS[1], 'tat_t', tostring(math.max(now, tat + delta * step)))
-  end
-end
-local usage = KEYS[2] .. math.floor(now / 60)
-redis.call('HINCRBY', usage, 'tokens', delta)
-redis.call('EXPIRE', usage, ARGV[4])
-return 1
-"""
-)
-
-# KEYS: state hash. ARGV: seconds. Nobody starts a call in this group before now + seconds.
-_PAUSE = (
-    _COMMON
-    + """
-local until_ = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[1], 'pause_until')) or 0
-if until_ > current then redis.call('HSET', KEYS[1], 'pause_until', tostring(until_)) end
-return tostring(math.max(until_, current) - now)
-"""
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,16 +81,18 @@ class SharedRateLimiter:
         self._redis = client
         self._settings = settings
         self._config: LimiterSettings = settings.limiter
-        self._prefix = f"{settings.key_prefix}ratelimit:"
-        self._acquire = client.register_script(_ACQUIRE)
-        self._adjust = client.register_script(_ADJUST)
-        self._pause = client.register_script(_PAUSE)
+        self._keys = Keys(settings.key_prefix)
+        self._acquire = scripts.register(client, "ratelimit_acquire")
+        self._adjust = scripts.register(client, "ratelimit_adjust")
+        self._pause = scripts.register(client, "ratelimit_pause")
         self._learned: dict[str, tuple[int | None, int | None]] = {}
         self._open_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def _keys(self, group: str) -> list[str]:
-        return [f"{self._prefix}{group}", f"{self._prefix}{group}:usage:"]
+    def _script_keys(self, group: str) -> list[str]:
+        """The acquire and adjust scripts' KEYS: the group's state, and its usage keys' prefix
+        (the scripts add the minute by Redis's clock)."""
+        return [self._keys.ratelimit(group), self._keys.ratelimit_usage_prefix(group)]
 
     def _limits(self, group: str) -> tuple[int, int]:
         configured = self._settings.rate_limits.get(group)
@@ -196,7 +106,7 @@ class SharedRateLimiter:
             return Admission(reserved=True, wait_seconds=0.0)
         rpm, tpm = self._limits(group)
         status, wait, limit = self._acquire(
-            keys=self._keys(group),
+            keys=self._script_keys(group),
             args=[
                 rpm,
                 tpm,
@@ -226,14 +136,14 @@ class SharedRateLimiter:
         if delta_tokens and not self.is_open(group):
             _, tpm = self._limits(group)
             self._adjust(
-                keys=self._keys(group),
+                keys=self._script_keys(group),
                 args=[tpm, delta_tokens, self._config.headroom, USAGE_TTL_SECONDS],
             )
 
     def pause(self, group: str, seconds: float) -> float:
         """Hold every worker's calls in `group` for `seconds` (a 429, or the API says "spent")."""
         self._open_until.pop(group, None)
-        return float(self._pause(keys=self._keys(group)[:1], args=[max(0.0, seconds)]))
+        return float(self._pause(keys=[self._keys.ratelimit(group)], args=[max(0.0, seconds)]))
 
     def learn(self, group: str, headers: RateLimitHeaders) -> None:
         """Remember the API's per-minute limits; written only when they change."""
@@ -249,17 +159,16 @@ class SharedRateLimiter:
         for name, value in (("learned_rpm", learned[0]), ("learned_tpm", learned[1])):
             if value is not None:
                 items += [name, value]
-        self._redis.hset(self._keys(group)[0], items=items)
+        self._redis.hset(self._keys.ratelimit(group), items=items)
 
     def usage(self, group: str, models: list[str]) -> GroupUsage:
-        state_key, usage_prefix = self._keys(group)
         now_seconds, micros = self._redis.time()
         now = now_seconds + micros / 1_000_000
         minute = int(now // 60)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(state_key)
-        pipe.hgetall(f"{usage_prefix}{minute}")
-        pipe.hgetall(f"{usage_prefix}{minute - 1}")
+        pipe.hgetall(self._keys.ratelimit(group))
+        pipe.hgetall(self._keys.ratelimit_usage(group, minute))
+        pipe.hgetall(self._keys.ratelimit_usage(group, minute - 1))
         state, current, previous = (_decode(raw) for raw in pipe.execute())
         configured = self._settings.rate_limits.get(group)
         rpm = configured.rpm if configured and configured.rpm is not None else None
