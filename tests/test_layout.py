@@ -122,14 +122,15 @@ def test_every_package_folder_is_installed_under_its_name() -> None:
     for folder, name in SIDES.items():
         top = folder.split("/")[0]
         assert mapping.get(name, mapping.get(top)) in (folder, top)
-    # Each folder with an __init__.py, named as it installs: all must be listed, or a wheel
-    # would leave them out while the editable install still finds them.
+    # Each folder that holds files (modules, or data such as the .lua scripts), named as it
+    # installs: all must be listed, or a wheel would leave them out while the editable install
+    # still finds them.
     by_folder = {path: name for name, path in mapping.items()}
     expected = set()
     for folder, name in by_folder.items():
-        for init in (ROOT / folder).rglob("__init__.py"):
-            relative = init.parent.relative_to(ROOT / folder).parts
-            if all(not part.startswith((".", "_")) for part in relative):
+        for file in (ROOT / folder).rglob("*"):
+            relative = file.parent.relative_to(ROOT / folder).parts
+            if file.is_file() and all(not part.startswith((".", "_")) for part in relative):
                 expected.add(".".join([name, *relative]))
     assert set(setuptools["packages"]) == expected
 
