@@ -22,11 +22,16 @@ class ModelPrice(BaseModel):
     """USD per 1M tokens."""
 
     # No inf or NaN: a price the ledger cannot add would stop outcomes being recorded.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
     input: Annotated[float, Field(ge=0)]
+    """USD per 1M uncached prompt tokens."""
     cached_input: Annotated[float, Field(ge=0)]
+    """USD per 1M prompt tokens served from the provider's prompt cache."""
     output: Annotated[float, Field(ge=0)]
+    """USD per 1M completion tokens, reasoning tokens included."""
 
 
 def default_prices() -> dict[str, ModelPrice]:

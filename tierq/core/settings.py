@@ -1,11 +1,13 @@
 """Every tunable of tierq, read once from the environment (and an optional `.env`).
 
 Producers and workers share this module, so it must not import `openai` or Celery. Names carry
-their unit; each field says in one line why it exists. Variables are `TIERQ_*`, except the
-provider's key and base URL, which keep the SDK's own names so an existing deployment's
-environment works unchanged. Nested groups are set as JSON (`TIERQ_RETRY='{"max_attempts": 8}'`)
-or field by field with `__` (`TIERQ_RETRY__MAX_ATTEMPTS=8`). `TIERQ_TIERS` replaces the tier
-table; `TIERQ_TIERS__<TIER>__<FIELD>` changes one field of a default tier, or adds a tier.
+their unit; the docstring under each field says why it exists and is the field's description,
+from which docs/configuration.md is generated (`python -m tierq.devkit.config_reference`).
+Variables are `TIERQ_*`, except the provider's key and base URL, which keep the SDK's own names
+so an existing deployment's environment works unchanged. Nested groups are set as JSON
+(`TIERQ_RETRY='{"max_attempts": 8}'`) or field by field with `__`
+(`TIERQ_RETRY__MAX_ATTEMPTS=8`). `TIERQ_TIERS` replaces the tier table;
+`TIERQ_TIERS__<TIER>__<FIELD>` changes one field of a default tier, or adds a tier.
 """
 
 from __future__ import annotations
@@ -51,22 +53,24 @@ RATE_LIMIT_PATTERN = re.compile(r"^\d+(\.\d+)?(/[smh])?$")
 class TierSettings(BaseModel):
     """One tier: a set of models served by one Celery queue and its own pool of workers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    # Model names as the API knows them; a job's model picks its tier.
     models: Annotated[list[str], Field(min_length=1)]
-    # The o-series rules apply (no sampling knobs; max_tokens is sent as max_completion_tokens).
+    """Model names as the API knows them; a job's model picks its tier."""
     reasoning: bool = False
-    # Calls in flight per worker process (the threads pool's size).
+    """The o-series rules apply: no sampling knobs; `max_tokens` is sent as
+    `max_completion_tokens`."""
     concurrency: Annotated[int, Field(ge=1, le=1000)] = 100
-    # Celery's per-process cap, in its own grammar ("600/m"); None leaves it uncapped.
+    """Calls in flight per worker process (the threads pool's size)."""
     rate_limit: str | None = None
-    # Soft limit: one call's timeout for this tier (a call past it is retried); None: the
-    # global TIERQ_REQUEST_TIMEOUT_SECONDS. Reasoning models think for minutes.
+    """Celery's per-process cap, in its own grammar (`600/m`, `10/s`); unset leaves it uncapped.
+    It counts per worker process: the provider's limits are kept fleet-wide by the limiter."""
     request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
-    # Hard limit: one attempt, streaming included, may not run longer; past it the job fails
-    # (time_limit_exceeded) and frees its slot. None: no limit beyond the soft one.
+    """Soft limit: one call's timeout for this tier (a call past it is retried); unset: the
+    global `TIERQ_REQUEST_TIMEOUT_SECONDS`. Reasoning models think for minutes."""
     time_limit_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
+    """Hard limit: one attempt, streaming included, may not run longer; past it the job fails
+    (`time_limit_exceeded`) and frees its slot. Unset: no limit beyond the soft one."""
 
     @field_validator("rate_limit")
     @classmethod
@@ -90,73 +94,76 @@ def default_tiers() -> dict[str, TierSettings]:
 class RetrySettings(BaseModel):
     """How Celery retries transient API faults (the SDK's own retries are off)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    # Attempts in all, the first included; a job that exhausts them fails with its last error.
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 6
-    # Back-off before retry k is drawn from [0, base * 2^k] (full jitter), Celery's formula.
+    """Attempts in all, the first included; a job that exhausts them fails with its last error."""
     backoff_base_seconds: Annotated[int, Field(ge=1, le=3600)] = 1
-    # Cap on the back-off draw; keeps a long outage from parking jobs for hours.
+    """Back-off before retry k is drawn from `[0, base * 2^k]` (full jitter), Celery's formula."""
     backoff_max_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
-    # A server's retry-after is honoured up to this; past it the wait is capped here.
+    """Cap on the back-off draw; keeps a long outage from parking jobs for hours."""
     retry_after_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    """A server's retry-after is honoured up to this; past it the wait is capped here."""
 
 
 class RateLimitGroup(BaseModel):
     """The provider's per-minute limits for a model, or for models that share one limit."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    # Models sharing this budget; empty means the one model the group is named after.
     models: list[str] = []
-    # Requests and tokens per minute; None leaves it to be learned from the API's headers.
+    """Models sharing this budget; empty means the one model the group is named after."""
     rpm: Annotated[int, Field(ge=1)] | None = None
+    """Requests per minute; unset leaves it to be learned from the API's headers."""
     tpm: Annotated[int, Field(ge=1)] | None = None
+    """Tokens per minute; unset leaves it to be learned from the API's headers."""
 
 
 class LimiterSettings(BaseModel):
-    """The fleet-wide limiter shared through Redis (worker/ratelimit.py)."""
+    """The fleet-wide limiter shared through Redis (`tierq.core.ratelimit`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    # Off: only Celery's per-process rate_limit applies (for comparison; not for production).
     enabled: bool = True
-    # Fraction of each limit left unused, a margin for network jitter between admission and
-    # the API's clock; 0.02 paces at 98% of the limit.
+    """Off: only Celery's per-process `rate_limit` applies (for comparison; not for production)."""
     headroom: Annotated[float, Field(ge=0, le=0.5)] = 0.02
-    # Seconds of budget that may be spent at once; the API enforces limits over about a second.
+    """Fraction of each limit left unused, a margin for network jitter between admission and
+    the API's clock; 0.02 paces at 98% of the limit."""
     burst_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
-    # A job that can start within this many seconds waits in its worker slot; a later one goes
-    # back to the queue with a countdown, freeing the slot (and not counting as an attempt).
+    """Seconds of budget that may be spent at once; the API enforces limits over about a second."""
     max_wait_in_slot_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
-    # Output tokens reserved for a job that sets no max_tokens/max_completion_tokens.
+    """A job that can start within this many seconds waits in its worker slot; a later one goes
+    back to the queue with a countdown, freeing the slot (and not counting as an attempt)."""
     default_output_tokens: Annotated[int, Field(ge=1)] = 16
+    """Output tokens reserved for a job that sets no `max_tokens`/`max_completion_tokens`."""
 
 
 class GatewaySettings(BaseModel):
     """The HTTP gateway (`tierq gateway`): its address, input limits and tenant quotas."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     host: str = "127.0.0.1"
+    """Address `tierq gateway` binds (its `--host` overrides it); `0.0.0.0` listens on all."""
     port: Annotated[int, Field(ge=1, le=65_535)] = 8700
-    # Largest JSON body accepted (413 beyond); a job's own limit is max_request_bytes.
+    """Port `tierq gateway` binds (its `--port` overrides it); `/metrics` is served there too."""
     max_body_bytes: Annotated[int, Field(ge=1_024, le=256 * 1024 * 1024)] = 2 * 1024 * 1024
-    # Largest uploaded batch input file; the API's own cap is 200 MB.
+    """Largest JSON body accepted (413 beyond); a job's own limit is `TIERQ_MAX_REQUEST_BYTES`."""
     max_file_bytes: Annotated[int, Field(ge=1_024, le=512 * 1024 * 1024)] = 100 * 1024 * 1024
-    # Requests per batch input file; the API's own cap is 50,000.
+    """Largest uploaded batch input file (413 beyond); the API's own cap is 200 MB."""
     max_batch_lines: Annotated[int, Field(ge=1, le=1_000_000)] = 50_000
-    # Jobs per POST /v1/jobs:batch request.
+    """Requests per batch input file; the API's own cap is 50,000."""
     max_jobs_per_request: Annotated[int, Field(ge=1, le=100_000)] = 1_000
-    # Jobs of one tenant queued or running at once; submissions beyond answer 429.
+    """Jobs per `POST /v1/jobs:batch` request."""
     tenant_max_in_flight: Annotated[int, Field(ge=1)] = 10_000
-    # Long-polls and event streams one tenant may hold open at once in one gateway process
-    # (each holds a Redis connection of the process's pool); 429 beyond.
+    """Jobs of one tenant queued or running at once; submissions beyond answer 429."""
     max_waiting_per_tenant: Annotated[int, Field(ge=1, le=10_000)] = 50
-    # Longest long-poll of GET /v1/jobs/{id}?wait=SECONDS.
+    """Long-polls and event streams one tenant may hold open at once in one gateway process
+    (each holds a Redis connection of the process's pool); 429 beyond."""
     max_wait_seconds: Annotated[float, Field(gt=0, le=600)] = 60.0
-    # How long uploaded and result files are kept (the API keeps batch output 30 days).
+    """Longest long-poll of `GET /v1/jobs/{id}?wait=SECONDS`."""
     file_ttl_seconds: Annotated[int, Field(ge=60)] = 30 * 86_400
+    """How long uploaded and result files are kept (the API keeps batch output 30 days)."""
 
 
 def default_context_windows() -> dict[str, int]:
@@ -177,71 +184,92 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         populate_by_name=True,
+        # The docstring under each field is its description (docs/configuration.md).
+        use_attribute_docstrings=True,
     )
 
-    # Broker and job records live here; a password goes in the URL (redis://:pw@host:6379/0).
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    # The provider's key under the SDK's own name; None: no key (the demo uses the simulator).
+    """Broker and job records live here (by default database 0 of a local server); a password
+    goes in the URL (`redis://:pw@host:6379/0`). A `redis://`, `rediss://` or `unix://` URL."""
     openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "TIERQ_OPENAI_API_KEY")
     )
-    # The provider's base URL under the SDK's own name; None means api.openai.com.
+    """The provider's key under the SDK's own name; workers need it. Unset: no key (the demo
+    then uses the simulator)."""
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "TIERQ_OPENAI_BASE_URL")
     )
-    # Model tiers, each its own queue; an operator adds a model or a tier here alone.
+    """The provider's base URL under the SDK's own name (the simulator, a proxy); unset means
+    the SDK's default (api.openai.com). An `http://` or `https://` URL."""
     tiers: dict[str, TierSettings] = Field(default_factory=default_tiers)
+    """Model tiers, each its own queue; an operator adds a model or a tier here alone.
+    `TIERQ_TIERS` given whole replaces the table (an entry without `models` adjusts the default
+    tier of that name); `TIERQ_TIERS__<TIER>__<FIELD>` changes one field of a default tier, or
+    adds a tier beside the defaults."""
     retry: RetrySettings = Field(default_factory=RetrySettings)
-    # Provider limits per model or group (TIERQ_RATE_LIMITS='{"gpt-4o": {"rpm": 500,
-    # "tpm": 30000}}'); models not listed are limited by what the API's headers teach.
+    """How Celery retries transient API faults."""
     rate_limits: dict[str, RateLimitGroup] = {}
+    """Provider limits per model or group of models sharing one limit
+    (`TIERQ_RATE_LIMITS='{"gpt-4o": {"rpm": 500, "tpm": 30000}}'`); models not listed are
+    limited by what the API's headers teach."""
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
-    # Jobs whose prompt plus output cap exceed their model's window are refused at submission.
+    """The fleet-wide RPM/TPM limiter shared through Redis."""
     context_windows: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=default_context_windows
     )
-    # USD per 1M tokens per model (input, cached_input, output), for the cost on every result
-    # and `tierq usage`; TIERQ_PRICES='{"gpt-4o": {"input": 2.5, "cached_input": 1.25,
-    # "output": 10}}' replaces the table.
+    """Tokens per model (prompt plus output); jobs whose prompt plus output cap exceed their
+    model's window are refused at submission."""
     prices: dict[str, ModelPrice] = Field(default_factory=default_prices)
-    # One API call's budget; a call past it is a retryable timeout.
+    """USD per 1M tokens per model (input, cached_input, output), for the cost on every result
+    and `tierq usage`; `TIERQ_PRICES='{"gpt-4o": {"input": 2.5, "cached_input": 1.25,
+    "output": 10}}'` replaces the table. The default is OpenAI's published standard-tier prices
+    when the table was written; a model missing from it has no cost (unknown, not free)."""
     request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
-    # How long job records (and their results) stay readable in Redis.
+    """One API call's budget; a call past it is a retryable timeout (a tier's own
+    `request_timeout_seconds` overrides it)."""
     result_ttl_seconds: Annotated[int, Field(ge=1)] = 86_400
-    # How long the hourly usage ledger (tokens and cost per tenant and model) is kept.
+    """How long job records (and their results) stay readable in Redis after their last
+    change."""
     usage_ttl_seconds: Annotated[int, Field(ge=3_600)] = 90 * 86_400
-    # A running job's claim lasts this long unless its worker renews it (every third of it);
-    # a job whose worker died is re-queued about this long after (worker/recovery.py).
+    """How long the hourly usage ledger (tokens and cost per tenant and model) is kept."""
     lease_seconds: Annotated[int, Field(ge=5, le=600)] = 30
-    # After SIGTERM (an orchestrator scaling down), running jobs get this long to finish; the
-    # rest are handed back to the queue and run elsewhere. Keep it under the orchestrator's own
-    # grace (Kubernetes: terminationGracePeriodSeconds, 30 by default).
+    """A running job's claim lasts this long unless its worker renews it (every third of it);
+    a job whose worker died is re-queued about this long after (`tierq.worker.recovery`)."""
     shutdown_grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 25.0
-    # Redis's redelivery delay for a job whose worker died; must outlast any call plus retry wait.
+    """After SIGTERM (an orchestrator scaling down), running jobs get this long to finish; the
+    rest are handed back to the queue and run elsewhere. Keep it under the orchestrator's own
+    grace (Kubernetes: `terminationGracePeriodSeconds`, 30 by default)."""
     visibility_timeout_seconds: Annotated[int, Field(ge=60)] = 3_600
-    # Largest accepted job request, as JSON; bigger ones are refused before enqueueing.
+    """Redis's redelivery delay for a job whose worker died; must exceed the longest call
+    timeout plus the longest retry wait (checked at start-up)."""
     max_request_bytes: Annotated[int, Field(ge=1_024, le=64 * 1024 * 1024)] = 1024 * 1024
-    # Most messages in one job request; longer conversations are refused before enqueueing.
+    """Largest accepted job request, as JSON; bigger ones are refused before enqueueing."""
     max_messages_per_job: Annotated[int, Field(ge=1, le=100_000)] = 2_048
+    """Most messages in one job request; longer conversations are refused before enqueueing."""
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    # Prefix of every Celery queue name; the tier name follows ("tierq.fast").
+    """The HTTP gateway: its address, input limits and tenant quotas."""
     queue_prefix: str = "tierq."
-    # Prefix of every Redis key tierq writes besides Celery's own.
+    """Prefix of every Celery queue name; the tier name follows (`tierq.fast`)."""
     key_prefix: str = "tierq:"
-    # Port of a worker's /metrics and /healthz (0: not served); the gateway serves both on its
-    # own port.
+    """Prefix of every Redis key tierq writes besides Celery's own."""
     metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 0
+    """Port of a worker's `/metrics` and `/healthz` (0: not served); the gateway serves both on
+    its own port."""
     metrics_host: str = "0.0.0.0"  # noqa: S104 (a probe and a scraper reach it from outside)
-    # Celery task events (for Flower): off by default, they cost three Redis publishes per job.
+    """Address a worker's `/metrics` and `/healthz` bind."""
     celery_events: bool = False
-    # A worker's /healthz fails once its broker (Redis) has been unreachable this long; shorter
-    # outages it rides out by itself.
+    """Celery task events (for Flower): off by default, they cost three Redis publishes per
+    job."""
     liveness_grace_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
-    # Logs carry prompts and completions only when an operator opts in.
+    """A worker's `/healthz` fails once its broker (Redis) has been unreachable this long; shorter
+    outages it rides out by itself."""
     log_content: bool = False
-    # "json" for machines, "console" for people, "auto" picks console on a terminal.
+    """Logs carry prompts and completions only when an operator opts in."""
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    """Log lines as `json` for machines, `console` for people, or `auto` (console on a
+    terminal)."""
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    """The least severe level logged."""
 
     @field_validator("redis_url")
     @classmethod
