@@ -7,12 +7,14 @@ unbound exchange are dropped. Tests stay independent by unique job ids and uniqu
 nonces instead; a test that needs a worker configured differently starts its own with its own
 queue and key prefixes (`start_worker`).
 
-Fixtures that start processes stop them by PID at teardown.
+Fixtures that start processes stop them by PID at teardown; the factories (`start_fleet`,
+`start_gateway_with`, `start_simulator_with`) stop everything they started.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,11 @@ from tests.support import (
     API_KEY,
     TEST_REDIS_URL,
     WORKER_OVERRIDES,
+    Fleet,
+    GatewayFactory,
     Simulator,
+    SimulatorFactory,
+    WorkerFactory,
     clean_environment,
     create_api_key,
     nonce,
@@ -30,8 +36,14 @@ from tests.support import (
     unique_tenant,
 )
 from tierq.core.settings import Settings
-from tierq.devkit.local_redis import ensure_redis
-from tierq.devkit.processes import ManagedProcess, start_gateway, start_simulator, start_worker
+from tierq.devkit.local_redis import EmbeddedRedis, ensure_redis
+from tierq.devkit.processes import (
+    ManagedProcess,
+    start_gateway,
+    start_simulator,
+    start_worker,
+    worker_ready,
+)
 from tierq.producers.client import TierqClient
 
 
@@ -83,7 +95,7 @@ def workers(worker_env: dict[str, str], logs_dir: Path) -> Iterator[dict[str, Ma
     }
     try:
         for process in started.values():
-            process.wait_until(lambda p=process: "worker.ready" in p.log_text())  # type: ignore[misc]
+            process.wait_until(partial(worker_ready, process))
         yield started
     finally:
         for process in started.values():
@@ -98,6 +110,23 @@ def gateway_url(
     process, root = start_gateway(logs_dir / "gateway.log", worker_env)
     yield root
     process.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A connection to the tests' Redis (replies as bytes), closed after the test."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis server of the test's own, to stop, cut or pause without touching the other
+    tests; it persists every write (append-only), so it restarts with its data."""
+    server = EmbeddedRedis(appendonly=True).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -123,9 +152,7 @@ def client(settings: Settings, workers: dict[str, ManagedProcess]) -> Iterator[T
 
 
 @pytest.fixture
-def start_fleet(
-    worker_env: dict[str, str], logs_dir: Path
-) -> Iterator[Callable[..., tuple[list[ManagedProcess], Settings]]]:
+def start_fleet(worker_env: dict[str, str], logs_dir: Path) -> Iterator[Fleet]:
     """Factory: worker processes sharing their own settings, isolated by their own queue and
     key prefixes; `base_url` points them at another simulator."""
     started: list[ManagedProcess] = []
@@ -158,7 +185,7 @@ def start_fleet(
         ]
         started.extend(fleet)
         for process in fleet:
-            process.wait_until(lambda p=process: "worker.ready" in p.log_text())  # type: ignore[misc]
+            process.wait_until(partial(worker_ready, process))
         return fleet, settings_for(env)
 
     yield start
@@ -167,9 +194,7 @@ def start_fleet(
 
 
 @pytest.fixture
-def start_worker_with(
-    start_fleet: Callable[..., tuple[list[ManagedProcess], Settings]],
-) -> Callable[..., tuple[ManagedProcess, Settings]]:
+def start_worker_with(start_fleet: Fleet) -> WorkerFactory:
     """Factory: one worker with its own settings (see `start_fleet`)."""
 
     def start(tier: str = "fast", **overrides: str) -> tuple[ManagedProcess, Settings]:
@@ -180,7 +205,24 @@ def start_worker_with(
 
 
 @pytest.fixture
-def start_simulator_with(logs_dir: Path) -> Iterator[Callable[..., Simulator]]:
+def start_gateway_with(worker_env: dict[str, str], logs_dir: Path) -> Iterator[GatewayFactory]:
+    """Factory: a `tierq gateway` process of its own, its environment the workers' with
+    `overrides` (e.g. its own Redis or key prefix); its root URL and the settings it reads."""
+    started: list[ManagedProcess] = []
+
+    def start(**overrides: str) -> tuple[str, Settings]:
+        env = {**worker_env, **overrides}
+        process, root = start_gateway(logs_dir / f"gateway-{nonce()}.log", env)
+        started.append(process)
+        return root, settings_for(env)
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_simulator_with(logs_dir: Path) -> Iterator[SimulatorFactory]:
     """Factory: a simulator of its own, started with `args` (e.g. "--rpm", "600")."""
     started: list[tuple[ManagedProcess, Simulator]] = []
 

@@ -3,7 +3,6 @@ the same scripts the workers run, on a real Redis."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -19,10 +18,8 @@ MODEL = "gpt-4o-mini"
 
 
 @pytest.fixture
-def store(redis_url: str) -> Iterator[JobStore]:
-    client = redis.Redis.from_url(redis_url)
-    yield JobStore(client, key_prefix=f"acct-{nonce()}:", ttl_seconds=600)
-    client.close()
+def store(redis_client: redis.Redis) -> JobStore:
+    return JobStore(redis_client, key_prefix=f"acct-{nonce()}:", ttl_seconds=600)
 
 
 def record(job_id: str, status: JobStatus, **fields: object) -> JobResult:

@@ -10,22 +10,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support import Simulator, nonce
+from tests.support import Simulator, eventually, job, nonce, run_tierq
 from tierq.devkit.processes import ManagedProcess
 
 
 def batch_line(custom_id: str, content: str, **params: Any) -> str:
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **params}
+    body = job(content, **params)
     return json.dumps(
         {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
     )
 
 
 def run_cli(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tierq", "batch", "run", *map(str, args), "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
+    """`tierq batch run ARGS`, without the progress bar."""
+    return run_tierq(env, "batch", "run", *args, "--no-progress", timeout=90)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -97,9 +95,12 @@ def test_an_interrupted_run_resumes_without_paying_twice(
          "--no-progress"],
         env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not simulator.requests_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(
+        lambda: simulator.requests_with(marker),
+        what="the first run calling the API",
+        timeout=30,
+        interval=0.1,
+    )
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=30)
     assert first.returncode == 130, stderr

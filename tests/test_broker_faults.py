@@ -7,48 +7,20 @@ connections or restart it without touching the other tests.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
 
-from tests.support import Simulator, nonce
+from tests.support import Fleet, Simulator, all_running, eventually, nonce, slow_jobs, user
 from tierq.core.results import JobStatus
-from tierq.core.settings import Settings
 from tierq.devkit.local_redis import EmbeddedRedis
-from tierq.devkit.processes import ManagedProcess
 from tierq.producers.client import TierqClient
 
 pytestmark = pytest.mark.slow
 
-Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
-
-
-@pytest.fixture
-def private_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(appendonly=True).start()
-    yield server
-    server.stop()
-
-
-def slow_jobs(marker: str, count: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": f"{marker} {i} [sim latency_ms=2500]"}],
-        }
-        for i in range(count)
-    ]
-
 
 def wait_until_running(client: TierqClient, ids: list[str]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if all(r and r.status is JobStatus.RUNNING for r in client.get_many(ids)):
-            return
-        time.sleep(0.05)
-    raise AssertionError("jobs did not start")
+    eventually(lambda: client.get_many(ids), until=all_running, what="the jobs running", timeout=20)
 
 
 def test_cut_broker_connections_pay_for_no_call_twice(
@@ -60,7 +32,7 @@ def test_cut_broker_connections_pay_for_no_call_twice(
     )
     marker = nonce()
     with TierqClient(settings) as client:
-        ids = client.submit_many(slow_jobs(marker, 5))
+        ids = client.submit_many(slow_jobs(marker, 5, latency_ms=2500))
         wait_until_running(client, ids)
 
         # When every client connection to Redis is cut (kombu then hands the unacknowledged
@@ -85,7 +57,7 @@ def test_a_worker_survives_a_redis_restart_with_jobs_in_flight(
     )
     marker = nonce()
     with TierqClient(settings) as client:
-        ids = client.submit_many(slow_jobs(marker, 5))
+        ids = client.submit_many(slow_jobs(marker, 5, latency_ms=2500))
         wait_until_running(client, ids)
 
         # When Redis goes away for a few seconds and comes back with its data
@@ -95,9 +67,7 @@ def test_a_worker_survives_a_redis_restart_with_jobs_in_flight(
 
         results = client.wait_many(ids, timeout=60)
         after = client.wait(
-            client.submit(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": f"{marker} after"}]
-            ),
+            client.submit(model="gpt-4o-mini", messages=user(f"{marker} after")),
             timeout=60,
         )
 

@@ -10,19 +10,10 @@ from typing import get_args
 
 import pytest
 
+from tests.support import run_tierq
 from tierq.core.contract import ReasoningEffort
 from tierq.core.exit_codes import ExitCode
 from tierq.devkit.processes import ManagedProcess, free_port
-
-TIERQ = [sys.executable, "-m", "tierq"]
-
-
-def tierq(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*TIERQ, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
-    )
 
 
 def imported_modules(env: dict[str, str], *args: str) -> tuple[int, set[str]]:
@@ -55,7 +46,7 @@ def test_the_exit_codes_are_the_documented_ones() -> None:
 
 
 def test_help_lists_every_command_with_its_summary(worker_env: dict[str, str]) -> None:
-    done = tierq(worker_env, "--help")
+    done = run_tierq(worker_env, "--help")
 
     assert done.returncode == 0, done.stderr
     commands = done.stdout.split("Commands:\n", 1)[1].splitlines()
@@ -67,7 +58,7 @@ def test_help_lists_every_command_with_its_summary(worker_env: dict[str, str]) -
 
 
 def test_version_names_the_installed_package(worker_env: dict[str, str]) -> None:
-    done = tierq(worker_env, "--version")
+    done = run_tierq(worker_env, "--version")
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"tierq, version {version('tierq')}"
@@ -94,7 +85,7 @@ def test_job_commands_load_neither_openai_the_gateway_nor_the_worker(
 def test_submit_with_wait_prints_the_result_as_json(
     worker_env: dict[str, str], workers: dict[str, ManagedProcess]
 ) -> None:
-    done = tierq(
+    done = run_tierq(
         worker_env,
         "submit",
         "--model", "gpt-4o-mini",
@@ -115,12 +106,12 @@ def test_submit_with_wait_prints_the_result_as_json(
 def test_submit_then_status_then_result(
     worker_env: dict[str, str], workers: dict[str, ManagedProcess]
 ) -> None:
-    submitted = tierq(worker_env, "submit", "--model", "gpt-4o", "--user", "Hello there")
+    submitted = run_tierq(worker_env, "submit", "--model", "gpt-4o", "--user", "Hello there")
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
 
-    answer = tierq(worker_env, "result", job_id, "--wait", "--timeout", "30")
-    status = tierq(worker_env, "status", job_id)
+    answer = run_tierq(worker_env, "result", job_id, "--wait", "--timeout", "30")
+    status = run_tierq(worker_env, "status", job_id)
 
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip()
@@ -136,7 +127,7 @@ def test_messages_can_come_as_json_on_stdin(
         {"role": "user", "content": "A colour?"},
     ]
 
-    done = tierq(
+    done = run_tierq(
         worker_env,
         "submit", "--model", "o4-mini", "--messages", "-", "--reasoning-effort", "low",
         "--wait", "--json",
@@ -148,7 +139,9 @@ def test_messages_can_come_as_json_on_stdin(
 
 
 def test_an_invalid_submission_exits_2_naming_the_field(worker_env: dict[str, str]) -> None:
-    done = tierq(worker_env, "submit", "--model", "gpt-4o", "--user", "hi", "--temperature", "3")
+    done = run_tierq(
+        worker_env, "submit", "--model", "gpt-4o", "--user", "hi", "--temperature", "3"
+    )
 
     assert done.returncode == 2
     assert "temperature" in done.stderr
@@ -157,7 +150,9 @@ def test_an_invalid_submission_exits_2_naming_the_field(worker_env: dict[str, st
 def test_a_failed_job_exits_1_and_shows_the_apis_error(
     worker_env: dict[str, str], workers: dict[str, ManagedProcess]
 ) -> None:
-    done = tierq(worker_env, "submit", "--model", "gpt-4o", "--user", "[sim fail=401]", "--wait")
+    done = run_tierq(
+        worker_env, "submit", "--model", "gpt-4o", "--user", "[sim fail=401]", "--wait"
+    )
 
     assert done.returncode == 1
     assert "failed" in done.stdout
@@ -167,8 +162,8 @@ def test_a_failed_job_exits_1_and_shows_the_apis_error(
 def test_reasoning_effort_offers_the_contracts_levels(worker_env: dict[str, str]) -> None:
     levels = get_args(ReasoningEffort)
 
-    shown = tierq(worker_env, "submit", "--help")
-    refused = tierq(worker_env, "submit", "--model", "o3", "--reasoning-effort", "huge")
+    shown = run_tierq(worker_env, "submit", "--help")
+    refused = run_tierq(worker_env, "submit", "--model", "o3", "--reasoning-effort", "huge")
 
     assert f"--reasoning-effort [{'|'.join(levels)}]" in shown.stdout
     assert refused.returncode == 2
@@ -176,7 +171,7 @@ def test_reasoning_effort_offers_the_contracts_levels(worker_env: dict[str, str]
 
 
 def test_a_wrong_setting_exits_2_naming_the_variable(worker_env: dict[str, str]) -> None:
-    done = tierq({**worker_env, "TIERQ_LOG_LEVEL": "LOUD"}, "status", "some-job")
+    done = run_tierq({**worker_env, "TIERQ_LOG_LEVEL": "LOUD"}, "status", "some-job")
 
     assert done.returncode == 2
     assert done.stderr.startswith("error: invalid settings:")
@@ -185,13 +180,13 @@ def test_a_wrong_setting_exits_2_naming_the_variable(worker_env: dict[str, str])
 
 
 def test_an_unknown_job_exits_3(worker_env: dict[str, str]) -> None:
-    assert tierq(worker_env, "status", "nope").returncode == 3
+    assert run_tierq(worker_env, "status", "nope").returncode == 3
 
 
 def test_an_unreachable_redis_exits_5_with_a_message(worker_env: dict[str, str]) -> None:
     env = {**worker_env, "TIERQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
 
-    done = tierq(env, "status", "some-job")
+    done = run_tierq(env, "status", "some-job")
 
     assert done.returncode == 5
     assert "cannot reach Redis" in done.stderr
@@ -199,7 +194,7 @@ def test_an_unreachable_redis_exits_5_with_a_message(worker_env: dict[str, str])
 
 
 def test_a_missing_messages_file_exits_2_naming_it(worker_env: dict[str, str]) -> None:
-    done = tierq(worker_env, "submit", "--model", "gpt-4o", "--messages", "/no/such/file.json")
+    done = run_tierq(worker_env, "submit", "--model", "gpt-4o", "--messages", "/no/such/file.json")
 
     assert done.returncode == 2
     assert "/no/such/file.json: No such file or directory" in done.stderr
@@ -244,7 +239,7 @@ def test_an_unknown_tier_is_refused_with_the_list_of_tiers(worker_env: dict[str,
 def test_a_request_body_that_is_not_json_exits_2_naming_it(
     worker_env: dict[str, str],
 ) -> None:
-    done = tierq(worker_env, "submit", "--request", "-", stdin='{"model": "gpt-4o", messages')
+    done = run_tierq(worker_env, "submit", "--request", "-", stdin='{"model": "gpt-4o", messages')
 
     assert done.returncode == 2
     assert "-: not valid JSON" in done.stderr

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
-from tests.support import Simulator, nonce
+from tests.support import Simulator, WorkerFactory, nonce, slow_jobs
 from tierq.core.results import JobStatus
-from tierq.core.settings import Settings
-from tierq.devkit.processes import ManagedProcess
 from tierq.producers.client import TierqClient
 
 pytestmark = pytest.mark.slow
@@ -18,7 +14,7 @@ IN_FLIGHT = 300
 
 
 def test_one_worker_process_holds_hundreds_of_calls_in_flight(
-    start_worker_with: Callable[..., tuple[ManagedProcess, Settings]], simulator: Simulator
+    start_worker_with: WorkerFactory, simulator: Simulator
 ) -> None:
     # Given one fast-tier worker process at concurrency 300, and calls that take 3 s each
     _, settings = start_worker_with(
@@ -29,13 +25,7 @@ def test_one_worker_process_holds_hundreds_of_calls_in_flight(
     )
     simulator.http.delete("/sim/stats").raise_for_status()
     marker = nonce()
-    requests = [
-        {
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": f"{marker} {i} [sim latency_ms=3000]"}],
-        }
-        for i in range(IN_FLIGHT)
-    ]
+    requests = slow_jobs(marker, IN_FLIGHT, latency_ms=3000)
 
     # When 300 jobs are submitted at once
     with TierqClient(settings) as tierq:

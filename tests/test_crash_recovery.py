@@ -9,61 +9,48 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
-from tests.support import Simulator, nonce
+from tests.support import (
+    Fleet,
+    Simulator,
+    all_running,
+    env_of,
+    eventually,
+    job,
+    nonce,
+    slow_jobs,
+)
 from tierq.core.contract import JobEnvelope, JobRequest
 from tierq.core.jobstore import JobStore
 from tierq.core.results import JobResult, JobStatus
-from tierq.core.settings import Settings
 from tierq.devkit.processes import ManagedProcess, log_events
 from tierq.producers.client import TierqClient
 
 pytestmark = pytest.mark.slow
 
-Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
 # The test workers' 3 s call timeout would cut these 20 s calls.
 LONG_CALLS = {"TIERQ_REQUEST_TIMEOUT_SECONDS": "60"}
 
 
-def slow_jobs(marker: str, count: int, latency_ms: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "model": "gpt-4o-mini",
-            "messages": [
-                {"role": "user", "content": f"{marker} {i} [sim latency_ms={latency_ms}]"}
-            ],
-        }
-        for i in range(count)
-    ]
+def finished_lines(workers: list[ManagedProcess], count: int) -> list[str]:
+    """The job ids of the workers' `job.finished` (succeeded) log lines, once there are at least
+    `count`: a worker writes a job's line just after recording the result a client waits for."""
 
+    def lines() -> list[str]:
+        return [
+            str(event["job_id"])
+            for worker in workers
+            for event in log_events(worker.log_path)
+            if event.get("event") == "job.finished" and event.get("status") == "succeeded"
+        ]
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until `condition` held; fails the test after `timeout`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        time.sleep(0.1)
-    return time.monotonic() - started
-
-
-def same_queues(settings: Settings) -> dict[str, str]:
-    """Settings for another worker on the same queues and job records as `settings`."""
-    return {"TIERQ_QUEUE_PREFIX": settings.queue_prefix, "TIERQ_KEY_PREFIX": settings.key_prefix}
-
-
-def finished_lines(workers: list[ManagedProcess]) -> list[str]:
-    return [
-        str(event["job_id"])
-        for worker in workers
-        for event in log_events(worker.log_path)
-        if event.get("event") == "job.finished" and event.get("status") == "succeeded"
-    ]
+    return eventually(
+        lines, until=lambda found: len(found) >= count, what=f"{count} finished lines", timeout=10
+    )
 
 
 def test_a_killed_workers_jobs_run_again_elsewhere_within_a_minute(
@@ -75,23 +62,27 @@ def test_a_killed_workers_jobs_run_again_elsewhere_within_a_minute(
     marker = nonce()
     with TierqClient(settings) as client:
         ids = client.submit_many(slow_jobs(marker, 50, 10_000))
-        wait_for(
-            lambda: all(r and r.status is JobStatus.RUNNING for r in client.get_many(ids)),
-            30,
-            "50 jobs running",
+        eventually(
+            lambda: client.get_many(ids), until=all_running, what="50 jobs running", timeout=30
         )
         # When A is killed outright, and worker B (same tier, same settings) is running
         doomed_node = client.get(ids[0]).worker
-        (survivor,), _ = start_fleet(concurrency=50, **lease, **same_queues(settings))
+        (survivor,), _ = start_fleet(concurrency=50, **lease, **env_of(settings))
         doomed.signal(signal.SIGKILL)
+        killed = time.monotonic()
 
-        def all_running_elsewhere() -> bool:
-            return all(
-                r is not None and r.status is JobStatus.RUNNING and r.worker != doomed_node
-                for r in client.get_many(ids)
+        def all_running_elsewhere(records: Sequence[JobResult | None]) -> bool:
+            return all_running(records) and all(
+                r is not None and r.worker != doomed_node for r in records
             )
 
-        recovery = wait_for(all_running_elsewhere, 60, "every job running again on B")
+        eventually(
+            lambda: client.get_many(ids),
+            until=all_running_elsewhere,
+            what="every job running again on B",
+            timeout=60,
+        )
+        recovery = time.monotonic() - killed
         results = client.wait_many(ids, timeout=90)
 
     calls = simulator.requests_with(marker)
@@ -103,7 +94,7 @@ def test_a_killed_workers_jobs_run_again_elsewhere_within_a_minute(
     assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 50
     assert recovery <= 60
     assert len(calls) <= 50 + 50
-    assert sorted(finished_lines([survivor])) == sorted(ids)
+    assert sorted(finished_lines([survivor], len(ids))) == sorted(ids)
 
 
 def test_sigterm_lets_running_jobs_finish_and_loses_nothing(
@@ -114,24 +105,26 @@ def test_sigterm_lets_running_jobs_finish_and_loses_nothing(
     marker = nonce()
     with TierqClient(settings) as client:
         ids = client.submit_many(slow_jobs(marker, 30, 2_000))
-        wait_for(
-            lambda: sum(r is not None and r.status is JobStatus.RUNNING
-                        for r in client.get_many(ids)) == 10,
-            30,
-            "10 jobs running",
-        )  # fmt: skip
+        eventually(
+            lambda: client.get_many(ids),
+            until=lambda records: (
+                sum(r is not None and r.status is JobStatus.RUNNING for r in records) == 10
+            ),
+            what="10 jobs running",
+            timeout=30,
+        )
         # When A is told to stop (what an orchestrator sends) and B takes over the queue
         stopping.signal(signal.SIGTERM)
-        (successor,), _ = start_fleet(concurrency=10, **same_queues(settings))
+        (successor,), _ = start_fleet(concurrency=10, **env_of(settings))
         results = client.wait_many(ids, timeout=90)
-        wait_for(lambda: not stopping.alive(), 30, "A exiting")
+        eventually(lambda: not stopping.alive(), what="A exiting", timeout=30)
 
     calls = simulator.requests_with(marker)
     print(f"\nSIGTERM: jobs=30 results={len(results)} api_calls={len(calls)}")
     # Then A finished what it ran, B ran the rest, and each job was called exactly once
     assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 30
     assert len(calls) == 30
-    assert sorted(finished_lines([stopping, successor])) == sorted(ids)
+    assert sorted(finished_lines([stopping, successor], len(ids))) == sorted(ids)
 
 
 def test_sigterm_past_the_grace_period_hands_running_jobs_back(
@@ -143,14 +136,14 @@ def test_sigterm_past_the_grace_period_hands_running_jobs_back(
     marker = nonce()
     with TierqClient(settings) as client:
         ids = client.submit_many(slow_jobs(marker, 5, 10_000))
-        wait_for(
-            lambda: all(r and r.status is JobStatus.RUNNING for r in client.get_many(ids)),
-            30,
-            "5 jobs running",
+        eventually(
+            lambda: client.get_many(ids), until=all_running, what="5 jobs running", timeout=30
         )
         stopping.signal(signal.SIGTERM)
-        stopped = wait_for(lambda: not stopping.alive(), 30, "A exiting within its grace")
-        start_fleet(concurrency=5, TIERQ_LEASE_SECONDS="5", **LONG_CALLS, **same_queues(settings))
+        signalled = time.monotonic()
+        eventually(lambda: not stopping.alive(), what="A exiting within its grace", timeout=30)
+        stopped = time.monotonic() - signalled
+        start_fleet(concurrency=5, TIERQ_LEASE_SECONDS="5", **LONG_CALLS, **env_of(settings))
         results = client.wait_many(ids, timeout=120)
 
     print(f"\nSIGTERM past grace: A stopped in {stopped:.1f}s; results={len(results)}")
@@ -194,8 +187,6 @@ def test_a_published_backlog_is_not_left_to_the_reaper(start_fleet: Fleet) -> No
     # are off the watch list, or every reaper pass would re-queue the whole backlog.
     _, settings = start_fleet("fast")
     with TierqClient(settings) as client:
-        ids = client.submit_many(
-            [{"model": "o3", "messages": [{"role": "user", "content": nonce()}]}] * 5
-        )
+        ids = client.submit_many([job(model="o3")] * 5)
         watched = [client.redis.zscore(JobStore.from_settings(settings).keys.watch, i) for i in ids]
     assert watched == [None] * 5

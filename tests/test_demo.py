@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.support import settings_for
+from tests.support import run_tierq, settings_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +22,7 @@ def test_the_demo_runs_every_tier_and_prints_a_table_of_results(
     env.update(TIERQ_QUEUE_PREFIX="tierq-demo.", TIERQ_KEY_PREFIX="tierq-demo:", COLUMNS="200")
     assert settings_for(env).openai_api_key is None
 
-    done = subprocess.run(
-        [sys.executable, "-m", "tierq", "demo"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = run_tierq(env, "demo", timeout=240)
 
     assert done.returncode == 0, done.stdout + done.stderr
     table = done.stdout

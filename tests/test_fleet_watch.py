@@ -4,40 +4,21 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support import nonce
-from tierq.core.settings import Settings
+from tests.support import Fleet, env_of, eventually, job, nonce, run_tierq, user
 from tierq.devkit.local_redis import EmbeddedRedis
-from tierq.devkit.processes import ManagedProcess, free_port, start_worker
+from tierq.devkit.processes import free_port, start_worker
 from tierq.producers.client import TierqClient
-
-Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
 
 
 def stats_json(env: dict[str, str]) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-m", "tierq", "stats", "--json"],
-        env=env, capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
+    done = run_tierq(env, "stats", "--json", timeout=30)
+    assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-
-def env_of(settings: Settings, base: dict[str, str]) -> dict[str, str]:
-    return {
-        **base,
-        "TIERQ_REDIS_URL": settings.redis_url.get_secret_value(),
-        "TIERQ_QUEUE_PREFIX": settings.queue_prefix,
-        "TIERQ_KEY_PREFIX": settings.key_prefix,
-    }
 
 
 def http_get(url: str) -> tuple[int, bytes]:
@@ -54,14 +35,10 @@ def test_stats_json_matches_the_queues_and_the_workers(
     # A standard-tier worker is running; jobs for the reasoning tier wait, as no worker takes
     # them: stats must show both as they are.
     _, settings = start_fleet("standard")
-    env = env_of(settings, worker_env)
+    env = {**worker_env, **env_of(settings)}
     with TierqClient(settings) as client:
-        waiting = client.submit_many(
-            [{"model": "o3", "messages": [{"role": "user", "content": nonce()}]}] * 3
-        )
-        done = client.wait(
-            client.submit(model="gpt-4o", messages=[{"role": "user", "content": nonce()}]), 30
-        )
+        waiting = client.submit_many([job(model="o3")] * 3)
+        done = client.wait(client.submit(model="gpt-4o", messages=user(nonce())), 30)
     assert done.status.value == "succeeded"
     time.sleep(1.0)
 
@@ -77,20 +54,13 @@ def test_stats_json_matches_the_queues_and_the_workers(
     assert tiers["fast"]["queue_depth"] == 0
 
 
-@pytest.fixture
-def own_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis().start()
-    yield server
-    server.stop()
-
-
 def test_liveness_fails_once_the_worker_has_lost_its_broker_and_metrics_are_served(
-    start_fleet: Fleet, own_redis: EmbeddedRedis
+    start_fleet: Fleet, private_redis: EmbeddedRedis
 ) -> None:
     port = free_port()
     start_fleet(
         "fast",
-        TIERQ_REDIS_URL=own_redis.url,
+        TIERQ_REDIS_URL=private_redis.url,
         TIERQ_METRICS_PORT=str(port),
         TIERQ_METRICS_HOST="127.0.0.1",
         TIERQ_LIVENESS_GRACE_SECONDS="3",
@@ -103,11 +73,14 @@ def test_liveness_fails_once_the_worker_has_lost_its_broker_and_metrics_are_serv
     assert status == 200
     assert b'tierq_queue_depth{tier="fast"}' in metrics
 
-    own_redis.stop()
-    deadline = time.monotonic() + 20
-    while http_get(f"{root}/healthz")[0] == 200 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    status, body = http_get(f"{root}/healthz")
+    private_redis.stop()
+    status, body = eventually(
+        lambda: http_get(f"{root}/healthz"),
+        until=lambda answer: answer[0] != 200,
+        what="/healthz failing once the broker is gone",
+        timeout=20,
+        interval=0.5,
+    )
     assert status == 503
     assert json.loads(body)["status"] == "broker_lost"
 

@@ -8,6 +8,7 @@ to end. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,19 @@ import redis
 import redis.asyncio
 from openai.types import Batch
 
-from tests.support import Simulator, clean_environment, create_api_key, nonce, unique_tenant
+from tests.support import (
+    Simulator,
+    TenantKey,
+    bearer,
+    clean_environment,
+    create_api_key,
+    eventually,
+    gateway_client,
+    in_flight,
+    job,
+    nonce,
+    unique_tenant,
+)
 from tierq.core.keys import Keys
 from tierq.core.results import JobError, JobResult, JobStatus
 from tierq.core.settings import Settings
@@ -47,7 +60,6 @@ from tierq.producers.gateway.file_models import FileObject
 from tierq.producers.gateway.file_store import FileStore
 from tierq.producers.gateway.storage_errors import NoSuchFileError
 
-TenantKey = Callable[..., tuple[str, str]]
 BATCH_WAIT_SECONDS = 30.0
 
 
@@ -56,12 +68,7 @@ def request_line(custom_id: str, text: str, **params: Any) -> dict[str, Any]:
         "custom_id": custom_id,
         "method": "POST",
         "url": "/v1/chat/completions",
-        "body": {
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": text}],
-            "max_tokens": 20,
-            **params,
-        },
+        "body": job(text, **{"max_tokens": 20, **params}),
     }
 
 
@@ -82,27 +89,23 @@ def start_batch(client: openai.OpenAI, lines: list[dict[str, Any] | str]) -> Bat
     )
 
 
-def wait_for(
+def batch_reaching(
     client: openai.OpenAI, batch_id: str, statuses: set[str], timeout: float = BATCH_WAIT_SECONDS
 ) -> Batch:
-    deadline = time.monotonic() + timeout
-    batch = client.batches.retrieve(batch_id)
-    while batch.status not in statuses:
-        assert time.monotonic() < deadline, f"batch still {batch.status} after {timeout}s"
-        time.sleep(0.1)
-        batch = client.batches.retrieve(batch_id)
-    return batch
+    """The batch, once its status is one of `statuses`."""
+    return eventually(
+        lambda: client.batches.retrieve(batch_id),
+        until=lambda batch: batch.status in statuses,
+        what=f"batch {batch_id} to be {' or '.join(sorted(statuses))}",
+        timeout=timeout,
+        interval=0.1,
+    )
 
 
 def file_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     if file_id is None:
         return []
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
-
-
-def in_flight(settings: Settings, tenant: str) -> int:
-    with redis.Redis.from_url(settings.redis_url.get_secret_value()) as client:
-        return int(client.zcard(Keys(settings.key_prefix).tenant_in_flight(tenant)))
 
 
 # --- the batch file, alone ---------------------------------------------------------------------
@@ -276,7 +279,7 @@ def test_a_batch_runs_to_completed_with_answers_and_failures_in_their_files(
         created = start_batch(client, lines)
         assert created.status == "validating"
         assert created.expires_at == created.created_at + 24 * 3600
-        batch = wait_for(client, created.id, {"completed", "failed"})
+        batch = batch_reaching(client, created.id, {"completed", "failed"})
         outputs = file_lines(client, batch.output_file_id)
         errors = file_lines(client, batch.error_file_id)
         assert batch.output_file_id is not None
@@ -312,7 +315,7 @@ def test_a_batch_runs_to_completed_with_answers_and_failures_in_their_files(
     assert by_id["long"]["response"]["body"]["error"]["code"] == "context_length_exceeded"
     # Each request was one job, called once; the one that broke the contract never became one.
     assert by_id["hot"]["response"]["request_id"] is None
-    with httpx2.Client(base_url=gateway_url, headers={"Authorization": f"Bearer {key}"}) as http:
+    with gateway_client(gateway_url, key, timeout=5) as http:
         for line in [*outputs, by_id["long"]]:
             record = http.get(f"/v1/jobs/{line['response']['request_id']}").json()
             assert record["attempts"] == 1
@@ -327,7 +330,7 @@ def test_a_malformed_input_file_fails_the_batch_naming_the_lines_and_runs_nothin
     lines: list[dict[str, Any] | str] = [first, "this is not json", first]
     tenant, key = tenant_key()
     with sdk(gateway_url, key) as client:
-        batch = wait_for(client, start_batch(client, lines).id, {"failed", "in_progress"})
+        batch = batch_reaching(client, start_batch(client, lines).id, {"failed", "in_progress"})
     assert batch.status == "failed"
     assert batch.failed_at is not None
     assert batch.errors is not None
@@ -353,13 +356,13 @@ def test_cancelling_a_running_batch_ends_it_cancelled_with_the_unfinished_in_the
     _, key = tenant_key()
     with sdk(gateway_url, key) as client:
         created = start_batch(client, lines)
-        wait_for(client, created.id, {"in_progress"}, timeout=10)
+        batch_reaching(client, created.id, {"in_progress"}, timeout=10)
         # The input is read once, to validate it: deleting it now changes nothing below
         assert client.files.delete(created.input_file_id).deleted
         cancelling = client.batches.cancel(created.id)
         assert cancelling.status == "cancelling"
         assert cancelling.cancelling_at is not None
-        batch = wait_for(client, created.id, {"cancelled"})
+        batch = batch_reaching(client, created.id, {"cancelled"})
         outputs = file_lines(client, batch.output_file_id)
         errors = file_lines(client, batch.error_file_id)
         assert client.batches.cancel(created.id).status == "cancelled"  # again: no change
@@ -405,10 +408,10 @@ def test_a_tenant_sees_and_lists_only_its_own_files_and_batches(
             r.delete(Keys(settings.key_prefix).batch(newest_first[1]))
         assert [b.id for b in owner.batches.list(after=newest_first[1])] == newest_first[2:]
         assert [b.id for b in owner.batches.list()] == [newest_first[0], newest_first[2]]
-        done = wait_for(owner, ids[0], {"completed"})
+        done = batch_reaching(owner, ids[0], {"completed"})
         with pytest.raises(openai.ConflictError):
             owner.batches.cancel(done.id)
-    with httpx2.Client(headers={"Authorization": f"Bearer {owner_key}"}) as http:
+    with httpx2.Client(headers=bearer(owner_key)) as http:
         listing = http.get(f"{gateway_url}/v1/batches", params={"limit": 2}).json()
     assert listing["object"] == "list"
     assert (listing["first_id"], listing["last_id"]) == (newest_first[0], newest_first[2])
@@ -427,7 +430,7 @@ def test_a_tenant_lists_pages_and_deletes_only_its_own_files(
                                purpose="batch").id
             for i in range(2)
         ]  # fmt: skip
-        output = wait_for(owner, batch.id, {"completed"}).output_file_id
+        output = batch_reaching(owner, batch.id, {"completed"}).output_file_id
 
         # Then the listing is newest first, pages as the SDK pages, and filters by purpose
         first = owner.files.list(limit=2, purpose="batch")
@@ -546,10 +549,15 @@ def cluster(worker_env: dict[str, str], logs_dir: Path, simulator: Simulator) ->
     # Four at a time, so a batch of slow requests keeps some queued.
     worker = start_worker("fast", logs_dir / f"worker-fast-{isolation}.log", env, concurrency=4)
     yield Cluster(env, settings_for(env), logs_dir)
-    # A worker stopped mid-call waits out its whole shutdown grace: let cancelled calls end.
-    deadline = time.monotonic() + 10
-    while simulator.http.get("/sim/stats").json()["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # A worker stopped mid-call waits out its whole shutdown grace: let cancelled calls end
+    # (best effort: at worst, the stop takes that grace).
+    with contextlib.suppress(AssertionError):
+        eventually(
+            lambda: not simulator.http.get("/sim/stats").json()["in_flight"],
+            what="the simulator's calls ending",
+            timeout=10,
+            interval=0.1,
+        )
     worker.stop()
 
 
@@ -572,7 +580,7 @@ def test_a_batch_survives_a_gateway_restart_and_no_request_is_paid_twice(
     ]
     with running(cluster.gateway()) as root, sdk(root, key) as client:
         batch_id = start_batch(client, lines).id
-        wait_for(client, batch_id, {"in_progress"}, timeout=10)
+        batch_reaching(client, batch_id, {"in_progress"}, timeout=10)
     # The gateway stopped with jobs running. Given, besides, a crash between submitting the jobs
     # and recording them: the batch says nothing was submitted, so the next gateway submits
     # every request again.
@@ -583,7 +591,7 @@ def test_a_batch_survives_a_gateway_restart_and_no_request_is_paid_twice(
         store.hdel(cluster.batch_key(batch_id), *submitted)
         store.hset(cluster.batch_key(batch_id), "cursor", 0)
     with running(cluster.gateway()) as root, sdk(root, key) as client:
-        batch = wait_for(client, batch_id, {"completed", "failed"})
+        batch = batch_reaching(client, batch_id, {"completed", "failed"})
         outputs = file_lines(client, batch.output_file_id)
     assert batch.status == "completed"
     # The same jobs (one idempotency key per request), each called once.
@@ -600,7 +608,7 @@ def test_a_batch_larger_than_the_tenant_quota_is_submitted_as_room_frees(
     ]
     process, root = cluster.gateway(TIERQ_GATEWAY__TENANT_MAX_IN_FLIGHT="2")
     with running((process, root)), sdk(root, key) as client:
-        batch = wait_for(client, start_batch(client, lines).id, {"completed", "failed"})
+        batch = batch_reaching(client, start_batch(client, lines).id, {"completed", "failed"})
     assert batch.request_counts is not None
     assert batch.request_counts.completed == 5
     # Submitted in rounds of at most two, each as earlier jobs finished.
@@ -626,10 +634,10 @@ def test_a_running_batch_whose_stored_requests_are_gone_carries_on_from_its_inpu
     process, root = cluster.gateway(TIERQ_GATEWAY__TENANT_MAX_IN_FLIGHT="2")
     with running((process, root)), sdk(root, key) as client:
         created = start_batch(client, lines)
-        wait_for(client, created.id, {"in_progress"}, timeout=10)
+        batch_reaching(client, created.id, {"in_progress"}, timeout=10)
         with cluster.redis() as r:
             r.delete(Keys(cluster.settings.key_prefix).batch_requests(created.id))
-        batch = wait_for(client, created.id, {"completed", "failed"})
+        batch = batch_reaching(client, created.id, {"completed", "failed"})
         outputs = file_lines(client, batch.output_file_id)
     assert batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (6, 0)
@@ -647,7 +655,7 @@ def test_a_batch_past_its_window_ends_expired_with_the_unfinished_in_the_error_f
     ]
     with running(cluster.gateway()) as root, sdk(root, key) as client:
         batch_id = start_batch(client, lines).id
-        wait_for(client, batch_id, {"in_progress"}, timeout=10)
+        batch_reaching(client, batch_id, {"in_progress"}, timeout=10)
     # Given 24 hours gone by while no gateway ran.
     with cluster.redis() as store:
         raw = store.hget(cluster.batch_key(batch_id), "object")
@@ -659,7 +667,7 @@ def test_a_batch_past_its_window_ends_expired_with_the_unfinished_in_the_error_f
             json.dumps({**stored, "expires_at": int(time.time()) - 1}),
         )
     with running(cluster.gateway()) as root, sdk(root, key) as client:
-        batch = wait_for(client, batch_id, {"expired"})
+        batch = batch_reaching(client, batch_id, {"expired"})
         outputs = file_lines(client, batch.output_file_id)
         errors = file_lines(client, batch.error_file_id)
     assert batch.expired_at is not None

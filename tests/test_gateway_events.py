@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionChunk
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from tests.support import nonce
+from tests.support import TenantKey, gateway_client, job, nonce
 from tierq.core.keys import Keys
 from tierq.core.settings import Settings
 from tierq.devkit.local_redis import EmbeddedRedis
@@ -64,16 +64,15 @@ def read_events(
 
 
 @pytest.fixture
-def http(gateway_url: str, tenant_key: Callable[..., tuple[str, str]]) -> Iterator[httpx2.Client]:
+def http(gateway_url: str, tenant_key: TenantKey) -> Iterator[httpx2.Client]:
     """A client of the gateway with a fresh tenant's key."""
     _, key = tenant_key()
-    with httpx2.Client(base_url=gateway_url, headers={"Authorization": f"Bearer {key}"}) as client:
+    with gateway_client(gateway_url, key, timeout=5) as client:
         yield client
 
 
 def submit(http: httpx2.Client, prompt: str, **params: Any) -> str:
-    job = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}], **params}
-    accepted = http.post("/v1/jobs", json=job)
+    accepted = http.post("/v1/jobs", json=job(prompt, **params))
     assert accepted.status_code == 202, accepted.text
     job_id: str = accepted.json()["id"]
     return job_id
@@ -150,7 +149,7 @@ def test_a_retried_streamed_jobs_events_carry_the_attempt_that_answered(
 
 
 def test_another_tenants_job_answers_404_in_the_apis_error_shape(
-    http: httpx2.Client, gateway_url: str, tenant_key: Callable[..., tuple[str, str]]
+    http: httpx2.Client, gateway_url: str, tenant_key: TenantKey
 ) -> None:
     job_id = submit(http, f"mine {nonce()}")
     _, other_key = tenant_key()
@@ -268,12 +267,10 @@ class Streams:
 
 
 @pytest.fixture
-def streams(redis_url: str) -> Iterator[Streams]:
+def streams(redis_client: redis.Redis) -> Streams:
     """Delta streams on the tests' Redis, under a key prefix of their own."""
-    client = redis.Redis.from_url(redis_url)
     keys = Keys(f"tierq-{nonce()}:")
-    yield Streams(DeltaStreams(client, keys, ttl_seconds=60), client, keys)
-    client.close()
+    return Streams(DeltaStreams(redis_client, keys, ttl_seconds=60), redis_client, keys)
 
 
 def test_a_burst_of_chunks_is_written_first_at_once_then_together_at_the_end(
@@ -322,24 +319,22 @@ def test_a_redis_fault_while_publishing_is_logged_once_and_never_raised(
     ]
 
 
-def test_a_slow_redis_stops_the_publishing_instead_of_slowing_the_answer() -> None:
+def test_a_slow_redis_stops_the_publishing_instead_of_slowing_the_answer(
+    private_redis: EmbeddedRedis,
+) -> None:
     # A private Redis whose writes are held back (CLIENT PAUSE), as a Redis under load is
-    server = EmbeddedRedis().start()
-    try:
-        client = redis.Redis.from_url(server.url)
-        deltas = DeltaStreams(client, Keys(f"tierq-{nonce()}:"), ttl_seconds=60)
-        publisher = deltas.publisher("job-4", attempt=1)
-        client.execute_command("CLIENT", "PAUSE", "400", "WRITE")
-        began = time.monotonic()
-        with capture_logs() as logs:
-            for piece in ["x"] * 40:
-                publisher.publish(chunk(text(piece)))
-                time.sleep(0.06)  # past the flush interval each time
-            publisher.flush()
-        took = time.monotonic() - began
-        client.close()
-    finally:
-        server.stop()
+    client = redis.Redis.from_url(private_redis.url)
+    deltas = DeltaStreams(client, Keys(f"tierq-{nonce()}:"), ttl_seconds=60)
+    publisher = deltas.publisher("job-4", attempt=1)
+    client.execute_command("CLIENT", "PAUSE", "400", "WRITE")
+    began = time.monotonic()
+    with capture_logs() as logs:
+        for piece in ["x"] * 40:
+            publisher.publish(chunk(text(piece)))
+            time.sleep(0.06)  # past the flush interval each time
+        publisher.flush()
+    took = time.monotonic() - began
+    client.close()
     # One slow write, then no more: 40 chunks cost about one pause, not forty.
     assert took < 40 * 0.06 + 1.0
     assert [entry["event"] for entry in logs] == ["deltas.publish_failed"]

@@ -3,53 +3,42 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import httpx2
 import pytest
 
-from tests.support import create_api_key, nonce, unique_tenant
+from tests.support import (
+    GatewayFactory,
+    TenantKey,
+    bearer,
+    create_api_key,
+    eventually,
+    gateway_client,
+    job,
+    key_id_of,
+    nonce,
+    refused_with,
+    run_tierq,
+    unique_tenant,
+)
 from tierq.devkit.local_redis import EmbeddedRedis
-from tierq.devkit.processes import ManagedProcess, settings_for, start_gateway
-
-TenantKey = Callable[..., tuple[str, str]]
-
-
-def job(text: str | None = None) -> dict[str, Any]:
-    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text or nonce()}]}
-
-
-def error_of(response: httpx2.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    return error
 
 
 @pytest.fixture
 def private_gateway(
-    worker_env: dict[str, str], logs_dir: Path
-) -> Iterator[tuple[str, str, EmbeddedRedis]]:
+    # First, so it is set up first and stopped last: the gateway stops before its Redis.
+    private_redis: EmbeddedRedis,
+    start_gateway_with: GatewayFactory,
+) -> tuple[str, str, EmbeddedRedis]:
     """A gateway on a Redis of its own (no workers), allowing one open wait per tenant."""
-    server = EmbeddedRedis().start()
-    env = {
-        **worker_env,
-        "TIERQ_REDIS_URL": server.url,
-        "TIERQ_GATEWAY__MAX_WAITING_PER_TENANT": "1",
-    }
-    process: ManagedProcess
-    process, root = start_gateway(logs_dir / f"gateway-private-{nonce()}.log", env)
-    key = create_api_key(settings_for(env), unique_tenant())
-    yield root, key, server
-    process.stop()
-    server.stop()
+    root, settings = start_gateway_with(
+        TIERQ_REDIS_URL=private_redis.url, TIERQ_GATEWAY__MAX_WAITING_PER_TENANT="1"
+    )
+    return root, create_api_key(settings, unique_tenant()), private_redis
 
 
 def test_redis_away_is_a_503_in_the_apis_shape_on_every_kind_of_route(
@@ -57,28 +46,28 @@ def test_redis_away_is_a_503_in_the_apis_shape_on_every_kind_of_route(
 ) -> None:
     root, key, server = private_gateway
     server.stop()
-    with httpx2.Client(base_url=root, headers={"Authorization": f"Bearer {key}"}) as http:
+    with gateway_client(root, key, timeout=5) as http:
         for response in (
             http.get("/v1/batches"),
             http.get("/v1/files/file-x"),
             http.get(f"/v1/jobs/{uuid.uuid4()}"),
             http.post("/v1/jobs", json=job()),
         ):
-            assert error_of(response, 503)["code"] == "broker_unavailable"
+            assert refused_with(response, 503)["code"] == "broker_unavailable"
             assert response.headers["retry-after"]
         assert http.get("/readyz").status_code == 503
 
 
 def test_a_request_without_a_key_hears_401_whatever_its_body(gateway_url: str) -> None:
-    with httpx2.Client(base_url=gateway_url) as http:
+    with gateway_client(gateway_url, timeout=5) as http:
         broken = http.post(
             "/v1/jobs", content=b'{"model":', headers={"content-type": "application/json"}
         )
-        assert error_of(broken, 401)["code"] == "invalid_api_key"
+        assert refused_with(broken, 401)["code"] == "invalid_api_key"
         wrong = http.post(
             "/v1/jobs:batch", json={"jobs": []}, headers={"Authorization": "Basic eDp5"}
         )
-        assert error_of(wrong, 401)["code"] == "invalid_api_key"
+        assert refused_with(wrong, 401)["code"] == "invalid_api_key"
 
 
 def test_a_chunked_body_over_the_limit_is_refused_413(
@@ -92,39 +81,39 @@ def test_a_chunked_body_over_the_limit_is_refused_413(
             yield b"x" * 65_536
         yield b'"}]}'
 
-    with httpx2.Client(base_url=gateway_url, headers={"Authorization": f"Bearer {key}"}) as http:
+    with gateway_client(gateway_url, key, timeout=5) as http:
         refused = http.post(
             "/v1/jobs", content=chunks(), headers={"content-type": "application/json"}
         )
-    assert error_of(refused, 413)["code"] == "request_too_large"
+    assert refused_with(refused, 413)["code"] == "request_too_large"
 
 
 def test_odd_digits_in_numbers_are_a_400_not_a_crash(
     gateway_url: str, tenant_key: TenantKey
 ) -> None:
     _, key = tenant_key()
-    with httpx2.Client(base_url=gateway_url, headers={"Authorization": f"Bearer {key}"}) as http:
-        assert error_of(http.get("/v1/batches", params={"limit": "²"}), 400)["param"] == "limit"
+    with gateway_client(gateway_url, key, timeout=5) as http:
+        assert refused_with(http.get("/v1/batches", params={"limit": "²"}), 400)["param"] == "limit"
         upload = http.post(
             "/v1/files",
             files={"file": ("in.jsonl", b"{}\n")},
             data={"purpose": "batch", "expires_after[anchor]": "created_at",
                   "expires_after[seconds]": "²"},
         )  # fmt: skip
-        assert error_of(upload, 400)["param"] == "expires_after.seconds"
+        assert refused_with(upload, 400)["param"] == "expires_after.seconds"
         huge = http.get(
             f"/v1/jobs/{uuid.uuid4()}/events",
             headers={"Last-Event-ID": "99999999999999999999-0"},
         )
-        assert error_of(huge, 422)["param"] == "Last-Event-ID"
+        assert refused_with(huge, 422)["param"] == "Last-Event-ID"
 
 
 def test_a_tenant_holds_only_its_share_of_open_waits_and_a_gone_client_frees_it(
     private_gateway: tuple[str, str, EmbeddedRedis],
 ) -> None:
     root, key, _ = private_gateway
-    headers = {"Authorization": f"Bearer {key}"}
-    with httpx2.Client(base_url=root, headers=headers, timeout=30) as http:
+    headers = bearer(key)
+    with gateway_client(root, key) as http:
         job_id = http.post("/v1/jobs", json=job()).json()["id"]  # no worker: it stays queued
     url = f"{root}/v1/jobs/{job_id}"
 
@@ -139,13 +128,16 @@ def test_a_tenant_holds_only_its_share_of_open_waits_and_a_gone_client_frees_it(
     holder.start()
     time.sleep(0.7)
     with httpx2.Client(headers=headers, timeout=30) as http:
-        assert error_of(http.get(url, params={"wait": 5}), 429)["code"] == "too_many_waiting"
+        assert refused_with(http.get(url, params={"wait": 5}), 429)["code"] == "too_many_waiting"
         holder.join()
         # The first client left: within a couple of seconds its slot is free again.
-        deadline = time.monotonic() + 10
-        while (answer := http.get(url, params={"wait": 0.5})).status_code == 429:
-            assert time.monotonic() < deadline, "the gone client's slot was never freed"
-            time.sleep(0.5)
+        answer = eventually(
+            lambda: http.get(url, params={"wait": 0.5}),
+            until=lambda response: response.status_code != 429,
+            what="the gone client's slot freed",
+            timeout=10,
+            interval=0.5,
+        )
         assert answer.json()["status"] == "queued"
 
 
@@ -153,18 +145,11 @@ def test_revoking_a_key_ends_the_event_streams_it_opened(
     gateway_url: str, tenant_key: TenantKey, worker_env: dict[str, str]
 ) -> None:
     _, key = tenant_key()
-    headers = {"Authorization": f"Bearer {key}"}
-    with httpx2.Client(base_url=gateway_url, headers=headers, timeout=60) as http:
+    with gateway_client(gateway_url, key, timeout=60) as http:
         job_id = http.post("/v1/jobs", json=job(f"{nonce()} [sim latency_ms=15000]")).json()["id"]
-        listed = subprocess.run(
-            [sys.executable, "-m", "tierq", "keys", "list", "--json"],
-            env=worker_env, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        key_id = next(
-            line.split('"key_id": "')[1].split('"')[0]
-            for line in listed.splitlines()
-            if f'"hint": "{key[:7]}"' in line
-        )
+        listed = run_tierq(worker_env, "keys", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        key_id = key_id_of(listed.stdout, key)
         events: list[str] = []
         began = time.monotonic()
         with http.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
@@ -172,10 +157,8 @@ def test_revoking_a_key_ends_the_event_streams_it_opened(
                 if line.startswith("event:"):
                     events.append(line.split(":", 1)[1].strip())
                     if len(events) == 1:
-                        subprocess.run(
-                            [sys.executable, "-m", "tierq", "keys", "revoke", key_id],
-                            env=worker_env, check=True, capture_output=True,
-                        )  # fmt: skip
+                        revoked = run_tierq(worker_env, "keys", "revoke", key_id)
+                        assert revoked.returncode == 0, revoked.stderr
         ended_after = time.monotonic() - began
     assert "result" not in events
     assert ended_after < 14, "the stream ended with the key, not with the job"

@@ -5,58 +5,34 @@ Each test uses fresh tenants (`tenant_key`), so quotas and ownership never leak 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
-import redis
 
-from tests.support import Simulator, create_api_key, nonce, unique_tenant
-from tierq.core.keys import Keys
+from tests.support import (
+    GatewayFactory,
+    Simulator,
+    TenantKey,
+    create_api_key,
+    gateway_client,
+    in_flight,
+    job,
+    key_id_of,
+    nonce,
+    refused_with,
+    run_tierq,
+    unique_tenant,
+    user,
+)
 from tierq.core.settings import Settings
-from tierq.devkit.processes import ManagedProcess, settings_for, start_gateway
-
-TenantKey = Callable[..., tuple[str, str]]
-
-
-def job(text: str | None = None, **params: Any) -> dict[str, Any]:
-    return {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": text or nonce()}],
-        **params,
-    }
-
-
-def api(root: str, key: str | None) -> httpx2.Client:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx2.Client(base_url=root, headers=headers, timeout=30)
-
-
-def assert_error_shape(response: httpx2.Response, status: int, param: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    if param is not None:
-        assert error["param"] == param
-
-
-def in_flight(settings: Settings, tenant: str) -> int:
-    with redis.Redis.from_url(settings.redis_url.get_secret_value()) as client:
-        return int(client.zcard(Keys(settings.key_prefix).tenant_in_flight(tenant)))
 
 
 def test_a_job_submitted_over_http_is_run_by_a_worker_and_read_back(
     gateway_url: str, tenant_key: TenantKey
 ) -> None:
     _, key = tenant_key()
-    with api(gateway_url, key) as http:
+    with gateway_client(gateway_url, key) as http:
         accepted = http.post("/v1/jobs", json=job())
         assert accepted.status_code == 202
         body = accepted.json()
@@ -70,7 +46,7 @@ def test_a_job_submitted_over_http_is_run_by_a_worker_and_read_back(
 
 def test_many_jobs_in_one_request_all_run(gateway_url: str, tenant_key: TenantKey) -> None:
     _, key = tenant_key()
-    with api(gateway_url, key) as http:
+    with gateway_client(gateway_url, key) as http:
         accepted = http.post("/v1/jobs:batch", json={"jobs": [job() for _ in range(5)]})
         assert accepted.status_code == 202
         ids = [entry["id"] for entry in accepted.json()["data"]]
@@ -84,11 +60,11 @@ def test_one_bad_job_in_a_batch_is_named_and_nothing_is_enqueued(
 ) -> None:
     tenant, key = tenant_key()
     marker = nonce()
-    with api(gateway_url, key) as http:
+    with gateway_client(gateway_url, key) as http:
         answer = http.post(
             "/v1/jobs:batch", json={"jobs": [job(marker), job(marker, temperature=5)]}
         )
-    assert_error_shape(answer, 422, "jobs.1.temperature")
+    refused_with(answer, 422, "jobs.1.temperature")
     assert in_flight(settings, tenant) == 0
     assert simulator.requests_with(marker) == []
 
@@ -100,7 +76,7 @@ def test_one_bad_job_in_a_batch_is_named_and_nothing_is_enqueued(
         (job(model="gpt-5-nonexistent"), 422, "model"),
         ({**job(model="o3"), "temperature": 0.2}, 422, "temperature"),
         ({"model": "gpt-4o-mini"}, 422, "messages"),
-        ({**job(), "messages": [{"role": "user", "content": "x"}] * 2_049}, 422, "messages"),
+        ({**job(), "messages": user("x") * 2_049}, 422, "messages"),
         ({**job(), "unknown_parameter": 1}, 422, "unknown_parameter"),
     ],
     ids=["range", "unknown-model", "o-series-temperature", "no-messages", "too-many-messages",
@@ -115,8 +91,8 @@ def test_a_bad_job_is_refused_naming_the_parameter(
     param: str,
 ) -> None:
     tenant, key = tenant_key()
-    with api(gateway_url, key) as http:
-        assert_error_shape(http.post("/v1/jobs", json=body), status, param)
+    with gateway_client(gateway_url, key) as http:
+        refused_with(http.post("/v1/jobs", json=body), status, param)
     assert in_flight(settings, tenant) == 0
 
 
@@ -125,16 +101,16 @@ def test_bodies_over_the_size_limit_and_broken_json_are_refused(
 ) -> None:
     tenant, key = tenant_key()
     too_big = "x" * (settings.gateway.max_body_bytes + 1)
-    with api(gateway_url, key) as http:
-        assert_error_shape(http.post("/v1/jobs", json=job(too_big)), 413)
-        assert_error_shape(
+    with gateway_client(gateway_url, key) as http:
+        refused_with(http.post("/v1/jobs", json=job(too_big)), 413)
+        refused_with(
             http.post(
                 "/v1/jobs", content=b'{"model":', headers={"content-type": "application/json"}
             ),
             422,
         )
         many = {"jobs": [job()] * (settings.gateway.max_jobs_per_request + 1)}
-        assert_error_shape(http.post("/v1/jobs:batch", json=many), 413, "jobs")
+        refused_with(http.post("/v1/jobs:batch", json=many), 413, "jobs")
     assert in_flight(settings, tenant) == 0
 
 
@@ -143,10 +119,13 @@ def test_a_tenant_cannot_see_or_cancel_another_tenants_job(
 ) -> None:
     _, owner_key = tenant_key()
     _, other_key = tenant_key()
-    with api(gateway_url, owner_key) as owner, api(gateway_url, other_key) as other:
+    with (
+        gateway_client(gateway_url, owner_key) as owner,
+        gateway_client(gateway_url, other_key) as other,
+    ):
         job_id = owner.post("/v1/jobs", json=job()).json()["id"]
-        assert_error_shape(other.get(f"/v1/jobs/{job_id}"), 404)
-        assert_error_shape(other.delete(f"/v1/jobs/{job_id}"), 404)
+        refused_with(other.get(f"/v1/jobs/{job_id}"), 404)
+        refused_with(other.delete(f"/v1/jobs/{job_id}"), 404)
         # The same answer as for an id that never existed: nothing tells the two apart.
         unknown = other.get(f"/v1/jobs/{uuid.uuid4()}").json()["error"]
         assert other.get(f"/v1/jobs/{job_id}").json()["error"]["code"] == unknown["code"]
@@ -160,26 +139,21 @@ def test_requests_without_a_live_key_are_refused(
     gateway_url: str, tenant_key: TenantKey, worker_env: dict[str, str]
 ) -> None:
     _, key = tenant_key()
-    with api(gateway_url, None) as anonymous, api(gateway_url, "tq-not-a-key") as wrong:
-        assert_error_shape(anonymous.post("/v1/jobs", json=job()), 401)
-        assert_error_shape(wrong.get(f"/v1/jobs/{uuid.uuid4()}"), 401)
-    listed = subprocess.run(
-        [sys.executable, "-m", "tierq", "keys", "list", "--json"],
-        env=worker_env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    assert key not in listed, "keys are never shown again after creation"
-    key_id = next(
-        line.split('"key_id": "')[1].split('"')[0]
-        for line in listed.splitlines()
-        if f'"hint": "{key[:7]}"' in line
-    )
-    with api(gateway_url, key) as http:
+    with (
+        gateway_client(gateway_url, None) as anonymous,
+        gateway_client(gateway_url, "tq-not-a-key") as wrong,
+    ):
+        refused_with(anonymous.post("/v1/jobs", json=job()), 401)
+        refused_with(wrong.get(f"/v1/jobs/{uuid.uuid4()}"), 401)
+    listed = run_tierq(worker_env, "keys", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert key not in listed.stdout, "keys are never shown again after creation"
+    key_id = key_id_of(listed.stdout, key)
+    with gateway_client(gateway_url, key) as http:
         assert http.post("/v1/jobs", json=job()).status_code == 202
-        subprocess.run(
-            [sys.executable, "-m", "tierq", "keys", "revoke", key_id],
-            env=worker_env, check=True, capture_output=True,
-        )  # fmt: skip
-        assert_error_shape(http.post("/v1/jobs", json=job()), 401)
+        revoked = run_tierq(worker_env, "keys", "revoke", key_id)
+        assert revoked.returncode == 0, revoked.stderr
+        refused_with(http.post("/v1/jobs", json=job()), 401)
 
 
 def test_an_idempotency_key_returns_the_first_job_per_tenant(
@@ -189,11 +163,11 @@ def test_an_idempotency_key_returns_the_first_job_per_tenant(
     _, other_key = tenant_key()
     body = job()
     headers = {"Idempotency-Key": f"order-{nonce()}"}
-    with api(gateway_url, key) as http, api(gateway_url, other_key) as other:
+    with gateway_client(gateway_url, key) as http, gateway_client(gateway_url, other_key) as other:
         first = http.post("/v1/jobs", json=body, headers=headers).json()["id"]
         assert http.post("/v1/jobs", json=body, headers=headers).json()["id"] == first
         conflict = http.post("/v1/jobs", json=job(), headers=headers)
-        assert_error_shape(conflict, 409, "Idempotency-Key")
+        refused_with(conflict, 409, "Idempotency-Key")
         # Keys are scoped to their tenant: another tenant's same key is another job.
         assert other.post("/v1/jobs", json=body, headers=headers).json()["id"] != first
 
@@ -202,44 +176,39 @@ def test_a_long_poll_returns_when_the_wait_runs_out(
     gateway_url: str, tenant_key: TenantKey
 ) -> None:
     _, key = tenant_key()
-    with api(gateway_url, key) as http:
+    with gateway_client(gateway_url, key) as http:
         job_id = http.post("/v1/jobs", json=job(f"{nonce()} [sim latency_ms=3000]")).json()["id"]
         early = http.get(f"/v1/jobs/{job_id}", params={"wait": 0.5})
         assert early.status_code == 200
         assert early.json()["status"] in {"queued", "running"}
-        assert_error_shape(http.get(f"/v1/jobs/{job_id}", params={"wait": -1}), 422, "wait")
+        refused_with(http.get(f"/v1/jobs/{job_id}", params={"wait": -1}), 422, "wait")
         cancelled = http.delete(f"/v1/jobs/{job_id}").json()
     assert cancelled["status"] == "cancelled"
 
 
 @pytest.fixture
 def idle_gateway(
-    worker_env: dict[str, str], logs_dir: Path
-) -> Iterator[tuple[str, dict[str, str]]]:
+    start_gateway_with: GatewayFactory,
+) -> tuple[str, Settings]:
     """A gateway with a quota of 2 jobs in flight, on queues no worker reads."""
     prefix = f"quota-{uuid.uuid4().hex[:6]}"
-    env = {
-        **worker_env,
-        "TIERQ_GATEWAY__TENANT_MAX_IN_FLIGHT": "2",
-        "TIERQ_QUEUE_PREFIX": f"{prefix}.",
-        "TIERQ_KEY_PREFIX": f"{prefix}:",
-    }
-    process: ManagedProcess
-    process, root = start_gateway(logs_dir / f"{prefix}.log", env)
-    yield root, env
-    process.stop()
+    return start_gateway_with(
+        TIERQ_GATEWAY__TENANT_MAX_IN_FLIGHT="2",
+        TIERQ_QUEUE_PREFIX=f"{prefix}.",
+        TIERQ_KEY_PREFIX=f"{prefix}:",
+    )
 
 
 def test_a_tenant_over_its_quota_is_told_to_come_back(
-    idle_gateway: tuple[str, dict[str, str]],
+    idle_gateway: tuple[str, Settings],
 ) -> None:
-    root, env = idle_gateway
-    key = create_api_key(settings_for(env), unique_tenant())
-    with api(root, key) as http:
+    root, settings = idle_gateway
+    key = create_api_key(settings, unique_tenant())
+    with gateway_client(root, key) as http:
         first = http.post("/v1/jobs", json=job()).json()["id"]
         assert http.post("/v1/jobs", json=job()).status_code == 202
         refused = http.post("/v1/jobs", json=job())
-        assert_error_shape(refused, 429)
+        refused_with(refused, 429)
         assert refused.headers["retry-after"]
         assert refused.json()["error"]["code"] == "tenant_quota_exceeded"
         # A finished (here: cancelled) job frees its place.
@@ -248,7 +217,7 @@ def test_a_tenant_over_its_quota_is_told_to_come_back(
 
 
 def test_health_and_readiness_answer_without_a_key(gateway_url: str) -> None:
-    with api(gateway_url, None) as http:
+    with gateway_client(gateway_url, None) as http:
         assert http.get("/healthz").json() == {"status": "ok"}
         assert http.get("/readyz").json() == {"status": "ok"}
         spec = http.get("/openapi.json").json()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import hypothesis
 import pytest
@@ -33,7 +33,7 @@ import schemathesis
 from hypothesis import strategies as st
 from schemathesis import BaseSchema, Case, CheckContext, CheckFunction, GenerationMode, Response
 
-from tests.support import unique_tenant
+from tests.support import TenantKey, bearer, unique_tenant
 from tierq.core.keys import Keys
 from tierq.core.results import JobResult
 from tierq.core.settings import Settings
@@ -79,10 +79,6 @@ def bounded(max_examples: int) -> hypothesis.settings:
     )
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 # --- checks ------------------------------------------------------------------------------------
 
 
@@ -118,7 +114,8 @@ def nothing_in_flight(client: redis.Redis, keys: Keys, tenant: str) -> CheckFunc
 
 
 def in_flight_of(client: redis.Redis, keys: Keys, tenant: str) -> set[str]:
-    return set(client.zrange(keys.tenant_in_flight(tenant), 0, -1))
+    job_ids = cast(list[bytes], client.zrange(keys.tenant_in_flight(tenant), 0, -1))
+    return {job_id.decode() for job_id in job_ids}
 
 
 def jobs_of(client: redis.Redis, keys: Keys, tenant: str) -> set[str]:
@@ -132,7 +129,7 @@ def jobs_of(client: redis.Redis, keys: Keys, tenant: str) -> set[str]:
     return {job.job_id for job in jobs if job.tenant == tenant}
 
 
-def idempotency_keys_of(client: redis.Redis, keys: Keys, tenant: str) -> list[str]:
+def idempotency_keys_of(client: redis.Redis, keys: Keys, tenant: str) -> list[bytes]:
     """Idempotency keys reserved under `tenant` (the gateway scopes each key by its tenant)."""
     return list(client.scan_iter(match=keys.idempotency(f"*{tenant}*"), count=1_000))
 
@@ -179,13 +176,6 @@ def http() -> Iterator[requests.Session]:
 
 
 @pytest.fixture
-def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def models(settings: Settings) -> st.SearchStrategy[str | None]:
     """A model the gateway serves, or None (one draw in five) to keep the generated name.
 
@@ -207,7 +197,7 @@ def test_invalid_requests_are_refused_as_documented_and_enqueue_nothing(
     path: str,
     gateway_schema: BaseSchema,
     http: requests.Session,
-    tenant_key: Callable[..., tuple[str, str]],
+    tenant_key: TenantKey,
     redis_client: redis.Redis,
     settings: Settings,
 ) -> None:
@@ -240,7 +230,7 @@ def test_a_body_not_in_utf8_is_refused_like_any_malformed_json(
     path: str,
     gateway_schema: BaseSchema,
     http: requests.Session,
-    tenant_key: Callable[..., tuple[str, str]],
+    tenant_key: TenantKey,
 ) -> None:
     _, key = tenant_key()
     # Given a body in Latin-1, which JSON does not allow (RFC 8259: UTF-8)
@@ -268,7 +258,7 @@ def test_unknown_job_ids_answer_404_in_the_error_shape(
     method: str,
     gateway_schema: BaseSchema,
     http: requests.Session,
-    tenant_key: Callable[..., tuple[str, str]],
+    tenant_key: TenantKey,
 ) -> None:
     # Given a tenant with no jobs, to which every id is unknown (the id, any string, cannot be
     # made invalid: these are the bad requests of the id routes)
@@ -351,7 +341,7 @@ class Submissions:
 def submissions(
     gateway_schema: BaseSchema,
     http: requests.Session,
-    tenant_key: Callable[..., tuple[str, str]],
+    tenant_key: TenantKey,
     redis_client: redis.Redis,
     settings: Settings,
 ) -> Submissions:

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.support import Simulator, nonce
+from tests.support import (
+    Fleet,
+    Simulator,
+    all_running,
+    env_of,
+    eventually,
+    nonce,
+    run_tierq,
+    user,
+)
 from tierq.core.celery_app import create_app
 from tierq.core.errors import IdempotencyConflictError, InvalidJobError
 from tierq.core.results import JobStatus
 from tierq.core.settings import Settings
 from tierq.devkit.processes import ManagedProcess
 from tierq.producers.client import TierqClient
-
-Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
-
-
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
 
 
 def idle_queues(settings: Settings) -> Settings:
@@ -42,7 +42,7 @@ def test_a_cancelled_queued_job_never_reaches_the_api(
 
         # When it is cancelled, and then a worker comes for its queue
         cancelled = client.cancel(job_id)
-        start_fleet(TIERQ_QUEUE_PREFIX=waiting.queue_prefix, TIERQ_KEY_PREFIX=waiting.key_prefix)
+        start_fleet(**env_of(waiting))
         time.sleep(2)
 
         # Then the job stays cancelled and the API never saw it
@@ -56,9 +56,9 @@ def test_a_cancelled_running_job_has_its_result_discarded(
 ) -> None:
     marker = nonce()
     job_id = client.submit(model="gpt-4o-mini", messages=user(f"{marker} [sim latency_ms=1500]"))
-    deadline = time.monotonic() + 10
-    while client.get(job_id).status is not JobStatus.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(
+        lambda: client.get_many([job_id]), until=all_running, what="the job running", timeout=10
+    )
 
     client.cancel(job_id)
     time.sleep(2.5)  # the call finishes meanwhile
@@ -82,10 +82,13 @@ def test_a_job_cancelled_while_it_waits_for_the_rate_limit_is_never_called(
         first_id = client.submit(model="gpt-4o-mini", messages=user(first))
         assert client.wait(first_id, timeout=30).status is JobStatus.SUCCEEDED
         second_id = client.submit(model="gpt-4o-mini", messages=user(second))
-        deadline = time.monotonic() + 10
-        while client.get(second_id).status is not JobStatus.RUNNING:
-            assert time.monotonic() < deadline, "the second job never started waiting"
-            time.sleep(0.02)
+        eventually(
+            lambda: client.get_many([second_id]),
+            until=all_running,
+            what="the second job waiting for its turn",
+            timeout=10,
+            interval=0.02,
+        )
 
         # When it is cancelled while it waits
         client.cancel(second_id)
@@ -144,17 +147,12 @@ def test_a_job_that_exhausts_its_attempts_is_a_dead_letter_that_can_be_retried(
 
     # Then it is listed as a dead letter, by the client and by `tierq dead`
     assert job_id in [record.job_id for record in client.dead_letters()]
-    listed = subprocess.run(
-        [sys.executable, "-m", "tierq", "dead", "--json"],
-        env=worker_env, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+    listed = run_tierq(worker_env, "dead", "--json")
+    assert listed.returncode == 0, listed.stderr
     assert job_id in [record["job_id"] for record in json.loads(listed.stdout)]
 
     # When it is retried, it runs again with a fresh budget, and leaves the dead letters
-    retried = subprocess.run(
-        [sys.executable, "-m", "tierq", "retry", job_id],
-        env=worker_env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    retried = run_tierq(worker_env, "retry", job_id)
     assert retried.returncode == 0, retried.stderr
     result = client.wait(job_id, timeout=60)
     assert result.status is JobStatus.SUCCEEDED

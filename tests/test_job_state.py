@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,27 +11,15 @@ import redis
 from kombu.exceptions import OperationalError
 
 import tierq.producers.client
-from tests.support import Simulator, nonce
+from tests.support import Fleet, Simulator, all_running, eventually, nonce, user
 from tierq.core.celery_app import TASK_NAME, create_app
 from tierq.core.errors import BrokerUnavailableError
+from tierq.core.keys import Keys
 from tierq.core.results import JobStatus
 from tierq.core.settings import Settings
 from tierq.devkit.local_redis import EmbeddedRedis
-from tierq.devkit.processes import ManagedProcess, log_events
+from tierq.devkit.processes import log_events
 from tierq.producers.client import TierqClient
-
-Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
-
-
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
-
-
-@pytest.fixture
-def private_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(appendonly=True).start()
-    yield server
-    server.stop()
 
 
 def test_a_redelivered_message_of_a_finished_job_calls_nothing(
@@ -43,7 +30,7 @@ def test_a_redelivered_message_of_a_finished_job_calls_nothing(
     assert client.wait(job_id, timeout=30).status is JobStatus.SUCCEEDED
 
     # When the same message is delivered again (as Redis does after a visibility timeout)
-    kept = client._store.redis.hget(client._store.key(job_id), "message")
+    kept = client.redis.hget(Keys(settings.key_prefix).job(job_id), "message")
     assert kept is not None
     app = create_app(settings)
     app.send_task(TASK_NAME, args=[json.loads(kept)], task_id=job_id)
@@ -70,10 +57,12 @@ def test_a_paid_answer_survives_a_redis_outage_longer_than_the_lease(
         job_id = client.submit(
             model="gpt-4o-mini", messages=user(f"{marker} [sim latency_ms=3000]")
         )
-        deadline = time.monotonic() + 20
-        while client.get(job_id).status is not JobStatus.RUNNING:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        eventually(
+            lambda: client.get_many([job_id]),
+            until=all_running,
+            what="the call running",
+            timeout=20,
+        )
 
         # When Redis is away for 16 s (the call finishes meanwhile, and the lease lapses)
         private_redis.stop(keep_data=True)

@@ -7,7 +7,6 @@ runs it through the `openai` SDK over HTTP to the simulator, and the test reads 
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,17 +14,14 @@ import openai
 import pytest
 import redis
 
-from tests.support import API_KEY, Simulator, nonce
+from tests.support import API_KEY, Simulator, eventually, nonce, user
 from tierq.core.celery_app import TASK_NAME, create_app
 from tierq.core.contract import JobEnvelope, JobRequest
 from tierq.core.errors import InvalidJobError, UnknownModelError
+from tierq.core.keys import Keys
 from tierq.core.results import JobStatus
 from tierq.core.settings import Settings
 from tierq.producers.client import TierqClient
-
-
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
 
 
 @pytest.mark.parametrize(
@@ -140,20 +136,20 @@ def test_reasoning_models_refuse_sampling_parameters_before_enqueueing(
     client: TierqClient, settings: Settings, parameter: str
 ) -> None:
     broker = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    keys_before = set(broker.scan_iter(f"{settings.key_prefix}job:*"))
+    keys_before = set(broker.scan_iter(Keys(settings.key_prefix).job("*")))
 
     with pytest.raises(InvalidJobError, match=parameter) as refused:
         client.submit(model="o4-mini", messages=user("hi"), **{parameter: 0.5})
 
     assert refused.value.errors[0]["field"] == parameter
-    assert set(broker.scan_iter(f"{settings.key_prefix}job:*")) == keys_before
+    assert set(broker.scan_iter(Keys(settings.key_prefix).job("*"))) == keys_before
 
 
 def test_invalid_input_is_refused_naming_the_field_and_nothing_is_enqueued(
     client: TierqClient, settings: Settings, simulator: Simulator
 ) -> None:
     broker = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    keys_before = set(broker.scan_iter(f"{settings.key_prefix}job:*"))
+    keys_before = set(broker.scan_iter(Keys(settings.key_prefix).job("*")))
     marker = nonce()
 
     with pytest.raises(InvalidJobError, match="temperature"):
@@ -172,7 +168,7 @@ def test_invalid_input_is_refused_naming_the_field_and_nothing_is_enqueued(
         )
 
     assert "o3" in unknown.value.known_models
-    assert set(broker.scan_iter(f"{settings.key_prefix}job:*")) == keys_before
+    assert set(broker.scan_iter(Keys(settings.key_prefix).job("*"))) == keys_before
     assert simulator.requests_with(marker) == []
 
 
@@ -270,17 +266,17 @@ def test_a_hand_made_message_that_breaks_the_rules_is_refused_by_the_worker(
         job_id=f"hand-made-{marker}",
         tier=tier,
         submitted_at=datetime.now(UTC),
-        request=JobRequest.model_validate(
-            {"messages": [{"role": "user", "content": marker}], **request_fields}
-        ),
+        request=JobRequest.model_validate({"messages": user(marker), **request_fields}),
     )
     app = create_app(settings)
     app.send_task(TASK_NAME, args=[envelope.to_message()], task_id=envelope.job_id)
 
     # Then the worker fails it without calling the API (and records it: no producer did)
-    deadline = time.monotonic() + 30
-    while client.get_many([envelope.job_id]) == [None] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(
+        lambda: client.get_many([envelope.job_id]) != [None],
+        what="the worker recording the hand-made job",
+        timeout=30,
+    )
     result = client.wait(envelope.job_id, timeout=30)
     app.close()
     assert result.status is JobStatus.FAILED

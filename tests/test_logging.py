@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
-from tests.support import API_KEY, nonce
+from tests.support import API_KEY, WorkerFactory, nonce, user
 from tierq.core.results import JobStatus
-from tierq.core.settings import Settings
 from tierq.devkit.processes import ManagedProcess, log_events
 from tierq.producers.client import TierqClient
 
@@ -16,13 +14,11 @@ def test_no_log_line_carries_the_prompt_the_completion_or_the_key(
     client: TierqClient, workers: dict[str, ManagedProcess]
 ) -> None:
     secret_prompt = f"my-private-prompt-{nonce()}"
-    ok = client.submit(model="gpt-4o-mini", messages=[{"role": "user", "content": secret_prompt}])
-    streamed = client.submit(
-        model="gpt-4o", messages=[{"role": "user", "content": secret_prompt}], stream=True
-    )
+    ok = client.submit(model="gpt-4o-mini", messages=user(secret_prompt))
+    streamed = client.submit(model="gpt-4o", messages=user(secret_prompt), stream=True)
     failed = client.submit(
         model="gpt-4o-mini",
-        messages=[{"role": "user", "content": f"{secret_prompt} [sim fail=400]"}],
+        messages=user(f"{secret_prompt} [sim fail=400]"),
     )
     results = client.wait_many([ok, streamed, failed], timeout=30)
     completions = [r.content for r in results if r.content]
@@ -41,7 +37,7 @@ def test_no_log_line_carries_the_prompt_the_completion_or_the_key(
 def test_each_job_ends_in_one_canonical_json_line_with_latency_and_tokens(
     client: TierqClient, workers: dict[str, ManagedProcess]
 ) -> None:
-    job_id = client.submit(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    job_id = client.submit(model="gpt-4o-mini", messages=user("hi"))
     result = client.wait(job_id, timeout=30)
 
     finished = [
@@ -64,16 +60,14 @@ def test_each_job_ends_in_one_canonical_json_line_with_latency_and_tokens(
 
 
 def test_debug_logging_still_keeps_prompts_out(
-    start_worker_with: Callable[..., tuple[ManagedProcess, Settings]],
+    start_worker_with: WorkerFactory,
 ) -> None:
     worker, settings = start_worker_with("fast", TIERQ_LOG_LEVEL="DEBUG")
     secret_prompt = f"debug-private-prompt-{nonce()}"
 
     with TierqClient(settings) as tierq:
         result = tierq.wait(
-            tierq.submit(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": secret_prompt}]
-            ),
+            tierq.submit(model="gpt-4o-mini", messages=user(secret_prompt)),
             timeout=30,
         )
 

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import nonce
+from tests.support import Fleet, env_of, nonce, run_tierq, user
 from tierq.core.results import JobResult, JobStatus, Usage
 from tierq.core.settings import Settings
-from tierq.devkit.processes import ManagedProcess, free_port
+from tierq.devkit.processes import free_port
 from tierq.producers.client import TierqClient
 
-Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
 MODEL = "gpt-4o-mini"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -74,16 +70,10 @@ def finished_run(start_fleet: Fleet) -> Run:
     ]
     with TierqClient(settings) as client:
         ids = client.submit_many(
-            {"model": MODEL, "messages": [{"role": "user", "content": p}], "max_tokens": 40}
-            for p in prompts
+            {"model": MODEL, "messages": user(p), "max_tokens": 40} for p in prompts
         )
         records = client.wait_many(ids, timeout=60)
-    env = {
-        "TIERQ_REDIS_URL": settings.redis_url.get_secret_value(),
-        "TIERQ_KEY_PREFIX": settings.key_prefix,
-        "TIERQ_QUEUE_PREFIX": settings.queue_prefix,
-    }
-    return Run(records, scrape(port), settings, env)
+    return Run(records, scrape(port), settings, env_of(settings))
 
 
 def test_metrics_agree_with_the_stored_results(finished_run: Run) -> None:
@@ -126,12 +116,9 @@ def test_the_usage_report_sums_the_ledger_once_per_paid_answer(
     finished_run: Run, worker_env: dict[str, str]
 ) -> None:
     records, env = finished_run.records, finished_run.env
-    report = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "tierq", "usage", "--since", "1h", "--json"],
-            env={**worker_env, **env}, capture_output=True, text=True, check=True, timeout=30,
-        ).stdout
-    )  # fmt: skip
+    done = run_tierq({**worker_env, **env}, "usage", "--since", "1h", "--json", timeout=30)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
     (row,) = report["rows"]
     assert (row["tenant"], row["model"]) == ("-", MODEL)
     succeeded = [r for r in records if r.status is JobStatus.SUCCEEDED and r.usage]

@@ -8,36 +8,32 @@ one budget through Redis.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.support import Simulator, nonce
+from tests.support import (
+    Fleet,
+    Simulator,
+    SimulatorFactory,
+    env_of,
+    job,
+    nonce,
+    run_tierq,
+    user,
+)
 from tierq.core.errors import InvalidJobError, RequestTooLargeError
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import RateLimitGroup, Settings
 from tierq.core.tokens import count_prompt_tokens
-from tierq.devkit.processes import ManagedProcess
 from tierq.producers.client import TierqClient
 
 pytestmark = pytest.mark.slow
 
-Fleet = Callable[..., tuple[list[ManagedProcess], Settings]]
-SimulatorFactory = Callable[..., Simulator]
-
 
 def jobs(count: int, marker: str, max_tokens: int = 20) -> list[dict[str, Any]]:
-    return [
-        {
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": f"{marker} job {i}"}],
-            "max_tokens": max_tokens,
-        }
-        for i in range(count)
-    ]
+    return [job(f"{marker} job {i}", max_tokens=max_tokens) for i in range(count)]
 
 
 def run(settings: Settings, requests: list[dict[str, Any]]) -> list[JobResult]:
@@ -179,7 +175,7 @@ def spend_the_budget_as_another_app(simulator: Simulator, calls: int) -> None:
     for _ in range(calls):
         simulator.http.post(
             "/v1/chat/completions",
-            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "other"}]},
+            json=job("other"),
             headers={"Authorization": "Bearer sk-other-app"},
         )
 
@@ -190,7 +186,7 @@ def test_a_job_over_the_configured_tpm_limit_is_refused_at_submission(
     limited = settings.model_copy(update={"rate_limits": {"gpt-4o": RateLimitGroup(tpm=1_000)}})
 
     with TierqClient(limited) as client, pytest.raises(RequestTooLargeError) as refused:
-        client.submit(model="gpt-4o", messages=[{"role": "user", "content": "x"}], max_tokens=2_000)
+        client.submit(model="gpt-4o", messages=user("x"), max_tokens=2_000)
 
     assert refused.value.errors[0]["field"] == "max_tokens"
     assert "1000 tokens-per-minute limit of gpt-4o" in str(refused.value)
@@ -198,9 +194,7 @@ def test_a_job_over_the_configured_tpm_limit_is_refused_at_submission(
 
 def test_a_job_over_the_context_window_is_refused_at_submission(client: TierqClient) -> None:
     with pytest.raises(InvalidJobError, match="maximum context length is 128000") as refused:
-        client.submit(
-            model="gpt-4o", messages=[{"role": "user", "content": "x"}], max_tokens=200_000
-        )
+        client.submit(model="gpt-4o", messages=user("x"), max_tokens=200_000)
 
     assert refused.value.errors[0]["field"] == "max_tokens"
 
@@ -252,19 +246,8 @@ def test_tierq_limits_shows_each_limit_and_its_use(
     _, settings = start_fleet(base_url=simulator.base_url, TIERQ_RATE_LIMITS=limits)
     run(settings, jobs(5, nonce()))
 
-    env = {
-        **worker_env,
-        "TIERQ_RATE_LIMITS": limits,
-        "TIERQ_QUEUE_PREFIX": settings.queue_prefix,
-        "TIERQ_KEY_PREFIX": settings.key_prefix,
-    }
-    shown = subprocess.run(
-        [sys.executable, "-m", "tierq", "limits", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = {**worker_env, **env_of(settings), "TIERQ_RATE_LIMITS": limits}
+    shown = run_tierq(env, "limits", "--json")
 
     assert shown.returncode == 0, shown.stderr
     groups = {group["group"]: group for group in json.loads(shown.stdout)}

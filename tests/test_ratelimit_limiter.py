@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -15,23 +14,20 @@ from tierq.core.ratelimit_headers import RateLimitHeaders, parse_duration_second
 from tierq.core.settings import LimiterSettings, RateLimitGroup, Settings
 
 
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-def limiter_for(
-    client: redis.Redis, groups: dict[str, RateLimitGroup], **limiter: float
-) -> SharedRateLimiter:
-    settings = Settings(
+def limited_settings(groups: dict[str, RateLimitGroup], **limiter: float) -> Settings:
+    """Settings with these rate-limit groups, under a key prefix of their own."""
+    return Settings(
         _env_file=None,  # type: ignore[call-arg]
         key_prefix=f"tierq-{nonce()}:",
         rate_limits=groups,
         limiter=LimiterSettings(**limiter),  # type: ignore[arg-type]
     )
-    return SharedRateLimiter(client, settings)
+
+
+def limiter_for(
+    client: redis.Redis, groups: dict[str, RateLimitGroup], **limiter: float
+) -> SharedRateLimiter:
+    return SharedRateLimiter(client, limited_settings(groups, **limiter))
 
 
 def test_calls_are_paced_evenly_at_the_limit_after_a_short_burst(
@@ -83,11 +79,10 @@ def test_a_call_larger_than_the_whole_tpm_limit_is_refused(redis_client: redis.R
 
 
 def test_models_in_one_group_share_one_budget(redis_client: redis.Redis) -> None:
-    limiter = limiter_for(
-        redis_client, {"o-series": RateLimitGroup(models=["o3", "o4-mini"], rpm=60)}
-    )
-    settings = limiter._settings  # the group is resolved by the settings, as workers do
+    settings = limited_settings({"o-series": RateLimitGroup(models=["o3", "o4-mini"], rpm=60)})
+    limiter = SharedRateLimiter(redis_client, settings)
 
+    # The group is resolved by the settings, as workers do
     group = settings.limit_group_for("o3")
     first = limiter.acquire(settings.limit_group_for("o4-mini"), 1)
     second = limiter.acquire(group, 1)

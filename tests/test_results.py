@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 import redis
 from pydantic import SecretStr
 
-from tests.support import nonce
+from tests.support import WorkerFactory, nonce, user
 from tierq.core.errors import BrokerUnavailableError, JobNotFoundError, JobWaitTimeout
+from tierq.core.keys import Keys
 from tierq.core.results import JobStatus
 from tierq.core.settings import Settings
-from tierq.devkit.processes import ManagedProcess, free_port
+from tierq.devkit.processes import free_port
 from tierq.producers.aio import AsyncTierqClient
 from tierq.producers.client import TierqClient
-
-
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
 
 
 def test_submit_returns_at_once_with_a_queued_job(client: TierqClient) -> None:
@@ -56,14 +51,14 @@ def test_an_unknown_job_id_is_not_found(client: TierqClient) -> None:
 
 
 def test_results_expire_after_the_ttl(
-    start_worker_with: Callable[..., tuple[ManagedProcess, Settings]],
+    start_worker_with: WorkerFactory,
 ) -> None:
     _, settings = start_worker_with("fast", TIERQ_RESULT_TTL_SECONDS="2")
     with TierqClient(settings) as tierq:
         job_id = tierq.submit(model="gpt-4o-mini", messages=user("short-lived"))
         assert tierq.wait(job_id, timeout=30).status is JobStatus.SUCCEEDED
         ttl = redis.Redis.from_url(settings.redis_url.get_secret_value()).ttl(
-            f"{settings.key_prefix}job:{job_id}"
+            Keys(settings.key_prefix).job(job_id)
         )
         assert 0 < ttl <= 2
 

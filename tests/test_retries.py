@@ -8,22 +8,14 @@ Workers here run with 4 attempts, back-off capped at 2 s and a 3 s request timeo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from tests.support import Simulator, nonce
-from tierq.core.results import JobStatus
-from tierq.core.settings import Settings
-from tierq.devkit.processes import ManagedProcess
+from tests.support import Fleet, Simulator, SimulatorFactory, eventually, job, nonce, user
+from tierq.core.results import JobResult, JobStatus
 from tierq.producers.client import TierqClient
 
 pytestmark = pytest.mark.slow
-
-
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
 
 
 def test_a_rate_limited_job_waits_for_retry_after_then_succeeds(
@@ -124,21 +116,24 @@ def test_a_retrying_job_shows_its_status_and_attempt_while_it_waits(
     prompt = f"{nonce()} [sim fail=429 times=1 retry_after=3]"
     job_id = client.submit(model="gpt-4o-mini", messages=user(prompt))
 
-    seen = set()
-    deadline = time.monotonic() + 30
-    result = client.get(job_id)
-    while not result.status.is_final and time.monotonic() < deadline:
-        seen.add((result.status, result.attempts))
-        time.sleep(0.05)
-        result = client.get(job_id)
+    seen: set[tuple[JobStatus, int]] = set()
+
+    def observed() -> JobResult:
+        record = client.get(job_id)
+        seen.add((record.status, record.attempts))
+        return record
+
+    result = eventually(
+        observed, until=lambda r: r.status.is_final, what="the job finishing", timeout=30
+    )
 
     assert (JobStatus.RETRYING, 1) in seen
     assert result.status is JobStatus.SUCCEEDED
 
 
 def test_a_fault_storm_ends_every_job_succeeded_or_dead_lettered_with_its_reason(
-    start_fleet: Callable[..., tuple[list[ManagedProcess], Settings]],
-    start_simulator_with: Callable[..., Simulator],
+    start_fleet: Fleet,
+    start_simulator_with: SimulatorFactory,
 ) -> None:
     # Given an API answering 30% 429s, 10% timeouts and 5% 5xx, and the default 6 attempts
     simulator = start_simulator_with(
@@ -151,9 +146,7 @@ def test_a_fault_storm_ends_every_job_succeeded_or_dead_lettered_with_its_reason
     marker = nonce()
 
     with TierqClient(settings) as client:
-        ids = client.submit_many(
-            [{"model": "gpt-4o-mini", "messages": user(f"{marker} {i}")} for i in range(100)]
-        )
+        ids = client.submit_many([job(f"{marker} {i}") for i in range(100)])
         results = client.wait_many(ids, timeout=180)
         dead = {record.job_id for record in client.dead_letters(1000)}
 
@@ -175,7 +168,7 @@ def test_a_fault_storm_ends_every_job_succeeded_or_dead_lettered_with_its_reason
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unstreamed", "streamed"])
 def test_a_job_past_its_tiers_time_limit_fails_at_once_and_frees_its_slot(
-    start_fleet: Callable[..., tuple[list[ManagedProcess], Settings]], stream: bool
+    start_fleet: Fleet, stream: bool
 ) -> None:
     # Given a tier whose calls may last 1.5 s at most, on a worker with one slot
     _, settings = start_fleet(concurrency=1, TIERQ_TIERS__FAST__TIME_LIMIT_SECONDS="1.5")

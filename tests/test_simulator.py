@@ -6,12 +6,8 @@ default settings and changes what it needs through `PATCH /sim/config`.
 
 import json
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx2
@@ -26,10 +22,9 @@ from openai.types.chat import (
 )
 
 from tierq.core.tokens import count_prompt_tokens, count_text
+from tierq.devkit.processes import start_simulator
 from tierq_simulator.ratelimit import format_duration
 
-REPO = Path(__file__).resolve().parents[1]
-STARTUP_TIMEOUT_SECONDS = 15.0
 DEFAULT_RUNTIME_CONFIG = {
     "latency_ms": 0,
     "rpm": 0,
@@ -41,45 +36,16 @@ DEFAULT_RUNTIME_CONFIG = {
 USER_HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello world"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A simulator subprocess on a free port, stopped by PID at teardown."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("simulator") / "stderr.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tierq_simulator", "--port", str(port)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    url = f"http://127.0.0.1:{port}"
+    """A simulator subprocess on a free port (its root URL), stopped by PID at teardown."""
+    process, api_url = start_simulator(tmp_path_factory.mktemp("simulator") / "simulator.log")
+    url = api_url.removesuffix("/v1")
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while True:
-            try:
-                if httpx2.get(f"{url}/healthz", timeout=1.0).json() == {"status": "ok"}:
-                    break
-            except httpx2.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"simulator did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)
+        assert httpx2.get(f"{url}/healthz", timeout=1.0).json() == {"status": "ok"}
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.stop()
 
 
 @pytest.fixture(scope="module")
