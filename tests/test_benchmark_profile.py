@@ -26,7 +26,9 @@ def test_an_sdk_call_inside_the_task_counts_as_the_sdk_call() -> None:
 
 
 def test_tierqs_scripts_count_apart_from_the_rest_of_the_task() -> None:
-    stack = f"{TASK};JobStore.settle (worker/jobstore.py:342);evalsha (redis/commands/core.py:1)"
+    stack = (
+        f"{TASK};JobStore.settle (tierq/core/jobstore.py:342);evalsha (redis/commands/core.py:1)"
+    )
 
     assert classify(stack).startswith("tierq's Redis scripts")
 

@@ -18,11 +18,15 @@ import pytest
 import redis
 
 from tierq.core import scripts
+from tierq.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 # The code that talks to Redis: the shared core, the two sides, and the benchmarks.
 CODE_FOLDERS = ("tierq", "worker", "producers", "benchmarks")
 KEYS_MODULE = ROOT / "tierq" / "core" / "keys.py"
+# A literal that starts with the default key prefix and goes on is a key spelled by hand
+# ("tierq:job:"); "tierq: ..." with a space is prose (a docstring), "tierq:" alone the default.
+_LITERAL_KEY = re.compile("^" + re.escape(str(Settings.model_fields["key_prefix"].default)) + r"\S")
 SCRIPTS_MODULE = ROOT / "tierq" / "core" / "scripts.py"
 LUA_FOLDER = ROOT / "tierq" / "core" / "lua"
 
@@ -69,6 +73,10 @@ def key_spellings(source: str) -> list[int]:
             continue
         if any(_is_key_name(part) for part in parts):
             found.append(node.lineno)
+    for node in ast.walk(ast.parse(source)):
+        literal = isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if literal and _LITERAL_KEY.match(node.value) and node.lineno not in found:
+            found.append(node.lineno)
     return found
 
 
@@ -90,12 +98,15 @@ def test_the_key_check_flags_names_built_outside_keys_py() -> None:
         'def k(self, batch_id):\n    return self.keys.batch(batch_id) + ":building"',
         'def k(settings):\n    return Keys(settings.key_prefix).watch + ":x"',
         'def k(key_prefix):\n    return key_prefix + "done:*"',
+        'def k(r, job_id):\n    return r.hget("tierq:job:" + job_id, "status")',
+        'def k(job_id):\n    return f"tierq:job:{job_id}"',
     ]
     fine = [
         "def k(keys, job_id):\n    return keys.job(job_id)",
         'def k(prefix):\n    return f"`{prefix}*`"',  # not the key prefix: an env prefix
         'def k(tier, queue_prefix):\n    return f"{queue_prefix}{tier}"',  # Celery's queue
         'def k(cid):\n    return f"batch:{cid}"',  # an idempotency key's value, not a Redis key
+        'def cli():\n    """tierq: jobs."""',  # prose that starts with the prefix
     ]
 
     # Then the check flags each spelling, on its line (the last), and nothing in the fine code

@@ -24,7 +24,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": broker_url,
         # kombu's Redis transport with a fix that keeps a worker alive through a Redis restart.
         "broker_transport": "tierq.core.broker:Transport",
-        # Job records and results are tierq's own (worker.jobstore): Celery stores nothing.
+        # Job records and results are tierq's own (tierq.core.jobstore): Celery stores nothing.
         # The job store's client retries on connection errors and expires records after
         # result_ttl_seconds, the two things result_backend_always_retry/result_expires give.
         "result_backend": None,

@@ -3,7 +3,7 @@
 Producers validate with these models before anything is enqueued, and workers validate the same
 payload again when it arrives, so a hand-made or corrupted message is refused, not sent. Rules
 that depend on the tier table (which models exist, which are reasoning models) live in
-`worker.tiers`; the rest of what the API refuses is refused here, with the API's own wording
+`tierq.core.tiers`; the rest of what the API refuses is refused here, with the API's own wording
 where it has one. Only the parameters a caller set are sent on (`model_fields_set`), so the
 API's defaults apply exactly as if the caller had called it directly.
 

@@ -159,7 +159,7 @@ class JobResult(BaseModel):
     # The gateway tenant that submitted the job; None for jobs from the Python client.
     tenant: str | None = None
     # What the answer cost in USD, from its usage and the price table when it was recorded
-    # (worker/pricing.py); None when nothing was billed or the model has no price.
+    # (tierq/core/pricing.py); None when nothing was billed or the model has no price.
     cost_usd: float | None = None
 
     @property

@@ -28,7 +28,9 @@ from pydantic_core import PydanticUndefined
 from tierq.core import settings as settings_module
 from tierq.core.settings import ENV_PREFIX, IGNORED_PREFIXES, TIER_NAME_PATTERN, Settings
 
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+# Relative to where the command runs (a checkout's root), not to this file: an installed copy
+# must not write into site-packages.
+PAGE = Path("docs") / "configuration.md"
 COMMAND = "python -m tierq.devkit.config_reference"
 KIB = 1024
 MIB = 1024 * 1024
