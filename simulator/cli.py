@@ -2,8 +2,9 @@
 
 One process, uvloop and httptools, no access log: the simulator shares a small machine with
 the system under test in benchmarks, so it must spend as little CPU per request as it can.
-The ready line is printed (and flushed) only once the socket listens, so a parent process
-can wait for it.
+The banner is printed (and flushed) only once the socket listens, so a parent process can
+wait for it; it ends with the exact `export OPENAI_BASE_URL=...` and `export OPENAI_API_KEY=...`
+lines a user copies.
 """
 
 import socket
@@ -17,6 +18,8 @@ from tierq_simulator.app import create_app
 from tierq_simulator.config import FAULT_KINDS, SimulatorConfig, describe
 
 GRACEFUL_SHUTDOWN_SECONDS = 2  # don't let hanging `timeout` faults hold up a stop
+# The key the banner suggests: any non-empty key is accepted, this one says where it goes.
+ANY_API_KEY = "sk-simulator"
 
 
 def _fail_rates(
@@ -34,8 +37,26 @@ def _fail_rates(
     return rates
 
 
+def banner(host: str, port: int) -> str:
+    """What the simulator prints once it listens: its address, then the exact lines that point
+    the `openai` SDK (and tierq's workers) at it, to copy into other terminals.
+
+    The base URL ends in `/v1`, as the SDK's default `https://api.openai.com/v1` does: the SDK
+    appends `/chat/completions` to it, so a base URL without `/v1` fails every call with a 404.
+    The key is any non-empty string (the simulator checks only that one is sent).
+    """
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (every interface: reach it on loopback)
+        host = "127.0.0.1"
+    address = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return (
+        f"tierq simulator listening on {address}; point the openai SDK and tierq workers at it:\n"
+        f"export OPENAI_BASE_URL={address}/v1\n"
+        f"export OPENAI_API_KEY={ANY_API_KEY}"
+    )
+
+
 class _AnnouncingServer(uvicorn.Server):
-    """A uvicorn server that prints the ready line once it listens."""
+    """A uvicorn server that prints the banner once it listens."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -44,7 +65,7 @@ class _AnnouncingServer(uvicorn.Server):
             for server in getattr(self, "servers", []):
                 for sock in server.sockets:
                     port = sock.getsockname()[1]  # the real port when --port 0
-            print(f"tierq simulator listening on http://{host}:{port}", flush=True)
+            print(banner(host, port), flush=True)
 
 
 @click.command(name="simulator")
