@@ -17,7 +17,8 @@ finished, and submits only those that never were. Keys last as long as job recor
 temporary file, so an interrupted run never leaves a half-written one.
 
 Exit status: 0 every request succeeded, 1 some failed (see the error file), 2 the file was
-refused, 4 timed out waiting (run again to resume), 5 Redis unreachable, 130 interrupted.
+refused (or a setting is wrong), 4 timed out waiting (run again to resume), 5 Redis
+unreachable, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from tierq.core.cli_output import plural
 from tierq.core.errors import BrokerUnavailableError, JobWaitTimeout
-from tierq.core.exit_codes import ExitCode
+from tierq.core.exit_codes import ExitCode, ExitCodeCommand
 from tierq.core.results import JobResult
 from tierq.producers.batchfile import (
     ParsedBatch,
@@ -93,7 +95,8 @@ def write_jsonl(path: Path, lines: Iterable[Mapping[str, Any]]) -> int:
 
 
 def _refuse(parsed: ParsedBatch, console: Console) -> NoReturn:
-    console.print(f"[red]error:[/] the input file is refused ({len(parsed.errors)} problems):")
+    problems = plural(len(parsed.errors), "problem")
+    console.print(f"[red]error:[/] the input file is refused ({problems}):")
     for error in parsed.errors:
         where = f"line {error.line}" if error.line is not None else "file"
         console.print(f"  {where}: {error.message} [dim]({error.code})[/]")
@@ -163,7 +166,7 @@ def batch_group() -> None:
     """Run OpenAI batch input files (JSONL) on tierq's queues."""
 
 
-@batch_group.command("run")
+@batch_group.command("run", cls=ExitCodeCommand)
 @click.argument("input_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where the successful lines go (the API's output file format).")  # fmt: skip

@@ -4,51 +4,41 @@
 The root command (tierq/cli.py) imports this module only when one of them is invoked, and this
 module imports nothing of the worker side or the gateway, so `tierq submit` loads neither
 `openai`, the gateway nor the worker's tasks. Each command is an `ExitCodeCommand`: the tierq
-errors its body lets rise end it with their message and exit code (tierq/core/exit_codes.py).
+errors its body lets rise end it with their message and exit code (tierq/core/exit_codes.py),
+and what it prints follows the conventions of tierq/core/cli_output.py (one JSON document per
+`--json`, tables that never cut a name).
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import asdict
-from typing import Any, TextIO, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import click
 import redis
 
+from tierq.core.cli_output import echo_json, plural, print_table
 from tierq.core.contract import ReasoningEffort
-from tierq.core.errors import BrokerUnavailableError
-from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
+from tierq.core.errors import BrokerUnavailableError, InvalidJobError, JobNotFoundError
+from tierq.core.exit_codes import ExitCode, ExitCodeCommand, exit_code_for, stop
 from tierq.core.results import JobResult, JobStatus
+from tierq.producers.cli_request import build_request
+
+if TYPE_CHECKING:
+    from tierq.producers.client import TierqClient
+
+# Dead letters read per round by `retry --all-dead`.
+RETRY_PAGE = 500
 
 
-def _client() -> Any:
+def _client() -> TierqClient:
     from tierq.producers.client import TierqClient
 
     return TierqClient()
 
 
-def _read_json(source: str) -> Any:
-    stream: TextIO
-    if source == "-":
-        stream = sys.stdin
-        text = stream.read()
-    else:
-        try:
-            with open(source, encoding="utf-8") as stream:
-                text = stream.read()
-        except OSError as error:
-            fail(f"{source}: {error.strerror}", ExitCode.INVALID)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        fail(f"{source}: not valid JSON ({error})", ExitCode.INVALID)
-
-
 def _print_result(result: JobResult, as_json: bool) -> None:
     if as_json:
-        click.echo(result.model_dump_json(indent=2))
+        echo_json(result)
         return
     if result.status is JobStatus.SUCCEEDED and result.response is not None:
         for choice in result.response.choices:
@@ -65,8 +55,14 @@ def _print_result(result: JobResult, as_json: bool) -> None:
 def _print_status(result: JobResult) -> None:
     line = f"{result.job_id}  {result.status.value}  tier={result.tier}  model={result.model}"
     line += f"  attempts={result.attempts}"
-    if result.usage:
-        line += f"  tokens={result.usage.prompt_tokens}+{result.usage.completion_tokens}"
+    usage = result.usage
+    if usage:
+        line += f"  tokens={usage.prompt_tokens}+{usage.completion_tokens}"
+        if usage.reasoning_tokens and usage.completion_tokens:
+            # Billed as completion tokens but never shown: the part of the bill a reader of
+            # the answer cannot see.
+            share = usage.reasoning_tokens / usage.completion_tokens
+            line += f"  reasoning={usage.reasoning_tokens} ({share:.0%} of completion)"
     click.echo(line)
     if result.error:
         status = f" {result.error.status_code}" if result.error.status_code else ""
@@ -77,6 +73,39 @@ def _exit_for(result: JobResult) -> None:
     """End with `ExitCode.JOB_FAILED` if the job failed or was cancelled (after printing it)."""
     if result.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise click.exceptions.Exit(ExitCode.JOB_FAILED)
+
+
+def _warn_if_no_worker(client: TierqClient, record: JobResult) -> None:
+    """Say at once, on stderr, when no live worker serves the job's tier: a wait would
+    otherwise sit silent until its timeout. The wait goes on, as a worker may yet start."""
+    if record.status.is_final:
+        return
+    from tierq.producers.stats import live_workers
+
+    try:
+        serving = {beat["tier"] for beat in live_workers(client.redis, client.settings)}
+    except redis.RedisError:
+        return  # the wait rides out an outage, or reports it
+    if record.tier not in serving:
+        queue = client.settings.queue_for(record.tier)
+        click.echo(
+            f"warning: no live worker serves tier {record.tier}; the job waits on queue "
+            f"{queue} until one starts",
+            err=True,
+        )
+
+
+def _wait(client: TierqClient, record: JobResult, timeout: float) -> JobResult:
+    """Wait for the job `record` describes, warning first if no worker can take it."""
+    _warn_if_no_worker(client, record)
+    try:
+        return client.wait(record.job_id, timeout=timeout)
+    except KeyboardInterrupt:
+        stop(
+            f"interrupted: job {record.job_id} carries on; `tierq result {record.job_id} "
+            "--wait` waits for it again",
+            ExitCode.INTERRUPTED,
+        )
 
 
 @click.command(cls=ExitCodeCommand)
@@ -109,7 +138,12 @@ def _exit_for(result: JobResult) -> None:
 @click.option("--top-logprobs", type=int)
 @click.option("--stream/--no-stream", default=None, help="Run the call with the API's streaming.")
 @click.option("--response-format", type=click.Choice(["text", "json_object"]))
-@click.option("--json-schema", metavar="FILE", help="response_format json_schema from a file.")
+@click.option(
+    "--json-schema",
+    metavar="FILE",
+    help="Structured output: a JSON Schema (named after the file), a response_format's "
+    "json_schema part, or a whole response_format.",
+)
 @click.option("--tools", "tools_source", metavar="FILE", help="tools as a JSON list from a file.")
 @click.option("--tool-choice", help="none, auto, required, or a function name.")
 @click.option(
@@ -128,87 +162,18 @@ def _exit_for(result: JobResult) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the job id, or the result).")
 def submit(**options: Any) -> None:
     """Submit a Chat Completions job; prints its id (or, with --wait, its result)."""
-    request = _build_request(options)
+    request = build_request(options)
     client = _client()
     job_id = client.submit(request, idempotency_key=options["idempotency_key"])
     if not options["wait"]:
-        click.echo(json.dumps({"job_id": job_id}) if options["as_json"] else job_id)
+        if options["as_json"]:
+            echo_json({"job_id": job_id})
+        else:
+            click.echo(job_id)
         return
-    result = client.wait(job_id, timeout=options["timeout"])
+    result = _wait(client, client.get(job_id), options["timeout"])
     _print_result(result, options["as_json"])
     _exit_for(result)
-
-
-def _build_request(options: dict[str, Any]) -> dict[str, Any]:
-    request: dict[str, Any] = {}
-    if options["request_source"]:
-        loaded = _read_json(options["request_source"])
-        if not isinstance(loaded, dict):
-            fail("--request must hold a JSON object", ExitCode.INVALID)
-        request.update(loaded)
-    messages = list(request.get("messages") or [])
-    if options["messages_source"]:
-        loaded = _read_json(options["messages_source"])
-        if not isinstance(loaded, list):
-            fail("--messages must hold a JSON list of messages", ExitCode.INVALID)
-        messages = loaded
-    for role, key in (("system", "system_text"), ("developer", "developer_text")):
-        if options[key] is not None:
-            messages.append({"role": role, "content": options[key]})
-    if options["user_text"] is not None:
-        messages.append({"role": "user", "content": options["user_text"]})
-    if messages:
-        request["messages"] = messages
-    if options["model"]:
-        request["model"] = options["model"]
-    simple = (
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "frequency_penalty",
-        "presence_penalty",
-        "seed",
-        "n",
-        "logprobs",
-        "top_logprobs",
-        "stream",
-        "reasoning_effort",
-    )
-    for name in simple:
-        if options[name] is not None:
-            request[name] = options[name]
-    if options["stop"]:
-        request["stop"] = list(options["stop"])
-    if options["end_user"] is not None:
-        request["user"] = options["end_user"]
-    if options["response_format"]:
-        request["response_format"] = {"type": options["response_format"]}
-    if options["json_schema"]:
-        request["response_format"] = {
-            "type": "json_schema",
-            "json_schema": _read_json(options["json_schema"]),
-        }
-    if options["tools_source"]:
-        request["tools"] = _read_json(options["tools_source"])
-    choice = options["tool_choice"]
-    if choice is not None:
-        request["tool_choice"] = (
-            choice
-            if choice in ("none", "auto", "required")
-            else {"type": "function", "function": {"name": choice}}
-        )
-    if options["metadata"]:
-        pairs = {}
-        for item in options["metadata"]:
-            key, sep, value = item.partition("=")
-            if not sep:
-                fail(f"--metadata {item!r} is not KEY=VALUE", ExitCode.INVALID)
-            pairs[key] = value
-        request["metadata"] = {**request.get("metadata", {}), **pairs}
-    if "model" not in request:
-        fail("a model is needed: --model, or in --request", ExitCode.INVALID)
-    return request
 
 
 @click.command(cls=ExitCodeCommand)
@@ -218,7 +183,7 @@ def status(job_id: str, as_json: bool) -> None:
     """Show a job's status, attempts and tokens."""
     result = _client().get(job_id)
     if as_json:
-        click.echo(result.model_dump_json(indent=2))
+        echo_json(result)
     else:
         _print_status(result)
 
@@ -229,9 +194,18 @@ def status(job_id: str, as_json: bool) -> None:
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="For --wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
 def result(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Print a job's answer (exit 1 if the job failed)."""
+    """Print a job's answer (exit 1 if the job failed, 6 if it has not finished)."""
     client = _client()
-    record = client.wait(job_id, timeout=timeout) if wait else client.get(job_id)
+    record = client.get(job_id)
+    if wait:
+        record = _wait(client, record, timeout)
+    if not record.status.is_final:
+        # Nothing on stdout: `tierq result ID > answer.txt` must not store a status line.
+        stop(
+            f"job {job_id} is {record.status.value}: not finished yet "
+            f"(`tierq result {job_id} --wait` waits for it)",
+            ExitCode.NOT_FINISHED,
+        )
     _print_result(record, as_json)
     _exit_for(record)
 
@@ -239,19 +213,32 @@ def result(job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
 @click.command(cls=ExitCodeCommand)
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
-    """Cancel a job: if queued it never reaches the API; if running its result is discarded."""
-    record = _client().cancel(job_id)
-    _print_status(record)
+    """Cancel a job: if queued it never reaches the API; if running its result is discarded.
+
+    Exit 0 when the job is cancelled (now, or already before); 7 when it had succeeded or
+    failed first, and its answer or error stands.
+    """
+    client = _client()
+    before = client.get(job_id)
+    after = before if before.status.is_final else client.cancel(job_id)
+    if after.status is not JobStatus.CANCELLED:
+        stop(
+            f"nothing to cancel: job {job_id} already {after.status.value}",
+            ExitCode.ALREADY_FINISHED,
+        )
+    if before.status is JobStatus.CANCELLED:
+        click.echo(f"nothing to cancel: job {job_id} was already cancelled", err=True)
+    _print_status(after)
 
 
 @click.command(cls=ExitCodeCommand)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as a JSON array.")
 def dead(limit: int, as_json: bool) -> None:
     """List dead letters: jobs that failed after exhausting their attempts, newest first."""
     records = _client().dead_letters(limit)
     if as_json:
-        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        echo_json(records)
         return
     if not records:
         click.echo("no dead letters")
@@ -260,17 +247,64 @@ def dead(limit: int, as_json: bool) -> None:
 
 
 @click.command(cls=ExitCodeCommand)
-@click.argument("job_id")
-def retry(job_id: str) -> None:
-    """Run a dead letter again with a fresh attempt budget (same job id)."""
-    click.echo(_client().retry(job_id))
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
+@click.option(
+    "--all-dead", is_flag=True, help="Every dead letter (after a 429 storm or an outage, say)."
+)
+def retry(job_ids: tuple[str, ...], all_dead: bool) -> None:
+    """Run dead letters again, each with a fresh attempt budget (same job id).
+
+    Prints each job id retried. Every id given is tried; the exit status is that of the first
+    that could not be (3: no such job, 2: not a dead letter).
+    """
+    if job_ids and all_dead:
+        raise click.UsageError("give JOB_ID... or --all-dead, not both")
+    if not job_ids and not all_dead:
+        raise click.UsageError("name the jobs to retry (JOB_ID...), or give --all-dead")
+    client = _client()
+    if all_dead:
+        count = _retry_all_dead(client)
+        summary = f"retried {plural(count, 'dead letter')}" if count else "no dead letters"
+        click.echo(summary, err=True)  # stdout holds only the ids, for scripts
+        return
+    first_failure: ExitCode | None = None
+    for job_id in job_ids:
+        try:
+            click.echo(client.retry(job_id))
+        except (JobNotFoundError, InvalidJobError) as error:
+            click.echo(f"error: {error}", err=True)
+            first_failure = first_failure or exit_code_for(error)
+    if first_failure is not None:
+        raise click.exceptions.Exit(first_failure)
+
+
+def _retry_all_dead(client: TierqClient) -> int:
+    """Retry every dead letter, newest first, a page at a time (each leaves the list as it is
+    retried). A job that dies again during the run is not retried twice: should such jobs fill
+    a page, the next one reads further down. Returns how many were retried."""
+    seen: set[str] = set()
+    count, limit = 0, RETRY_PAGE
+    while True:
+        records = client.dead_letters(limit)
+        page = [record.job_id for record in records if record.job_id not in seen]
+        if not page:
+            if len(records) < limit:
+                return count
+            limit += RETRY_PAGE
+            continue
+        for job_id in page:
+            seen.add(job_id)
+            try:
+                click.echo(client.retry(job_id))
+                count += 1
+            except (JobNotFoundError, InvalidJobError):
+                continue  # retried by someone else, or expired, since the page was read
 
 
 @click.command(cls=ExitCodeCommand)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per group.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per group.")
 def limits(as_json: bool) -> None:
     """Show each model's (or group's) RPM/TPM limit, where it came from, and its use."""
-    from rich.console import Console
     from rich.table import Table
 
     from tierq.core.jobstore import connect
@@ -286,11 +320,12 @@ def limits(as_json: bool) -> None:
     except redis.RedisError as error:
         raise BrokerUnavailableError(f"cannot reach Redis: {error}") from None
     if as_json:
-        click.echo(json.dumps([asdict(usage) for usage in usages], indent=2))
+        echo_json(usages)
         return
     table = Table(title="Rate limits (shared by every worker)")
     for column in ("group", "models", "limit", "source", "this minute", "last minute", "state"):
-        table.add_column(column)
+        # A name folds on a narrow terminal rather than lose characters (cli_output.py).
+        table.add_column(column, overflow="fold")
     for u in usages:
         limit = " / ".join(
             f"{value:,} {unit}" for value, unit in ((u.rpm, "RPM"), (u.tpm, "TPM")) if value
@@ -313,4 +348,4 @@ def limits(as_json: bool) -> None:
             f"{u.requests_last_minute} req, {u.tokens_last_minute:,} tok",
             state,
         )
-    Console().print(table)
+    print_table(table)

@@ -78,7 +78,7 @@ class BaseClient:
     @staticmethod
     def _not_a_dead_letter(record: JobResult) -> InvalidJobError:
         return InvalidJobError(
-            f"job {record.job_id!r} is {record.status.value}, not a dead letter; "
+            f"job {record.job_id!r} is not a dead letter (status: {record.status.value}); "
             "only jobs that failed after their attempts (tierq dead) can be retried",
             [{"field": "job_id", "message": "not a dead letter"}],
         )

@@ -1,10 +1,10 @@
 """`tierq stats`: each tier at a glance, live: queue, workers, throughput, tokens, failures.
 
 Everything comes from Redis in a few pipelined reads, so any machine that reaches Redis can
-watch the fleet: the queues (worker/queues.py), the workers' heartbeats
+watch the fleet: the queues (tierq/core/queues.py), the workers' heartbeats
 (worker/monitoring.py), the per-minute counters the settle script keeps
-(worker/accounting.py) and the shared limiter's use of each RPM/TPM budget
-(worker/ratelimit.py). Rates are over the last `WINDOW_MINUTES` minutes.
+(tierq/core/accounting.py) and the shared limiter's use of each RPM/TPM budget
+(tierq/core/ratelimit.py). Rates are over the last `WINDOW_MINUTES` minutes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import click
 import redis
 
 from tierq.core.accounting import SEP
-from tierq.core.exit_codes import ExitCode, fail
+from tierq.core.cli_output import echo_json, fit
+from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.heartbeats import STALE_AFTER_SECONDS
 from tierq.core.jobstore import connect
 from tierq.core.keys import Keys, as_text
@@ -45,7 +46,13 @@ def limit_groups(settings: Settings) -> dict[str, list[str]]:
 FORGET_AFTER_SECONDS = 86_400
 
 
-def _workers(client: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
+def live_workers(
+    client: redis.Redis, settings: Settings, now: float | None = None
+) -> list[dict[str, Any]]:
+    """The heartbeats of the workers alive now (`tierq.worker.monitoring` writes them), each
+    with its node, tier, concurrency and jobs in flight; entries long silent are removed."""
+    keys = Keys(settings.key_prefix)
+    now = time.time() if now is None else now
     alive, gone = [], []
     for node, raw in client.hgetall(keys.workers).items():
         beat = json.loads(raw)
@@ -78,7 +85,7 @@ def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     keys = Keys(settings.key_prefix)
     now = time.time()
     queues = {snap.tier: snap for snap in queue_snapshots(client, settings)}
-    workers = _workers(client, keys, now)
+    workers = live_workers(client, settings, now)
     counts, seconds = _window_counts(client, keys, now)
     limiter = SharedRateLimiter(client, settings)
     usages: list[GroupUsage] = [
@@ -127,7 +134,8 @@ def render(stats: dict[str, Any]) -> Any:
     table = Table(title=f"tierq fleet ({window})", expand=False)
     for column in ("tier", "queued", "oldest", "workers", "in flight", "jobs/s",
                    "tokens/min", "limit (TPM, last min)", "failed", "retried"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "tier" else "right")
+        # A name folds on a narrow terminal rather than lose characters (cli_output.py).
+        table.add_column(column, justify="left" if column == "tier" else "right", overflow="fold")
     for t in stats["tiers"]:
         oldest = t["oldest_job_age_seconds"]
         limits = ", ".join(
@@ -144,7 +152,7 @@ def render(stats: dict[str, Any]) -> Any:
     return table
 
 
-@click.command("stats")
+@click.command("stats", cls=ExitCodeCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON and exit.")
 @click.option("--once", is_flag=True, help="Print one table and exit (no live view).")
 @click.option("--interval", type=click.FloatRange(0.5, 60), default=2.0, show_default=True,
@@ -159,20 +167,19 @@ def stats_command(as_json: bool, once: bool, interval: float) -> None:
     client = connect(settings, socket_timeout_seconds=2.0, retries=3)
     try:
         if as_json:
-            click.echo(json.dumps(collect_stats(settings, client)))
+            echo_json(collect_stats(settings, client))
             return
-        # A table of ten columns needs room, even when piped.
-        console = Console(width=max(Console().width, 140))
+        table = render(collect_stats(settings, client))
+        console = fit(Console(), table)
         if once:
-            console.print(render(collect_stats(settings, client)))
+            console.print(table)
             return
-        with Live(render(collect_stats(settings, client)), console=console) as live:
+        # Ctrl-C leaves through ExitCodeCommand: exit status 130, as in every command.
+        with Live(table, console=console) as live:
             while True:
                 time.sleep(interval)
                 live.update(render(collect_stats(settings, client)))
     except redis.RedisError as error:
         fail(f"cannot reach Redis: {error}", ExitCode.REDIS_UNREACHABLE)
-    except KeyboardInterrupt:
-        pass
     finally:
         client.close()

@@ -1,13 +1,12 @@
 """`tierq usage`: tokens and cost per tenant and model over a time range, from the ledger.
 
-The ledger (worker/accounting.py) holds one Redis hash per UTC hour, written by the workers'
+The ledger (tierq/core/accounting.py) holds one Redis hash per UTC hour, written by the workers'
 settle script; a report reads one hash per hour of the range, so a month is about 720 reads in
 one pipeline. Hours are the resolution: a range is widened to whole hours.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ import click
 import redis
 
 from tierq.core.accounting import NO_TENANT, SEP, hour_of
-from tierq.core.exit_codes import ExitCode, fail
+from tierq.core.cli_output import echo_json, print_table
+from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.keys import Keys, as_text
 from tierq.core.settings import Settings, get_settings
 
@@ -98,7 +98,7 @@ def totals(rows: list[UsageRow]) -> dict[str, float]:
     return dict(summed)
 
 
-@click.command("usage")
+@click.command("usage", cls=ExitCodeCommand)
 @click.option("--since", default="24h", show_default=True,
               help="Start: '30m', '24h', '7d' ago, or an ISO time (UTC by default).")  # fmt: skip
 @click.option("--until", default=None, help="End (default: now); same forms as --since.")
@@ -122,11 +122,11 @@ def usage_command(since: str, until: str | None, tenant: str | None, as_json: bo
         client.close()
     summed = totals(rows)
     if as_json:
-        click.echo(json.dumps({
+        echo_json({
             "since": start.isoformat(), "until": end.isoformat(),
             "rows": [row.as_dict() for row in rows],
             "totals": UsageRow("*", "*", summed or dict.fromkeys(METRICS, 0.0)).as_dict(),
-        }))  # fmt: skip
+        })  # fmt: skip
         return
     _print_table(rows, summed, start, end)
 
@@ -134,14 +134,15 @@ def usage_command(since: str, until: str | None, tenant: str | None, as_json: bo
 def _print_table(
     rows: list[UsageRow], summed: dict[str, float], start: datetime, end: datetime
 ) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     table = Table(title=f"usage {start:%Y-%m-%d %H:00} to {end:%Y-%m-%d %H:%M} UTC")
     for column in ("tenant", "model", "jobs", "failed", "prompt", "cached", "completion",
                    "reasoning", "cost (USD)"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("tenant", "model") else "right")
+        # A name folds on a narrow terminal rather than lose characters (cli_output.py).
+        names = column in ("tenant", "model")
+        table.add_column(column, justify="left" if names else "right", overflow="fold")
     for row in [*rows, UsageRow("total", "", summed)] if rows else []:
         a = row.amounts
         table.add_row(
@@ -150,4 +151,7 @@ def _print_table(
             f"{a.get('completion_tokens', 0):,.0f}", f"{a.get('reasoning_tokens', 0):,.0f}",
             f"{a.get('cost_usd', 0):,.4f}",
         )  # fmt: skip
-    Console().print(table if rows else "no usage in this range")
+    if rows:
+        print_table(table)
+    else:
+        click.echo("no usage in this range")

@@ -70,11 +70,24 @@ def test_a_malformed_file_is_refused_whole_and_nothing_runs(
     refused = run_cli(worker_env, source, "-o", output)
 
     assert refused.returncode == 2
+    assert "the input file is refused (2 problems):" in refused.stderr
     assert "line 2" in refused.stderr
     assert "line 3" in refused.stderr  # the repeated custom_id
     assert not output.exists()
     time.sleep(0.5)
     assert simulator.requests_with(marker) == []
+
+
+def test_a_file_refused_for_one_problem_says_one_problem(
+    tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    source = tmp_path / "requests.jsonl"
+    source.write_text("{not json\n")
+
+    refused = run_cli(worker_env, source, "-o", tmp_path / "results.jsonl")
+
+    assert refused.returncode == 2
+    assert "the input file is refused (1 problem):" in refused.stderr
 
 
 def test_an_interrupted_run_resumes_without_paying_twice(

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from importlib.metadata import version
-from typing import get_args
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
+import redis
 
-from tests.support import run_tierq
-from tierq.core.contract import ReasoningEffort
+from tests.support import Fleet, env_of, eventually, nonce, run_tierq, settings_for, user
+from tierq.core.contract import JobEnvelope, ReasoningEffort
 from tierq.core.exit_codes import ExitCode
+from tierq.core.keys import Keys
+from tierq.core.settings import Settings
 from tierq.devkit.processes import ManagedProcess, free_port
+from tierq.producers.client import TierqClient
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 
 def imported_modules(env: dict[str, str], *args: str) -> tuple[int, set[str]]:
@@ -33,6 +42,24 @@ def loaded(modules: set[str], package: str) -> bool:
     return any(name == package or name.startswith(f"{package}.") for name in modules)
 
 
+def without_workers(worker_env: dict[str, str]) -> dict[str, str]:
+    """The tests' environment on queues and job records of its own, which no worker serves:
+    a job submitted there stays queued."""
+    isolation = nonce()
+    return {
+        **worker_env,
+        "TIERQ_QUEUE_PREFIX": f"tierq-{isolation}.",
+        "TIERQ_KEY_PREFIX": f"tierq-{isolation}:",
+    }
+
+
+def submitted(env: dict[str, str], *args: str) -> str:
+    """`tierq submit ARGS` run in `env`: the new job's id."""
+    done = run_tierq(env, "submit", *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_the_exit_codes_are_the_documented_ones() -> None:
     assert {code.name: int(code) for code in ExitCode} == {
         "OK": 0,
@@ -41,8 +68,18 @@ def test_the_exit_codes_are_the_documented_ones() -> None:
         "NOT_FOUND": 3,
         "TIMED_OUT": 4,
         "REDIS_UNREACHABLE": 5,
+        "NOT_FINISHED": 6,
+        "ALREADY_FINISHED": 7,
         "INTERRUPTED": 130,
     }
+
+
+def test_the_exit_status_table_of_the_docs_lists_every_code() -> None:
+    section = DOCS.read_text(encoding="utf-8").split("## Exit status", 1)[1].split("\n## ", 1)[0]
+
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.MULTILINE)}
+
+    assert documented == {int(code) for code in ExitCode}
 
 
 def test_help_lists_every_command_with_its_summary(worker_env: dict[str, str]) -> None:
@@ -170,10 +207,36 @@ def test_reasoning_effort_offers_the_contracts_levels(worker_env: dict[str, str]
     assert "'huge' is not one of" in refused.stderr
 
 
-def test_a_wrong_setting_exits_2_naming_the_variable(worker_env: dict[str, str]) -> None:
-    done = run_tierq({**worker_env, "TIERQ_LOG_LEVEL": "LOUD"}, "status", "some-job")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["submit", "--model", "gpt-4o", "--user", "hi"],
+        ["status", "some-job"],
+        ["result", "some-job"],
+        ["cancel", "some-job"],
+        ["dead"],
+        ["retry", "--all-dead"],
+        ["limits"],
+        ["stats", "--once"],
+        ["usage"],
+        ["batch", "run", "INPUT", "-o", "OUTPUT"],
+        ["worker", "--tier", "fast"],
+        ["demo"],
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+def test_a_wrong_setting_ends_every_command_with_one_error_and_exit_2(
+    worker_env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    batch_input = tmp_path / "requests.jsonl"
+    batch_input.write_text("")
+    files = {"INPUT": str(batch_input), "OUTPUT": str(tmp_path / "results.jsonl")}
 
-    assert done.returncode == 2
+    done = run_tierq(
+        {**worker_env, "TIERQ_LOG_LEVEL": "LOUD"}, *(files.get(arg, arg) for arg in command)
+    )
+
+    assert done.returncode == ExitCode.INVALID, done.stderr
     assert done.stderr.startswith("error: invalid settings:")
     assert "TIERQ_LOG_LEVEL" in done.stderr
     assert "Traceback" not in done.stderr
@@ -243,3 +306,197 @@ def test_a_request_body_that_is_not_json_exits_2_naming_it(
 
     assert done.returncode == 2
     assert "-: not valid JSON" in done.stderr
+
+
+# --- finished or not: result and cancel --------------------------------------------------------
+
+
+def test_the_result_of_an_unfinished_job_exits_6_with_nothing_on_stdout(
+    worker_env: dict[str, str],
+) -> None:
+    env = without_workers(worker_env)
+    job_id = submitted(env, "--model", "gpt-4o-mini", "--user", "hi")
+
+    waiting = run_tierq(env, "result", job_id)
+    waiting_json = run_tierq(env, "result", job_id, "--json")
+
+    assert waiting.returncode == waiting_json.returncode == ExitCode.NOT_FINISHED == 6
+    assert waiting.stdout == waiting_json.stdout == ""
+    assert f"job {job_id} is queued: not finished yet" in waiting.stderr
+    # (once the job is final, the same command does print to stdout)
+    assert run_tierq(env, "cancel", job_id).returncode == 0
+    final = run_tierq(env, "result", job_id)
+    assert final.returncode == ExitCode.JOB_FAILED
+    assert f"{job_id}  cancelled" in final.stdout
+
+
+def test_cancelling_a_queued_job_exits_0_and_again_says_it_was_already_cancelled(
+    worker_env: dict[str, str],
+) -> None:
+    env = without_workers(worker_env)
+    job_id = submitted(env, "--model", "gpt-4o-mini", "--user", "hi")
+
+    first = run_tierq(env, "cancel", job_id)
+    again = run_tierq(env, "cancel", job_id)
+
+    assert first.returncode == 0, first.stderr
+    assert f"{job_id}  cancelled" in first.stdout
+    assert first.stderr == ""
+    assert again.returncode == 0, again.stderr
+    assert f"{job_id}  cancelled" in again.stdout
+    assert again.stderr.strip() == f"nothing to cancel: job {job_id} was already cancelled"
+
+
+def test_cancelling_a_finished_job_says_nothing_to_cancel_and_exits_7(
+    worker_env: dict[str, str], workers: dict[str, ManagedProcess]
+) -> None:
+    job_id = submitted(worker_env, "--model", "gpt-4o-mini", "--user", "hi")
+    assert run_tierq(worker_env, "result", job_id, "--wait").returncode == 0
+
+    done = run_tierq(worker_env, "cancel", job_id)
+
+    assert done.returncode == ExitCode.ALREADY_FINISHED == 7
+    assert done.stdout == ""
+    assert done.stderr.strip() == f"nothing to cancel: job {job_id} already succeeded"
+    assert run_tierq(worker_env, "result", job_id).returncode == 0  # the answer stands
+
+
+# --- waiting with no worker --------------------------------------------------------------------
+
+
+def test_submit_wait_warns_at_once_when_no_live_worker_serves_the_tier(
+    start_fleet: Fleet, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a worker for the standard tier only, on queues of its own
+    _, settings = start_fleet("standard")
+    env = {**worker_env, **env_of(settings)}
+    # (a tier with a live worker: no warning, the answer comes)
+    served = run_tierq(env, "submit", "--model", "gpt-4o", "--user", nonce(), "--wait")
+    assert served.returncode == 0, served.stderr
+    assert "warning" not in served.stderr
+
+    # When a job for the fast tier, which no worker serves, is submitted with --wait
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "tierq", "submit", "--model", "gpt-4o-mini", "--user", "hi",
+             "--wait"],
+            env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+        try:
+            # Then it says so at once, and keeps waiting
+            warning = eventually(
+                stderr.read_text, until=lambda text: "warning" in text,
+                what="the warning on stderr", timeout=20,
+            )  # fmt: skip
+            assert waiting.poll() is None
+        finally:
+            waiting.send_signal(signal.SIGINT)
+            waiting.communicate(timeout=30)
+    assert warning.splitlines()[0] == (
+        "warning: no live worker serves tier fast; the job waits on queue "
+        f"{settings.queue_for('fast')} until one starts"
+    )
+    # (and Ctrl-C leaves it as every command does, the job left on its queue)
+    assert waiting.returncode == ExitCode.INTERRUPTED
+    assert "carries on" in stderr.read_text()
+
+
+# --- --json-schema -----------------------------------------------------------------------------
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def kept_request(settings: Settings, job_id: str) -> dict[str, Any]:
+    """The request a job's record keeps (its queue message), as the workers will read it."""
+    with redis.Redis.from_url(settings.redis_url.get_secret_value()) as client:
+        kept = client.hget(Keys(settings.key_prefix).job(job_id), "message")
+    assert kept is not None
+    request = JobEnvelope.model_validate_json(kept).request
+    return request.api_fields()
+
+
+@pytest.mark.parametrize(
+    ("file_name", "content", "expected"),
+    [
+        (
+            "order form.v2.json",
+            PERSON,
+            {"type": "json_schema", "json_schema": {"name": "order_form_v2", "schema": PERSON}},
+        ),
+        (
+            "inner.json",
+            {"name": "person", "strict": True, "schema": PERSON},
+            {
+                "type": "json_schema",
+                "json_schema": {"name": "person", "strict": True, "schema": PERSON},
+            },
+        ),
+        (
+            "whole.json",
+            {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+            {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+        ),
+    ],
+    ids=["a bare JSON Schema", "the json_schema part", "a whole response_format"],
+)
+def test_json_schema_takes_each_shape_a_schema_file_may_have(
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    file_name: str,
+    content: dict[str, Any],
+    expected: dict[str, Any],
+) -> None:
+    env = without_workers(worker_env)
+    schema = tmp_path / file_name
+    schema.write_text(json.dumps(content))
+
+    job_id = submitted(env, "--model", "gpt-4o-mini", "--user", "Who?", "--json-schema", schema)
+
+    assert kept_request(settings_for(env), job_id)["response_format"] == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        ([PERSON], "a list"),
+        ({"type": "json_object"}, "an object that is none of these"),
+        ({"title": "no schema here"}, "an object that is none of these"),
+    ],
+    ids=["a list", "another response_format", "an object"],
+)
+def test_json_schema_refuses_any_other_shape_in_one_line(
+    worker_env: dict[str, str], tmp_path: Path, content: Any, found: str
+) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(content))
+
+    done = run_tierq(
+        worker_env, "submit", "--model", "gpt-4o-mini", "--user", "hi", "--json-schema", schema
+    )
+
+    assert done.returncode == ExitCode.INVALID
+    assert done.stderr.startswith(f"error: --json-schema {schema}: expected a JSON Schema")
+    assert done.stderr.strip().endswith(f"the file holds {found}")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def test_status_shows_the_reasoning_share_of_completion_tokens(
+    client: TierqClient, worker_env: dict[str, str]
+) -> None:
+    job_id = client.submit(model="o4-mini", messages=user(nonce()), reasoning_effort="low")
+    usage = client.wait(job_id, timeout=30).usage
+    assert usage is not None
+    assert usage.reasoning_tokens > 0
+
+    done = run_tierq(worker_env, "status", job_id)
+
+    share = usage.reasoning_tokens / usage.completion_tokens
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"tokens={usage.prompt_tokens}+{usage.completion_tokens}  "
+        f"reasoning={usage.reasoning_tokens} ({share:.0%} of completion)"
+    ) in done.stdout

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tests.support import Fleet, env_of, eventually, job, nonce, run_tierq, user
+from tierq.core.exit_codes import ExitCode
 from tierq.devkit.local_redis import EmbeddedRedis
 from tierq.devkit.processes import free_port, start_worker
 from tierq.producers.client import TierqClient
@@ -100,3 +107,39 @@ def test_a_metrics_port_in_use_stops_the_worker_with_a_clear_error(
     assert code != 0
     assert "TIERQ_METRICS_PORT" in worker.log_text()
     assert "Traceback" not in worker.log_text()
+
+
+def test_ctrl_c_leaves_the_live_view_with_exit_130(worker_env: dict[str, str]) -> None:
+    # Given `tierq stats` live on a terminal (a pseudo-terminal: rich draws only on one)
+    terminal, its_end = pty.openpty()
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "tierq", "stats", "--interval", "0.5"],
+        env={**worker_env, "COLUMNS": "160"}, stdin=its_end, stdout=its_end, stderr=its_end,
+    )  # fmt: skip
+    os.close(its_end)
+    shown = bytearray()
+
+    def screen() -> bytes:
+        while select.select([terminal], [], [], 0.05)[0]:
+            try:
+                shown.extend(os.read(terminal, 65536))
+            except OSError:  # the process closed the terminal
+                break
+        return bytes(shown)
+
+    try:
+        eventually(
+            screen, until=lambda text: text.count(b"tierq fleet") >= 2,
+            what="the live view drawn and redrawn", timeout=30,
+        )  # fmt: skip
+
+        # When Ctrl-C is pressed
+        watching.send_signal(signal.SIGINT)
+
+        # Then it leaves as every command does on Ctrl-C
+        assert watching.wait(timeout=30) == ExitCode.INTERRUPTED
+        assert b"Traceback" not in screen()
+    finally:
+        watching.kill()
+        watching.wait(timeout=30)
+        os.close(terminal)

@@ -19,7 +19,7 @@ import structlog
 from celery import signals
 
 from tierq.core.celery_app import TASK_NAME, create_app
-from tierq.core.errors import ConfigurationError
+from tierq.core.exit_codes import ExitCodeCommand
 from tierq.core.jobstore import JobStore, connect
 from tierq.core.logging import configure_logging
 from tierq.core.ratelimit import SharedRateLimiter
@@ -172,7 +172,7 @@ def _consumer_connected(consumer: Any) -> bool:
     return bool(connection is not None and connection.connected)
 
 
-@click.command("worker")
+@click.command("worker", cls=ExitCodeCommand)
 @click.option("--tier", required=True, help="The tier whose queue this worker consumes.")
 @click.option(
     "--concurrency",
@@ -188,7 +188,6 @@ def _consumer_connected(consumer: Any) -> bool:
 )
 def worker_command(tier: str, concurrency: int | None, loglevel: str | None) -> None:
     """Run a worker for one tier: it takes jobs from that tier's queue only."""
-    try:
-        run_worker(tier, concurrency, loglevel.upper() if loglevel else None)
-    except ConfigurationError as error:
-        raise click.ClickException(str(error)) from None
+    # A wrong setting (or a metrics port in use) ends it as in every command: `error: ...`
+    # and exit 2 (ExitCodeCommand); once running, Celery's own exit status is passed through.
+    run_worker(tier, concurrency, loglevel.upper() if loglevel else None)

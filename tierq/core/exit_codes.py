@@ -1,12 +1,15 @@
-"""Every `tierq` command's exit status, in one map, and the two ways a command ends with one.
+"""Every `tierq` command's exit status, in one map, and the ways a command ends with one.
 
 Scripts branch on these numbers (`tierq result "$id" || ...`), so each meaning has one code
-for every command: the job commands, `batch run`, `keys`, `usage`, `stats` and `demo` all
-take theirs from `ExitCode`. A command ends early with `fail()` (a message on stderr, then the
-code), and a command built with `cls=ExitCodeCommand` needs no error handling of its own: the
-tierq errors that have a code end it with their message and that code, not a traceback.
+for every command: the job commands, `batch run`, `keys`, `usage`, `stats`, `worker` and `demo`
+all take theirs from `ExitCode`. A command ends early with `fail()` (`error: <message>` on
+stderr, then the code) or, for an outcome that is not an error (a job not finished yet),
+`stop()` (the message alone). A command built with `cls=ExitCodeCommand` needs no error
+handling of its own: the tierq errors that have a code end it with their message and that
+code, not a traceback, and Ctrl-C ends it with `ExitCode.INTERRUPTED`, not click's "Aborted!"
+and exit 1 (which would read as a failed job).
 
-Both raise click's `Exit`, which click turns into the process's exit status (or returns from
+All raise click's `Exit`, which click turns into the process's exit status (or returns from
 `main(standalone_mode=False)`), so `finally` blocks and context managers still run.
 """
 
@@ -42,6 +45,12 @@ class ExitCode(enum.IntEnum):
     """Gave up waiting; the job carries on and can be waited for again."""
     REDIS_UNREACHABLE = 5
     """Redis did not answer."""
+    NOT_FINISHED = 6
+    """`result` without `--wait`: the job has not finished yet, so there is no answer to print
+    (nothing on stdout)."""
+    ALREADY_FINISHED = 7
+    """`cancel`: the job had succeeded or failed before the cancel reached it; its answer (or
+    error) stands."""
     INTERRUPTED = 130
     """Stopped by Ctrl-C (128 + SIGINT, the shell's convention); `batch run` can resume."""
 
@@ -66,17 +75,22 @@ def exit_code_for(error: TierqError) -> ExitCode | None:
     return None
 
 
-def fail(message: str, code: ExitCode) -> NoReturn:
-    """End the command: `error: <message>` on stderr, then exit status `code`."""
-    click.echo(f"error: {message}", err=True)
+def stop(message: str, code: ExitCode) -> NoReturn:
+    """End the command: `message` on stderr (stdout stays as it is), then exit status `code`."""
+    click.echo(message, err=True)
     raise click.exceptions.Exit(code)
 
 
+def fail(message: str, code: ExitCode) -> NoReturn:
+    """End the command: `error: <message>` on stderr, then exit status `code`."""
+    stop(f"error: {message}", code)
+
+
 class ExitCodeCommand(click.Command):
-    """A click command whose tierq errors end it with their message and exit code.
+    """A click command whose tierq errors, and Ctrl-C, end it with a message and exit code.
 
     The translation lives here once, so each command's body is plain code that lets a
-    `JobNotFoundError` or a `BrokerUnavailableError` rise.
+    `JobNotFoundError`, a `ConfigurationError` or a `KeyboardInterrupt` rise.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -87,3 +101,5 @@ class ExitCodeCommand(click.Command):
             if code is None:
                 raise
             fail(str(error), code)
+        except KeyboardInterrupt:
+            stop("interrupted", ExitCode.INTERRUPTED)

@@ -21,8 +21,9 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from tierq.core.errors import ConfigurationError, InvalidJobError
-from tierq.core.exit_codes import ExitCode
+from tierq.core.cli_output import plural, print_table
+from tierq.core.errors import InvalidJobError
+from tierq.core.exit_codes import ExitCode, ExitCodeCommand
 from tierq.core.results import JobResult
 from tierq.core.settings import get_settings
 from tierq.devkit.local_redis import ensure_redis
@@ -167,9 +168,12 @@ def run_demo(console: Console) -> ExitCode:
             (label, result) for (label, _), result in zip(submitted, results, strict=True)
         ] + rows
 
-        table = Table(title=f"tierq demo: {len(submitted)} jobs in {elapsed:.1f}s")
+        table = Table(title=f"tierq demo: {plural(len(submitted), 'job')} in {elapsed:.1f}s")
         for column in ("job", "what", "tier", "model", "status", "attempts", "tokens", "latency"):
-            table.add_column(column, no_wrap=column not in ("what", "tokens"))
+            # Short columns stay on one line; the rest wrap, and a model name folds rather
+            # than lose characters on a narrow terminal (cli_output.py).
+            wraps = column in ("what", "model", "tokens")
+            table.add_column(column, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
         notes: list[str] = []
         for label, outcome in rows:
             if isinstance(outcome, str):
@@ -190,21 +194,14 @@ def run_demo(console: Console) -> ExitCode:
                 _tokens(outcome),
                 f"{latency:.2f}s" if latency is not None else "-",
             )
-        console.print(table)
+        print_table(table, console=console)  # whole, even in a log or CI page
         for note in notes:
             console.print(note, style="dim", markup=False)
         console.print(f"[dim]Worker and simulator logs: {logs}[/]")
     return ExitCode.OK
 
 
-@click.command("demo")
+@click.command("demo", cls=ExitCodeCommand)
 def demo_command() -> None:
     """Run the demo: Redis (embedded if none), simulator (if no key), a worker per tier, jobs."""
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)  # a log or CI page: wide enough for the table
-    try:
-        code = run_demo(console)
-    except ConfigurationError as error:
-        raise click.ClickException(str(error)) from None
-    raise click.exceptions.Exit(code)
+    raise click.exceptions.Exit(run_demo(Console()))
