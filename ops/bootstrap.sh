@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Create .venv and install tierq into it (editable), with the extras named in $1 (e.g. "dev").
-# Skips the install when pyproject.toml has not changed since the last one.
+# Create .venv and install tierq into it (editable), with the extras named in $1 (e.g. "dev",
+# or "a,b"). Skips the install when pyproject.toml has not changed since the last one and that
+# one brought every extra asked for: the stamp records what is installed, so the tests' `dev`
+# install also serves the demo, and running ./ops/demo.sh and ./ops/test.sh in turn installs
+# nothing. An install keeps the extras already there (for the same pyproject.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,14 +15,22 @@ sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-target="."
-[ -n "$extras" ] && target=".[$extras]"
+# The stamp: "<sha256 of pyproject.toml> <extras installed, comma-separated and sorted>".
 stamp=".venv/.tierq-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+project="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+{ read -r stamped_project stamped_extras < "$stamp"; } 2>/dev/null || true
+installed=""
+[ "${stamped_project:-}" = "$project" ] && installed="${stamped_extras:-}"
+# Extras as a sorted, comma-separated set: "dev", "a,b"; empty for none.
+extras_set() { tr ', ' '\n\n' | sed '/^$/d' | sort -u | paste -sd, -; }
+wanted="$(printf '%s' "$extras" | extras_set)"
+needed="$(printf '%s,%s' "$installed" "$wanted" | extras_set)"
+if [ "${stamped_project:-}" != "$project" ] || [ "$needed" != "$installed" ]; then
+  target="."
+  [ -n "$needed" ] && target=".[$needed]"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"
-  echo "$want" > "$stamp"
+  echo "$project $needed" > "$stamp"
 fi
 
 # The dev extra's one non-Python tool: KEDA's CRD schemas for the manifest tests, from npm.

@@ -3,6 +3,10 @@
 # then smoke-runs the benchmarks and the profiler (that they run, not their figures).
 # Tests start their own simulator and workers, and an embedded Redis when none answers at
 # TIERQ_TEST_REDIS_URL (default redis://127.0.0.1:6379/15). Extra arguments go to pytest.
+# Beware: the tests FLUSH that database when they start. By default that is database 15 of
+# whatever Redis answers at 127.0.0.1:6379, yours included; point TIERQ_TEST_REDIS_URL at a
+# database you can lose (TIERQ_TEST_REDIS_URL=redis://127.0.0.1:6379/9 ./ops/test.sh). The
+# benchmark smoke runs then write (without flushing) to database 13 (TIERQ_BENCH_REDIS_URL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ops/bootstrap.sh dev

@@ -7,6 +7,9 @@ can slip between the two, and then sleeps on the subscription: a finished job is
 millisecond or so, and waiting costs Redis nothing while nothing finishes. Every
 `RECHECK_SECONDS` it reads the status of all pending jobs anyway (one pipelined round trip of
 `HGET status`, not whole records), which covers a notification lost with a dropped connection.
+When the deadline comes, it reads them once more before giving up: a job that finished at the
+last moment is returned, and `JobWaitTimeout` names the status the job has at the timeout
+(`running`), not the one it had at the last recheck (`queued`, up to a second before).
 
 `Waiter` holds all of a wait that needs no I/O: which channels to subscribe to, what was
 announced, which jobs to check, the deadline and the pause after a Redis fault. The sync and
@@ -39,7 +42,9 @@ class Waiter:
     A client's loop, until `done()`: subscribe to each of `subscriptions()`; then read the
     statuses of `to_check()`, the records of those `finished_among` them, and pass the records
     to `finish`; then listen for up to `next_wake()` seconds, passing each message to `heard`.
-    On a Redis fault it sleeps `broker_failed(error)` seconds and starts over.
+    On a Redis fault it sleeps `broker_failed(error)` seconds and starts over. Once the
+    deadline has passed, `to_check()` asks for every pending job, and the `next_wake()` after
+    that read raises `JobWaitTimeout` with the status just read.
     """
 
     def __init__(self, job_ids: Sequence[str], timeout: float, keys: Keys) -> None:
@@ -51,6 +56,8 @@ class Waiter:
         self._announced: list[str] = []
         self._last_status: dict[str, str] = {}
         self._next_recheck = 0.0
+        # Whether the statuses last read were read at or after the deadline (the final check).
+        self._checked_at_deadline = False
 
     def pending(self) -> list[str]:
         return list(self._pending)
@@ -69,11 +76,13 @@ class Waiter:
             self._announced.append(as_text(message["data"]))
 
     def to_check(self) -> list[str]:
-        """Jobs whose status to read now: those announced, or all pending when a recheck is due."""
+        """Jobs whose status to read now: those announced, or all pending when a recheck is due
+        or the deadline has passed (the final check, whose statuses a timeout reports)."""
         announced, self._announced = self._announced, []
         now = time.monotonic()
-        if now >= self._next_recheck:
+        if now >= self._next_recheck or now >= self._deadline:
             self._next_recheck = now + RECHECK_SECONDS
+            self._checked_at_deadline = now >= self._deadline
             return self.pending()
         return [job_id for job_id in announced if job_id in self._pending]
 
@@ -102,17 +111,15 @@ class Waiter:
     def done(self) -> bool:
         return not self._pending
 
-    def seconds_left(self) -> float:
-        """Time left to wait; raises `JobWaitTimeout` once it is spent."""
-        left = self._deadline - time.monotonic()
-        if left <= 0:
+    def next_wake(self) -> float:
+        """How long to sleep on the subscription before a recheck is due: 0 once the deadline
+        has passed, so the final check comes next. Raises `JobWaitTimeout` after that check,
+        naming the first pending job and the status it had then."""
+        if self._checked_at_deadline:
             first = next(iter(self._pending))
             raise JobWaitTimeout(first, self.timeout, self._last_status.get(first, "unknown"))
-        return left
-
-    def next_wake(self) -> float:
-        """How long to sleep on the subscription before a recheck is due."""
-        return max(0.0, min(self.seconds_left(), self._next_recheck - time.monotonic()))
+        now = time.monotonic()
+        return max(0.0, min(self._deadline - now, self._next_recheck - now))
 
     def broker_failed(self, error: Exception) -> float:
         """Redis could not be reached: how long to pause before trying again, until the deadline."""

@@ -12,18 +12,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
 from tests.support import (
     Fleet,
     Simulator,
     SimulatorFactory,
     env_of,
+    eventually,
     job,
     nonce,
     run_tierq,
     user,
 )
 from tierq.core.errors import InvalidJobError, RequestTooLargeError
+from tierq.core.ratelimit import GroupUsage, SharedRateLimiter
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import RateLimitGroup, Settings
 from tierq.core.tokens import count_prompt_tokens
@@ -255,3 +258,35 @@ def test_tierq_limits_shows_each_limit_and_its_use(
     assert (mini["rpm"], mini["tpm"], mini["source"]) == (6000, 900_000, "configured")
     assert mini["requests_this_minute"] + mini["requests_last_minute"] == 5
     assert "gpt-4o" in groups  # every model of the tier table is listed, limited or not
+
+
+def test_calls_to_a_model_whose_limit_is_not_known_yet_are_counted(
+    start_fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    # Given a fleet with no limit configured, calling a simulator that enforces none and so
+    # sends no x-ratelimit-* headers to learn one from; nothing counted yet
+    _, settings = start_fleet(workers=2, concurrency=10)
+    reader = SharedRateLimiter(redis_client, settings)
+
+    def use() -> GroupUsage:
+        """gpt-4o-mini's use as `tierq limits` and `tierq stats` read it."""
+        return reader.usage("gpt-4o-mini", ["gpt-4o-mini"])
+
+    before = use()
+    assert (before.requests_this_minute, before.tokens_this_minute) == (0, 0)
+
+    # When 12 jobs run on the two workers
+    results = run(settings, jobs(12, nonce()))
+    assert {r.status for r in results} == {JobStatus.SUCCEEDED}
+
+    # Then every call is counted, with the tokens it spent (the real prompt, and the output cap
+    # of 20 reserved for each), while the limit is still unknown
+    counted = eventually(
+        use,
+        until=lambda u: u.requests_this_minute + u.requests_last_minute == 12,
+        what="12 requests counted",
+        timeout=10,
+    )
+    assert (counted.rpm, counted.tpm, counted.source) == (None, None, "none")
+    prompts = sum(r.usage.prompt_tokens for r in results if r.usage is not None)
+    assert counted.tokens_this_minute + counted.tokens_last_minute == prompts + 12 * 20

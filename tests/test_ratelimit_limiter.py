@@ -8,7 +8,7 @@ import threading
 import pytest
 import redis
 
-from tests.support import nonce
+from tests.support import eventually, nonce
 from tierq.core.ratelimit import SharedRateLimiter
 from tierq.core.ratelimit_headers import RateLimitHeaders, parse_duration_seconds
 from tierq.core.settings import LimiterSettings, RateLimitGroup, Settings
@@ -146,10 +146,42 @@ def test_limits_learned_from_headers_apply_when_none_are_configured(
     waits = [limiter.acquire("gpt-4o", 1).wait_seconds for _ in range(2)]
 
     assert waits[1] > 0.5  # 60 RPM now paces the group
+    limiter.flush()  # the use held while the group had no limit
     usage = limiter.usage("gpt-4o", ["gpt-4o"])
     assert (usage.rpm, usage.tpm, usage.source) == (60, 1_000_000, "learned")
-    # Only calls admitted against a limit are counted; the first two had none to count against.
-    assert usage.requests_this_minute + usage.requests_last_minute == 2
+    # Every call is counted: the two before the limit was known too.
+    assert usage.requests_this_minute + usage.requests_last_minute == 4
+
+
+def requests_and_tokens(limiter: SharedRateLimiter, group: str) -> tuple[int, int]:
+    """A group's use this minute and last, as `tierq limits` and `tierq stats` read it."""
+    usage = limiter.usage(group, [group])
+    return (
+        usage.requests_this_minute + usage.requests_last_minute,
+        usage.tokens_this_minute + usage.tokens_last_minute,
+    )
+
+
+def test_calls_to_a_group_with_no_limit_known_are_counted(redis_client: redis.Redis) -> None:
+    # Given a group with no limit configured and none learned, nothing counted yet
+    limiter = limiter_for(redis_client, {})
+    assert requests_and_tokens(limiter, "gpt-4o") == (0, 0)
+
+    # When five calls of 100 tokens are admitted, and one turns out to have cost 30 more
+    admissions = [limiter.acquire("gpt-4o", 100) for _ in range(5)]
+    limiter.adjust("gpt-4o", 30)
+
+    # Then none waited (there is no limit to pace by), and all are counted: the first by the
+    # script that found the group open, the others (admitted without a round trip) by the
+    # process's flush, a second or so later, with no call to flush needed
+    assert [admission.wait_seconds for admission in admissions] == [0.0] * 5
+    assert limiter.is_open("gpt-4o")
+    eventually(
+        lambda: requests_and_tokens(limiter, "gpt-4o"),
+        until=lambda counted: counted == (5, 530),
+        what="the five calls and their tokens counted",
+        timeout=5,
+    )
 
 
 @pytest.mark.parametrize(

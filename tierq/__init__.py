@@ -11,7 +11,9 @@ organised by role (docs/architecture.md):
 - `tierq.devkit`: the demo and the helpers that start local processes for tests.
 
 Names are imported lazily (PEP 562), so `import tierq.worker...` in a worker process does not
-load the producer side.
+load the producer side. Every error a producer can meet (docs/jobs.md, "Errors a caller sees")
+is exported here, beside the clients that raise it; tests/test_public_api.py checks the page
+against this list.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ if TYPE_CHECKING:
     from tierq.core.contract import JobRequest
     from tierq.core.errors import (
         BrokerUnavailableError,
+        ConfigurationError,
+        IdempotencyConflictError,
         InvalidJobError,
         JobNotFoundError,
         JobWaitTimeout,
+        PayloadTooLargeError,
+        RequestTooLargeError,
         TierqError,
         UnknownModelError,
     )
@@ -41,21 +47,29 @@ _EXPORTS = {
     "JobStatus": "tierq.core.results",
     "TierqError": "tierq.core.errors",
     "BrokerUnavailableError": "tierq.core.errors",
+    "ConfigurationError": "tierq.core.errors",
+    "IdempotencyConflictError": "tierq.core.errors",
     "InvalidJobError": "tierq.core.errors",
     "JobNotFoundError": "tierq.core.errors",
     "JobWaitTimeout": "tierq.core.errors",
+    "PayloadTooLargeError": "tierq.core.errors",
+    "RequestTooLargeError": "tierq.core.errors",
     "UnknownModelError": "tierq.core.errors",
 }
 
 __all__ = [
     "AsyncTierqClient",
     "BrokerUnavailableError",
+    "ConfigurationError",
+    "IdempotencyConflictError",
     "InvalidJobError",
     "JobNotFoundError",
     "JobRequest",
     "JobResult",
     "JobStatus",
     "JobWaitTimeout",
+    "PayloadTooLargeError",
+    "RequestTooLargeError",
     "TierqClient",
     "TierqError",
     "UnknownModelError",

@@ -8,6 +8,7 @@ Redis connections are per greenlet). Concurrency comes from the tier's settings 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import redis
 import structlog
 from celery import signals
 
@@ -157,6 +159,10 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     finally:
         leases.stop()
         monitor.stop()
+        if limiter is not None:
+            # The last second's use of groups with no known limit, before os._exit drops it.
+            with contextlib.suppress(redis.RedisError):
+                limiter.flush()
     # Exit now: the interpreter would otherwise join pool threads still in a call that the
     # shutdown gave up on (their jobs are back on the queue).
     logging.shutdown()

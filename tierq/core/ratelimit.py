@@ -7,7 +7,8 @@ one "theoretical arrival time" per budget): it paces calls evenly, as the API en
 per-minute limits over sub-second windows, and allows a burst of `burst_seconds` of budget.
 Admission *reserves* the earliest start time instead of answering yes/no, so waiting callers
 are served in order and never stampede when the budget refills. The scripts are
-lua/ratelimit_acquire.lua, lua/ratelimit_adjust.lua and lua/ratelimit_pause.lua.
+lua/ratelimit_acquire.lua, lua/ratelimit_adjust.lua, lua/ratelimit_pause.lua and
+lua/ratelimit_count.lua.
 
 Why hand-written: `limits` (PyPI) keeps one counter per limit with no atomic check of two limits
 together and no even pacing; `redis-cell` does GCRA but is a Redis module that managed Redis
@@ -18,6 +19,12 @@ The API's own view tightens the shared budget for every worker at once: a 429 or
 `x-ratelimit-remaining-*` headers saying the budget is spent pause the group until the API
 says it refills; `x-ratelimit-limit-*` headers teach the limits when none are configured, and
 lower a configured limit that is higher than what the API allows.
+
+Use is counted for every group, limited or not, in per-minute counters that `tierq limits` and
+`tierq stats` read (never used to admit a call). A group with no limit known is admitted
+without a script call (see `SharedRateLimiter`), so its counts are held in the process and
+added to Redis in one write a second later (`USAGE_FLUSH_SECONDS`): a reader sees them that
+much later, and a process that stops or dies loses at most its last second's counts.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ LEARNED = -1
 USAGE_TTL_SECONDS = 180
 # How long a process trusts that a group has no limit at all before asking Redis again.
 OPEN_GROUP_RECHECK_SECONDS = 1.0
+# How long a process holds the use counted for groups with no limit before adding it to Redis:
+# one write a second per process, instead of one round trip per call.
+USAGE_FLUSH_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +84,11 @@ class SharedRateLimiter:
     A group with no limit configured, none learned and no pause has nothing to admit against;
     after one script call says so, the process skips the script for that group for
     `OPEN_GROUP_RECHECK_SECONDS` (a limit learned or a 429 seen by any worker is picked up
-    within that time; one seen by this process, at once).
+    within that time; one seen by this process, at once). The calls it admits that way are still
+    counted: held here and added to the group's usage counters by `flush`, which a timer runs
+    `USAGE_FLUSH_SECONDS` after the first call held. Skipping the round trip is what keeps a
+    worker's cost per job at 0 ms latency level with a bare Celery task
+    (docs/performance.md); one write a second keeps it so.
     """
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
@@ -85,9 +99,13 @@ class SharedRateLimiter:
         self._acquire = scripts.register(client, "ratelimit_acquire")
         self._adjust = scripts.register(client, "ratelimit_adjust")
         self._pause = scripts.register(client, "ratelimit_pause")
+        self._count = scripts.register(client, "ratelimit_count")
         self._learned: dict[str, tuple[int | None, int | None]] = {}
         self._open_until: dict[str, float] = {}
         self._lock = threading.Lock()
+        # Use of groups admitted without the script, by group: [requests, tokens].
+        self._held: dict[str, list[int]] = {}
+        self._flusher: threading.Timer | None = None
 
     def _script_keys(self, group: str) -> list[str]:
         """The acquire and adjust scripts' KEYS: the group's state, and its usage keys' prefix
@@ -102,7 +120,8 @@ class SharedRateLimiter:
 
     def acquire(self, group: str, cost_tokens: int) -> Admission:
         """Reserve a start time for one call costing `cost_tokens` (prompt + output reserved)."""
-        if self._open_until.get(group, 0.0) > time.monotonic():
+        if self.is_open(group):
+            self._hold(group, 1, cost_tokens)
             return Admission(reserved=True, wait_seconds=0.0)
         rpm, tpm = self._limits(group)
         status, wait, limit = self._acquire(
@@ -133,12 +152,66 @@ class SharedRateLimiter:
 
     def adjust(self, group: str, delta_tokens: int) -> None:
         """Correct a call's spent tokens by `delta_tokens` once its real usage is known."""
-        if delta_tokens and not self.is_open(group):
+        if not delta_tokens:
+            return
+        if self.is_open(group):
+            self._hold(group, 0, delta_tokens)  # no budget to correct, only the count
+        else:
             _, tpm = self._limits(group)
             self._adjust(
                 keys=self._script_keys(group),
                 args=[tpm, delta_tokens, self._config.headroom, USAGE_TTL_SECONDS],
             )
+
+    def _hold(self, group: str, requests: int, tokens: int) -> None:
+        """Count use admitted without a script call; `flush` adds it to Redis shortly."""
+        with self._lock:
+            held = self._held.setdefault(group, [0, 0])
+            held[0] += requests
+            held[1] += tokens
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Start the timer that flushes the held use, unless one is running (lock held)."""
+        if self._flusher is None:
+            self._flusher = threading.Timer(USAGE_FLUSH_SECONDS, self._flush_later)
+            self._flusher.daemon = True
+            self._flusher.start()
+
+    def flush(self) -> None:
+        """Add the use held for groups with no limit to their usage counters now (one pipelined
+        round trip); `tierq limits` and `tierq stats` then show it. Raises `redis.RedisError`
+        with the counts kept, to be added by the next flush."""
+        with self._lock:
+            held, self._held = self._held, {}
+        if not held:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for group, (requests, tokens) in held.items():
+            self._count(
+                keys=[self._keys.ratelimit_usage_prefix(group)],
+                args=[requests, tokens, USAGE_TTL_SECONDS],
+                client=pipe,
+            )
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            with self._lock:
+                for group, (requests, tokens) in held.items():
+                    kept = self._held.setdefault(group, [0, 0])
+                    kept[0] += requests
+                    kept[1] += tokens
+            raise
+
+    def _flush_later(self) -> None:
+        """The timer's flush: a Redis fault keeps the counts and tries again a second later."""
+        with self._lock:
+            self._flusher = None
+        try:
+            self.flush()
+        except redis.RedisError:
+            with self._lock:
+                self._schedule_flush()
 
     def pause(self, group: str, seconds: float) -> float:
         """Hold every worker's calls in `group` for `seconds` (a 429, or the API says "spent")."""
@@ -162,6 +235,8 @@ class SharedRateLimiter:
         self._redis.hset(self._keys.ratelimit(group), items=items)
 
     def usage(self, group: str, models: list[str]) -> GroupUsage:
+        """`group`'s limits and its use this minute and last (by Redis's clock), counted for
+        every call admitted by any worker, whether or not the group has a limit."""
         now_seconds, micros = self._redis.time()
         now = now_seconds + micros / 1_000_000
         minute = int(now // 60)

@@ -3,6 +3,7 @@
 -- ARGV: tpm, token delta, headroom, usage ttl.
 -- include: now
 -- include: limits
+-- include: usage
 
 local s = redis.call('HMGET', KEYS[1], 'tat_t', 'learned_tpm')
 local tpm = limit_of(ARGV[1], s[2])
@@ -16,7 +17,5 @@ if step > 0 then
     redis.call('HSET', KEYS[1], 'tat_t', tostring(math.max(now, tat + delta * step)))
   end
 end
-local usage = KEYS[2] .. math.floor(now / 60)
-redis.call('HINCRBY', usage, 'tokens', delta)
-redis.call('EXPIRE', usage, ARGV[4])
+count_use(KEYS[2], 0, delta, ARGV[4])
 return 1
