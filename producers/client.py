@@ -89,6 +89,9 @@ class TierqClient(BaseClient):
         With an `idempotency_key`, submitting the same request again (for the result TTL)
         returns the first job's id and enqueues nothing; a different request under the same
         key raises `IdempotencyConflictError`.
+
+        `response_format` may be a Pydantic class, as for the SDK's `parse()`: the strict JSON
+        schema `parse()` would send is sent, and `result.parsed(TheClass)` reads the answer.
         """
         keys = [idempotency_key] if idempotency_key is not None else None
         return self.submit_many([merge_request(request, params)], idempotency_keys=keys)[0]

@@ -33,6 +33,7 @@ from tierq.core.errors import (
 from tierq.core.jobcontrol import Reservation, fingerprint
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
+from tierq.core.structured import with_schema_classes_resolved
 from tierq.core.tiers import route
 
 RequestLike = JobRequest | Mapping[str, Any]
@@ -47,8 +48,14 @@ class PreparedJob:
 
 def prepare(settings: Settings, request: RequestLike) -> PreparedJob:
     """Validate a request: the contract, the payload limit, the tier table, and the budgets
-    (a job over its model's context window or whole TPM limit could never run)."""
-    parsed = parse_job_request(dict(request) if isinstance(request, Mapping) else request)
+    (a job over its model's context window or whole TPM limit could never run).
+
+    A Pydantic class as `response_format` is first turned into the strict `json_schema` the
+    SDK's `parse()` sends for it (tierq/core/structured.py); read the answer back with
+    `JobResult.parsed(TheClass)`."""
+    parsed = parse_job_request(
+        with_schema_classes_resolved(request) if isinstance(request, Mapping) else request
+    )
     if len(parsed.messages) > settings.max_messages_per_job:
         raise InvalidJobError(
             f"invalid job request: messages: {len(parsed.messages)} messages, over the limit "

@@ -35,6 +35,10 @@ never passes silently. Keys:
     This request's latency, replacing the server's ``--latency-ms``.
 ``tokens=N``
     Length of each generated text answer, in tokens (before ``stop``/``max_tokens`` cut it).
+``refuse=yes``
+    Answer with a refusal, as the API does when a model declines a structured-output
+    request: ``message.refusal`` holds the text, ``content`` is null, ``finish_reason`` is
+    ``stop``.
 
 Example: ``Summarise this. [sim fail=429 times=2 retry_after=0.5]``.
 """
@@ -67,6 +71,7 @@ class Directives:
     delay_seconds: float | None = None
     latency_ms: float | None = None
     tokens: int | None = None
+    refuse: bool = False
 
     @property
     def wants_fault(self) -> bool:
@@ -103,6 +108,12 @@ def _code(key: str, raw: str) -> str:
     return raw
 
 
+def _yes(key: str, raw: str) -> bool:
+    if raw != "yes":
+        raise DirectiveError(f"[sim {key}=...] expects 'yes', got {raw!r}")
+    return True
+
+
 # key in the text -> (Directives field, value parser)
 _KEYS = {
     "fail": ("fail", _fail_kind),
@@ -112,6 +123,7 @@ _KEYS = {
     "delay": ("delay_seconds", _non_negative_float),
     "latency_ms": ("latency_ms", _non_negative_float),
     "tokens": ("tokens", _non_negative_int),
+    "refuse": ("refuse", _yes),
 }
 
 

@@ -38,6 +38,7 @@ REASONING_TOKENS_BY_EFFORT = {
     "xhigh": 1024,
     "max": 2048,
 }
+REFUSAL_TEXT = "I'm sorry, but I can't help with that request."  # `[sim refuse=yes]`
 _ID_ALPHABET = string.ascii_letters + string.digits
 _UNSEEDED = Random()  # shared by unseeded requests; generation never awaits, so no races
 
@@ -61,11 +62,12 @@ class GeneratedChoice:
     reasoning_tokens: int = 0
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[dict[str, Any]] | None = None  # per content piece, in the API's shape
+    refusal: list[str] | None = None  # token pieces of a refusal (then content is None)
 
     @property
     def completion_tokens(self) -> int:
-        """Tokens billed for this choice: reasoning, content and tool calls."""
-        visible = len(self.content or ())
+        """Tokens billed for this choice: reasoning, content, refusal and tool calls."""
+        visible = len(self.content or ()) + len(self.refusal or ())
         calls = sum(count_tokens(call.name) + len(call.arguments) for call in self.tool_calls)
         return self.reasoning_tokens + visible + calls
 
@@ -113,6 +115,10 @@ def _choice(
             return GeneratedChoice(index, [], "length", reasoning_tokens=budget)
         if budget is not None:
             budget -= reasoning
+
+    if request.directives.refuse:
+        refusal = split_tokens(REFUSAL_TEXT)
+        return GeneratedChoice(index, None, "stop", reasoning, refusal=refusal)
 
     if tools:
         return _tool_choice(index, rng, Random(aux_seed), tools, budget, reasoning)

@@ -64,7 +64,7 @@ def _message(choice: GeneratedChoice) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         "content": None if choice.content is None else "".join(choice.content),
-        "refusal": None,
+        "refusal": None if choice.refusal is None else "".join(choice.refusal),
         "annotations": [],
     }
     if choice.tool_calls:
@@ -150,6 +150,9 @@ def _choice_chunks(request: ChatRequest, choice: GeneratedChoice) -> list[dict[s
                 {"content": [logprobs[position]], "refusal": None} if logprobs is not None else None
             )
             entries.append(_entry(index, {"content": piece}, piece_logprobs))
+    elif choice.refusal is not None:
+        entries.append(_entry(index, {"role": "assistant", "content": None, "refusal": ""}, None))
+        entries.extend(_entry(index, {"refusal": piece}, None) for piece in choice.refusal)
     else:
         first_delta = {"role": "assistant", "content": None, "refusal": None}
         for number, call in enumerate(choice.tool_calls):

@@ -4,6 +4,8 @@
 - `InvalidJobError` and its children: fix the request; nothing was enqueued.
 - `BrokerUnavailableError`: Redis is unreachable; nothing was enqueued, try again later.
 - `JobNotFoundError`, `JobWaitTimeout`: about a job id the caller holds.
+- `JobNotSucceededError`, `StructuredOutputError` and its children: reading a job's answer
+  (`JobResult.parsed`, `JobResult.message_param`) found none, or none of the shape asked for.
 - `ProviderError`: what an API call ended with, inside a worker. `RetryableProviderError`s are
   retried by Celery (after `retry_after_seconds` at least); `PermanentProviderError`s fail the
   job at once, because sending the same request again cannot succeed.
@@ -154,6 +156,62 @@ class JobWaitTimeout(TierqError, TimeoutError):
         self.job_id = job_id
         self.timeout_seconds = timeout_seconds
         self.status = status
+
+
+class JobNotSucceededError(TierqError):
+    """Raised when an answer is read from a job that has not succeeded (still queued or
+    running, failed, or cancelled); `status` says where it is, `error` why it failed."""
+
+    def __init__(self, job_id: str, status: str, error: str | None = None) -> None:
+        why = f": {error}" if error else ""
+        super().__init__(f"job {job_id!r} has no answer to read: it is {status}{why}")
+        self.job_id = job_id
+        self.status = status
+        self.error = error
+
+
+class StructuredOutputError(TierqError, ValueError):
+    """Raised when a succeeded job's answer cannot be read as the structured object asked for;
+    the job ran and was billed, so the fix is in the prompt, the schema or the output cap."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(f"job {job_id!r}: {message}")
+        self.job_id = job_id
+
+
+class StructuredOutputRefusal(StructuredOutputError):
+    """Raised when the model refused to answer (`message.refusal`); `refusal` is its text."""
+
+    def __init__(self, job_id: str, refusal: str) -> None:
+        super().__init__(job_id, f"the model refused: {refusal}")
+        self.refusal = refusal
+
+
+class StructuredOutputTruncated(StructuredOutputError):
+    """Raised when the answer was cut at the output cap (`finish_reason == "length"`), so its
+    JSON is incomplete; `content` is what was written. Raise the cap or ask for less."""
+
+    def __init__(self, job_id: str, content: str | None) -> None:
+        super().__init__(
+            job_id,
+            "the answer was cut at the output cap (finish_reason 'length'); raise "
+            "max_completion_tokens or ask for less",
+        )
+        self.content = content
+
+
+class StructuredOutputInvalid(StructuredOutputError):
+    """Raised when the answer does not validate as the class asked for; `errors` lists
+    pydantic's findings (`type`, `loc`, `msg`)."""
+
+    def __init__(self, job_id: str, schema_name: str, errors: list[dict[str, Any]]) -> None:
+        found = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in errors[:5]
+        )
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(job_id, f"the answer is not a valid {schema_name}: {found}{more}")
+        self.schema_name = schema_name
+        self.errors = errors
 
 
 class ProviderError(TierqError):

@@ -4,15 +4,24 @@ One `JobResult` per job lives in Redis from submission until `result_ttl_seconds
 change. Producers read it to poll; workers rewrite it as the job moves. The response models
 mirror the SDK's `ChatCompletion` without importing `openai` (producers must not need it), and
 keep any field the API adds (`extra="allow"`), so nothing the provider returned is dropped.
+
+Two readers turn an answer back into what the caller works with: `parsed` (the structured
+object, as the SDK's `parse()` gives it; tierq/core/structured.py) and `message_param` (the
+answer as the next request's assistant message, to continue a conversation or a tool loop).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from tierq.core.errors import JobNotSucceededError
+from tierq.core.structured import parse_choice
+
+T = TypeVar("T")
 
 
 class JobStatus(StrEnum):
@@ -168,6 +177,51 @@ class JobResult(BaseModel):
         if self.response is None or not self.response.choices:
             return None
         return self.response.choices[0].message.content
+
+    def parsed(self, schema: type[T], *, choice: int = 0) -> T:
+        """The answer validated as `schema`, the class the job was submitted with as its
+        `response_format` (classes cannot travel through Redis, so the reader names it).
+
+        Raises `JobNotSucceededError` for a job without an answer, and for an answer that is
+        not a `schema`: `StructuredOutputRefusal`, `StructuredOutputTruncated` or
+        `StructuredOutputInvalid`.
+        """
+        return parse_choice(self._choice(choice), schema, self.job_id)
+
+    def message_param(self, *, choice: int = 0) -> dict[str, Any]:
+        """The answer as an assistant message in the request's shape, to append to the
+        conversation of a next job: its text, refusal and `tool_calls` (answer each call id
+        with a `tool` message after it). Only the fields a request takes are kept.
+        Raises `JobNotSucceededError` for a job without an answer."""
+        message = self._choice(choice).message
+        param: dict[str, Any] = {"role": "assistant"}
+        if message.content is not None:
+            param["content"] = message.content
+        if message.refusal is not None:
+            param["refusal"] = message.refusal
+        if message.tool_calls:
+            param["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": call.type,
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                }
+                for call in message.tool_calls
+            ]
+        audio = getattr(message, "audio", None)
+        if isinstance(audio, dict) and audio.get("id"):
+            param["audio"] = {"id": audio["id"]}  # the API refers to its earlier audio by id
+        return param
+
+    def _choice(self, index: int) -> Choice:
+        """The answer's choice `index`; raises `JobNotSucceededError` when there is no answer."""
+        if self.status is not JobStatus.SUCCEEDED or self.response is None:
+            why = f"{self.error.type}: {self.error.message}" if self.error else None
+            raise JobNotSucceededError(self.job_id, self.status.value, why)
+        choices = self.response.choices
+        if not 0 <= index < len(choices):
+            raise IndexError(f"job {self.job_id!r} has {len(choices)} choice(s), not {index + 1}")
+        return choices[index]
 
     @property
     def latency_seconds(self) -> float | None:
