@@ -72,6 +72,16 @@ def unsupported_parameter(param: str, *, hint: str = "") -> ApiError:
     )
 
 
+def unsupported_default_only(param: str, value: object, default: object) -> ApiError:
+    """The 400 for a value other than the default of a parameter a model takes only at it."""
+    return invalid_request(
+        f"Unsupported value: '{param}' does not support {value} with this model. "
+        f"Only the default ({default}) value is supported.",
+        param=param,
+        code="unsupported_value",
+    )
+
+
 def context_length_exceeded(window: int, prompt_tokens: int, output_tokens: int) -> ApiError:
     """The 400 for a request that does not fit the model's context window."""
     if output_tokens:

@@ -23,10 +23,11 @@ MAX_STOP_SEQUENCES = 4
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 DEFAULT_REASONING_EFFORT = "medium"
-# Sampling parameters reasoning models refuse, in the order the checks run.
+# Sampling parameters reasoning models take only at their default value: any other value is
+# refused with "Only the default (1) value is supported".
+REASONING_DEFAULT_ONLY = {"temperature": 1, "top_p": 1}
+# Parameters reasoning models refuse whatever the value, in the order the checks run.
 REASONING_UNSUPPORTED = (
-    "temperature",
-    "top_p",
     "frequency_penalty",
     "presence_penalty",
     "logprobs",
@@ -308,6 +309,10 @@ def _check_reasoning_parameters(body: Mapping[str, Any]) -> None:
         raise errors.unsupported_parameter(
             "max_tokens", hint="Use 'max_completion_tokens' instead."
         )
+    for param, default in REASONING_DEFAULT_ONLY.items():
+        value = body.get(param)
+        if value is not None and value != default:
+            raise errors.unsupported_default_only(param, value, default)
     for param in REASONING_UNSUPPORTED:
         if body.get(param) is not None:
             raise errors.unsupported_parameter(param)

@@ -42,7 +42,8 @@ def total(
 
 def priced(usage: Usage, settings: Settings) -> float:
     """The price table applied by hand: uncached prompt, cached prompt, completion."""
-    price = settings.prices[MODEL]
+    price = settings.price_of(MODEL)
+    assert price is not None
     cached = usage.cached_tokens
     return (
         (usage.prompt_tokens - cached) * price.input

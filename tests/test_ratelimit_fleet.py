@@ -195,9 +195,15 @@ def test_a_job_over_the_configured_tpm_limit_is_refused_at_submission(
     assert "1000 tokens-per-minute limit of gpt-4o" in str(refused.value)
 
 
-def test_a_job_over_the_context_window_is_refused_at_submission(client: TierqClient) -> None:
-    with pytest.raises(InvalidJobError, match="maximum context length is 128000") as refused:
-        client.submit(model="gpt-4o", messages=user("x"), max_tokens=200_000)
+def test_a_job_over_the_context_window_is_refused_at_submission(settings: Settings) -> None:
+    # A window narrower than the output cap: gpt-4o's own (128,000) is beyond its maximum
+    # output (16,384), which the model rules refuse first.
+    narrow = settings.model_copy(update={"context_windows": {"gpt-4o": 1_000}})
+    with (
+        TierqClient(narrow) as client,
+        pytest.raises(InvalidJobError, match="maximum context length is 1000") as refused,
+    ):
+        client.submit(model="gpt-4o", messages=user("x"), max_tokens=2_000)
 
     assert refused.value.errors[0]["field"] == "max_tokens"
 

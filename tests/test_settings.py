@@ -84,7 +84,8 @@ def test_the_default_tier_table_is_fast_standard_and_reasoning() -> None:
             models=["o4-mini", "o3"], reasoning=True, concurrency=50, request_timeout_seconds=600
         ),
     }
-    assert tiers == default_tiers()
+    # The table itself lists no model: the catalog names each shipped model's tier.
+    assert all(tier.models == [] for tier in default_tiers().values())
 
 
 def test_a_tier_defaults_to_non_reasoning_100_in_flight_and_no_rate_limit() -> None:
@@ -368,9 +369,15 @@ def test_a_lowercase_tier_name_is_accepted(name: str) -> None:
     assert list(Settings(tiers={name: {"models": ["m"]}}, _env_file=None).tiers) == [name]
 
 
-def test_a_tier_without_models_is_refused() -> None:
-    with pytest.raises(ValidationError):
+def test_a_tier_given_an_empty_model_list_is_refused() -> None:
+    with pytest.raises(ValidationError, match="list at least one model"):
         TierSettings(models=[])
+
+
+def test_a_tier_that_serves_no_model_is_refused() -> None:
+    # Neither its own `models` nor any catalog entry's `tier` gives it one.
+    with pytest.raises(ValidationError, match="tier 'bulk' serves no model"):
+        Settings(tiers={"fast": {"models": ["gpt-4o-mini"]}, "bulk": {}}, _env_file=None)
 
 
 @pytest.mark.parametrize("concurrency", [0, 1001])
@@ -486,7 +493,7 @@ def test_one_field_of_a_default_tier_can_be_adjusted_alone(
     assert settings.tiers["fast"].models == ["gpt-4o-mini"]
     assert settings.tiers["reasoning"].rate_limit == "60/m"
     assert settings.tiers["reasoning"].reasoning is True
-    assert settings.tiers["standard"] == default_tiers()["standard"]
+    assert settings.tiers["standard"] == Settings(_env_file=None).tiers["standard"]
 
 
 def test_a_full_tier_table_replaces_the_default_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -265,9 +265,27 @@ def test_reasoning_that_exhausts_the_budget_leaves_empty_content(client: openai.
     assert completion.usage.completion_tokens_details.reasoning_tokens == 100
 
 
-@pytest.mark.parametrize(
-    "parameter", ["temperature", "top_p", "frequency_penalty", "presence_penalty"]
-)
+@pytest.mark.parametrize("parameter", ["temperature", "top_p"])
+def test_reasoning_model_takes_temperature_and_top_p_only_at_their_default(
+    client: openai.OpenAI, parameter: str
+) -> None:
+    # The default is accepted and answered
+    accepted = client.chat.completions.create(
+        model="o3-mini", messages=USER_HELLO, extra_body={parameter: 1}
+    )
+    assert accepted.choices[0].message.content
+
+    # Any other value is refused, saying which value is supported
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model="o3-mini", messages=USER_HELLO, extra_body={parameter: 0.5}
+        )
+    assert raised.value.code == "unsupported_value"
+    assert raised.value.param == parameter
+    assert "Only the default (1) value is supported." in str(raised.value)
+
+
+@pytest.mark.parametrize("parameter", ["frequency_penalty", "presence_penalty"])
 def test_reasoning_model_rejects_sampling_parameters(client: openai.OpenAI, parameter: str) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(

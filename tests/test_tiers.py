@@ -7,19 +7,20 @@ from typing import Any
 
 import pytest
 
+from tierq.core.catalog import ModelInfo
 from tierq.core.contract import JobRequest, parse_job_request
 from tierq.core.errors import InvalidJobError, UnknownModelError
 from tierq.core.settings import Settings, TierSettings
 from tierq.core.tiers import api_params, check_model_rules, route
 
 REASONING_MODELS = ["o3", "o4-mini"]
-SAMPLING_KNOBS = [
-    ("temperature", 0.2),
-    ("top_p", 0.5),
-    ("frequency_penalty", 0.5),
-    ("presence_penalty", -0.5),
-    ("logprobs", True),
-]
+# Sampling knobs at values other than their defaults, which o-series models refuse.
+SAMPLING_KNOBS = [("temperature", 0.2), ("top_p", 0.5)]
+# The same knobs at the API's defaults, which o-series models accept ("Only the default (1)
+# value is supported"); the penalties they refuse at any value.
+DEFAULT_SAMPLING = {"temperature": 1, "top_p": 1}
+O3 = ModelInfo(name="o3", tier="reasoning", reasoning=True)
+GPT_4O = ModelInfo(name="gpt-4o", tier="standard", reasoning=False)
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +95,34 @@ def test_an_unknown_model_error_is_an_invalid_job_error(default_settings: Settin
 
 @pytest.mark.parametrize("model", REASONING_MODELS)
 @pytest.mark.parametrize(("field", "value"), SAMPLING_KNOBS)
-def test_a_sampling_parameter_is_refused_for_a_reasoning_model_naming_the_field(
+def test_a_sampling_parameter_off_its_default_is_refused_for_a_reasoning_model(
+    model: str, field: str, value: object, default_settings: Settings
+) -> None:
+    error = refusal_of(job(model, **{field: value}), default_settings)
+
+    assert [problem["field"] for problem in error.errors] == [field]
+    assert f"{field}: unsupported value {value!r}" in str(error)
+    assert f"{model} is a reasoning model" in str(error)
+    assert f"only the default ({DEFAULT_SAMPLING[field]}) value is supported" in str(error)
+
+
+@pytest.mark.parametrize("model", REASONING_MODELS)
+def test_sampling_parameters_at_their_defaults_are_accepted_for_a_reasoning_model(
+    model: str, default_settings: Settings
+) -> None:
+    request = job(model, **DEFAULT_SAMPLING)
+
+    assert route(request, default_settings) == "reasoning"
+    params = api_params(request, default_settings.model_info(model))
+    assert {name: params[name] for name in DEFAULT_SAMPLING} == DEFAULT_SAMPLING
+
+
+@pytest.mark.parametrize("model", REASONING_MODELS)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("logprobs", True), ("stop", "END"), ("frequency_penalty", 0), ("presence_penalty", 0)],
+)
+def test_logprobs_stop_and_penalties_are_refused_for_a_reasoning_model_naming_the_field(
     model: str, field: str, value: object, default_settings: Settings
 ) -> None:
     error = refusal_of(job(model, **{field: value}), default_settings)
@@ -116,6 +144,7 @@ def test_every_refused_parameter_of_a_reasoning_model_is_named_at_once(
         presence_penalty=1,
         logprobs=True,
         top_logprobs=3,
+        stop=["END"],
     )
 
     error = refusal_of(request, default_settings)
@@ -125,12 +154,13 @@ def test_every_refused_parameter_of_a_reasoning_model_is_named_at_once(
         "top_p",
         "frequency_penalty",
         "presence_penalty",
+        "stop",
         "logprobs",
         "top_logprobs",
     ]
     assert [problem["field"] for problem in error.errors] == expected
     for field in expected:
-        assert f"{field}: unsupported parameter" in str(error)
+        assert f"{field}: unsupported " in str(error)
 
 
 @pytest.mark.parametrize("model", REASONING_MODELS)
@@ -158,33 +188,29 @@ def test_reasoning_effort_is_refused_for_a_non_reasoning_model_naming_the_field(
 def test_sampling_parameters_are_accepted_for_a_non_reasoning_model(
     model: str, default_settings: Settings
 ) -> None:
-    request = job(model, **dict(SAMPLING_KNOBS), top_logprobs=2)
+    request = job(model, **dict(SAMPLING_KNOBS), logprobs=True, top_logprobs=2, stop="END")
 
     assert route(request, default_settings) in {"fast", "standard"}
 
 
 def test_model_rules_check_what_the_caller_set_not_the_defaults() -> None:
-    reasoning = TierSettings(models=["o3"], reasoning=True)
-
-    check_model_rules(job("o3"), reasoning)  # temperature etc. hold defaults but are unset
+    check_model_rules(job("o3"), O3)  # temperature etc. hold defaults but are unset
 
 
 # --- the API call's parameters ------------------------------------------------------------------
 
 
 def test_max_tokens_is_sent_as_max_completion_tokens_to_a_reasoning_tier() -> None:
-    reasoning = TierSettings(models=["o3"], reasoning=True)
 
-    params = api_params(job("o3", max_tokens=500), reasoning)
+    params = api_params(job("o3", max_tokens=500), O3)
 
     assert params["max_completion_tokens"] == 500
     assert "max_tokens" not in params
 
 
 def test_max_tokens_is_sent_unchanged_to_a_non_reasoning_tier() -> None:
-    standard = TierSettings(models=["gpt-4o"])
 
-    params = api_params(job("gpt-4o", max_tokens=500), standard)
+    params = api_params(job("gpt-4o", max_tokens=500), GPT_4O)
 
     assert params["max_tokens"] == 500
     assert "max_completion_tokens" not in params
@@ -192,7 +218,7 @@ def test_max_tokens_is_sent_unchanged_to_a_non_reasoning_tier() -> None:
 
 @pytest.mark.parametrize("reasoning", [True, False])
 def test_max_completion_tokens_is_sent_unchanged_to_any_tier(reasoning: bool) -> None:
-    tier = TierSettings(models=["m"], reasoning=reasoning)
+    tier = ModelInfo(name="m", tier="t", reasoning=reasoning)
 
     params = api_params(job("m", max_completion_tokens=700), tier)
 
@@ -201,10 +227,9 @@ def test_max_completion_tokens_is_sent_unchanged_to_any_tier(reasoning: bool) ->
 
 
 def test_the_api_call_carries_exactly_the_set_parameters_and_no_metadata() -> None:
-    standard = TierSettings(models=["gpt-4o"])
     request = job("gpt-4o", temperature=0, seed=7, metadata={"tenant": "acme"})
 
-    params = api_params(request, standard)
+    params = api_params(request, GPT_4O)
 
     assert params == {
         "model": "gpt-4o",
@@ -220,9 +245,8 @@ def test_the_api_call_carries_exactly_the_set_parameters_and_no_metadata() -> No
     ids=["unset", "empty", "caller-said-no"],
 )
 def test_a_streamed_call_always_asks_for_usage(stream_options: dict[str, Any]) -> None:
-    standard = TierSettings(models=["gpt-4o"])
 
-    params = api_params(job("gpt-4o", stream=True, **stream_options), standard)
+    params = api_params(job("gpt-4o", stream=True, **stream_options), GPT_4O)
 
     assert params["stream"] is True
     assert params["stream_options"] == {"include_usage": True}
@@ -230,33 +254,29 @@ def test_a_streamed_call_always_asks_for_usage(stream_options: dict[str, Any]) -
 
 @pytest.mark.parametrize("stream", [{}, {"stream": False}], ids=["unset", "false"])
 def test_a_call_that_does_not_stream_gets_no_stream_options(stream: dict[str, bool]) -> None:
-    standard = TierSettings(models=["gpt-4o"])
 
-    assert "stream_options" not in api_params(job("gpt-4o", **stream), standard)
+    assert "stream_options" not in api_params(job("gpt-4o", **stream), GPT_4O)
 
 
 def test_a_streamed_call_with_null_stream_options_still_asks_for_usage() -> None:
-    standard = TierSettings(models=["gpt-4o"])
 
-    params = api_params(job("gpt-4o", stream=True, stream_options=None), standard)
+    params = api_params(job("gpt-4o", stream=True, stream_options=None), GPT_4O)
 
     assert params["stream_options"] == {"include_usage": True}
 
 
 def test_a_null_max_tokens_does_not_erase_max_completion_tokens_for_a_reasoning_tier() -> None:
-    reasoning = TierSettings(models=["o3"], reasoning=True)
 
-    params = api_params(job("o3", max_tokens=None, max_completion_tokens=500), reasoning)
+    params = api_params(job("o3", max_tokens=None, max_completion_tokens=500), O3)
 
     assert params["max_completion_tokens"] == 500
     assert "max_tokens" not in params
 
 
 def test_building_the_call_leaves_the_request_unchanged() -> None:
-    reasoning = TierSettings(models=["o3"], reasoning=True)
     request = job("o3", max_tokens=500, stream=True)
 
-    api_params(request, reasoning)
+    api_params(request, O3)
 
     assert request.api_fields()["max_tokens"] == 500
     assert "stream_options" not in request.api_fields()
@@ -288,7 +308,9 @@ def test_a_reasoning_tier_added_by_settings_gets_the_reasoning_rules(
     error = refusal_of(job("my-reasoner", temperature=0.3), custom_settings)
     assert [problem["field"] for problem in error.errors] == ["temperature"]
 
-    params = api_params(job("my-reasoner", max_tokens=50), custom_settings.tiers["deep"])
+    params = api_params(
+        job("my-reasoner", max_tokens=50), custom_settings.model_info("my-reasoner")
+    )
 
     assert params["max_completion_tokens"] == 50
     assert "max_tokens" not in params

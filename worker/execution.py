@@ -19,6 +19,7 @@ import redis
 import structlog
 from pydantic import ValidationError
 
+from tierq.core.catalog import ModelInfo
 from tierq.core.contract import JobEnvelope, JobRequest
 from tierq.core.errors import (
     AdmissionDeferred,
@@ -30,9 +31,9 @@ from tierq.core.errors import (
     RequestTooLargeError,
 )
 from tierq.core.jobstore import JobStore
-from tierq.core.pricing import cost_usd, price_for
+from tierq.core.pricing import cost_usd
 from tierq.core.results import JobError, JobResult, JobStatus
-from tierq.core.settings import Settings, TierSettings
+from tierq.core.settings import Settings
 from tierq.core.tiers import api_params, check_model_rules
 from tierq.core.validation import describe_validation_error
 from tierq.worker import metrics
@@ -133,7 +134,7 @@ class JobRunner:
             self.leases.release(envelope.job_id)
 
     def _attempt(
-        self, envelope: JobEnvelope, tier: TierSettings, running: JobResult, token: str
+        self, envelope: JobEnvelope, tier: ModelInfo, running: JobResult, token: str
     ) -> JobResult | None:
         request = envelope.request
         try:
@@ -170,7 +171,7 @@ class JobRunner:
         api_seconds = time.perf_counter() - began
         metrics.API_LATENCY.labels(*labels, "ok").observe(api_seconds)
         completion = outcome.completion
-        price = price_for(self.settings.prices, request.model)
+        price = self.settings.price_of(request.model, completion.service_tier)
         result = running.model_copy(
             update={
                 "status": JobStatus.SUCCEEDED,
@@ -196,9 +197,7 @@ class JobRunner:
             log.warning("ratelimit.feedback_lost", error=str(error))
         return result
 
-    def _call(
-        self, job_id: str, attempt: int, request: JobRequest, tier: TierSettings
-    ) -> CallOutcome:
+    def _call(self, job_id: str, attempt: int, request: JobRequest, tier: ModelInfo) -> CallOutcome:
         """The API call; a streamed job's deltas are published as they arrive.
 
         Only streamed jobs get a publisher, so the others pay nothing for it. Its last write
@@ -242,7 +241,7 @@ class JobRunner:
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    def _check_tier(self, envelope: JobEnvelope) -> TierSettings:
+    def _check_tier(self, envelope: JobEnvelope) -> ModelInfo:
         """The worker checks the producer's routing again: a hand-made message is not trusted."""
         tier = self.settings.tiers.get(envelope.tier)
         if tier is None or envelope.tier != self.tier:
@@ -253,8 +252,9 @@ class JobRunner:
             raise InvalidJobError(
                 f"model {envelope.request.model!r} is not served by tier {envelope.tier!r}"
             )
-        check_model_rules(envelope.request, tier)
-        return tier
+        info = self.settings.model_info(envelope.request.model)
+        check_model_rules(envelope.request, info)
+        return info
 
     def record_retry(
         self,

@@ -2,7 +2,8 @@
 
 A job whose prompt plus output cap exceeds the model's context window, or whose tokens alone
 exceed its TPM limit, would wait forever or be refused by the API; it is refused at once
-instead, at submission when the limit is configured, in the worker when it was learned.
+instead, at submission when the limit is configured, in the worker when it was learned. The
+window is the model catalog's (`tierq.core.catalog`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def job_cost(request: JobRequest, settings: Settings, prompt_tokens: int | None 
 
 def check_fits(request: JobRequest, cost: JobCost, settings: Settings) -> None:
     """Refuse a job that no wait can make admissible; raises `RequestTooLargeError`."""
-    window = settings.context_windows.get(request.model)
+    window = settings.context_window_of(request.model)
     cap = request.max_completion_tokens or request.max_tokens or 0
     if window is not None and cost.prompt_tokens + cap > window:
         field = "messages" if cost.prompt_tokens > window else _cap_field(request)

@@ -1,9 +1,9 @@
-"""What a job cost: its usage times the price table (USD per 1M tokens, as the API bills).
+"""What a job cost: its usage times its model's price (USD per 1M tokens, as the API bills).
 
 The API bills uncached prompt tokens at the input price, cached ones at the cached-input price,
 and every completion token (reasoning tokens included: they are part of `completion_tokens`)
-at the output price. A model missing from the table costs None, not 0, so a report shows it
-as unknown rather than free.
+at the output price. The prices themselves are in the model catalog (`tierq.core.catalog`). A
+model without a price costs None, not 0, so a report shows it as unknown rather than free.
 """
 
 from __future__ import annotations
@@ -32,17 +32,6 @@ class ModelPrice(BaseModel):
     """USD per 1M prompt tokens served from the provider's prompt cache."""
     output: Annotated[float, Field(ge=0)]
     """USD per 1M completion tokens, reasoning tokens included."""
-
-
-def default_prices() -> dict[str, ModelPrice]:
-    """OpenAI's published standard-tier prices when this table was written; operators with
-    other terms set TIERQ_PRICES."""
-    return {
-        "gpt-4o-mini": ModelPrice(input=0.15, cached_input=0.075, output=0.60),
-        "gpt-4o": ModelPrice(input=2.50, cached_input=1.25, output=10.00),
-        "o4-mini": ModelPrice(input=1.10, cached_input=0.275, output=4.40),
-        "o3": ModelPrice(input=2.00, cached_input=0.50, output=8.00),
-    }
 
 
 def price_for(prices: Mapping[str, ModelPrice], model: str) -> ModelPrice | None:

@@ -8,10 +8,12 @@ so an existing deployment's environment works unchanged. Nested groups are set a
 (`TIERQ_RETRY='{"max_attempts": 8}'`) or field by field with `__`
 (`TIERQ_RETRY__MAX_ATTEMPTS=8`). `TIERQ_TIERS` replaces the tier table;
 `TIERQ_TIERS__<TIER>__<FIELD>` changes one field of a default tier, or adds a tier.
+`TIERQ_MODELS` extends or corrects the model catalog (`tierq.core.catalog`), entry by entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import os
@@ -27,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,8 +41,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from tierq.core.errors import ConfigurationError
-from tierq.core.pricing import ModelPrice, default_prices
+from tierq.core.catalog import ModelInfo, ModelSpec, resolve, shipped_models
+from tierq.core.errors import ConfigurationError, UnknownModelError
+from tierq.core.pricing import ModelPrice, price_for
 from tierq.core.validation import FieldRuleError
 
 ENV_PREFIX = "TIERQ_"
@@ -55,10 +59,13 @@ class TierSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    models: Annotated[list[str], Field(min_length=1)]
-    """Model names as the API knows them; a job's model picks its tier."""
+    models: list[str] = []
+    """Model names as the API knows them, served here besides those whose catalog entry
+    (`TIERQ_MODELS`) names this tier; a model listed here is served here whatever its entry
+    says. A job's model picks its tier."""
     reasoning: bool = False
-    """The o-series rules apply: no sampling knobs; `max_tokens` is sent as
+    """Models of this tier whose catalog entry does not say whether they reason follow the
+    o-series rules: sampling knobs only at their defaults, no `stop`; `max_tokens` is sent as
     `max_completion_tokens`."""
     concurrency: Annotated[int, Field(ge=1, le=1000)] = 100
     """Calls in flight per worker process (the threads pool's size)."""
@@ -72,6 +79,18 @@ class TierSettings(BaseModel):
     """Hard limit: one attempt, streaming included, may not run longer; past it the job fails
     (`time_limit_exceeded`) and frees its slot. Unset: no limit beyond the soft one."""
 
+    @field_validator("models")
+    @classmethod
+    def _a_given_list_names_a_model(cls, value: list[str]) -> list[str]:
+        # Runs only on a list given explicitly (defaults are not validated): an empty one is
+        # a mistake, since leaving `models` out already means "the catalog's models only".
+        if not value:
+            raise ValueError(
+                "list at least one model, or leave `models` out to serve the catalog's models "
+                "that name this tier"
+            )
+        return value
+
     @field_validator("rate_limit")
     @classmethod
     def _celery_rate_limit_grammar(cls, value: str | None) -> str | None:
@@ -81,13 +100,13 @@ class TierSettings(BaseModel):
 
 
 def default_tiers() -> dict[str, TierSettings]:
-    """The product's tier table: cheap and fast, the standard model, and reasoning models."""
+    """The product's tier table: cheap and fast, the standard model, and reasoning models.
+
+    Which models each serves is the catalog's `tier` (`tierq.core.catalog.SHIPPED_MODELS`)."""
     return {
-        "fast": TierSettings(models=["gpt-4o-mini"]),
-        "standard": TierSettings(models=["gpt-4o"]),
-        "reasoning": TierSettings(
-            models=["o4-mini", "o3"], reasoning=True, concurrency=50, request_timeout_seconds=600
-        ),
+        "fast": TierSettings(),
+        "standard": TierSettings(),
+        "reasoning": TierSettings(reasoning=True, concurrency=50, request_timeout_seconds=600),
     }
 
 
@@ -166,11 +185,6 @@ class GatewaySettings(BaseModel):
     """How long uploaded and result files are kept (the API keeps batch output 30 days)."""
 
 
-def default_context_windows() -> dict[str, int]:
-    """Prompt plus output, in tokens, per model (the API's published windows)."""
-    return {"gpt-4o": 128_000, "gpt-4o-mini": 128_000, "o4-mini": 200_000, "o3": 200_000}
-
-
 class Settings(BaseSettings):
     """The whole configuration; build it with `get_settings()`, never at import time."""
 
@@ -201,11 +215,19 @@ class Settings(BaseSettings):
     )
     """The provider's base URL under the SDK's own name (the simulator, a proxy); unset means
     the SDK's default (api.openai.com). An `http://` or `https://` URL."""
+    models: dict[str, ModelSpec] = Field(default_factory=shipped_models)
+    """The model catalog: per model its tier, whether it reasons, context window, maximum
+    output, accepted `reasoning_effort` values, refused parameters and prices. Entries given
+    here are laid over the shipped ones field by field (`TIERQ_MODELS='{"gpt-4o":
+    {"max_output_tokens": 8192}, "my-model": {"tier": "fast", "price": {"input": 1,
+    "cached_input": 0.5, "output": 4}}}'`); `{"tier": null}` takes a shipped model out of
+    service. The shipped entries cover gpt-4o, gpt-4o-mini, o4-mini and o3."""
     tiers: dict[str, TierSettings] = Field(default_factory=default_tiers)
-    """Model tiers, each its own queue; an operator adds a model or a tier here alone.
-    `TIERQ_TIERS` given whole replaces the table (an entry without `models` adjusts the default
-    tier of that name); `TIERQ_TIERS__<TIER>__<FIELD>` changes one field of a default tier, or
-    adds a tier beside the defaults."""
+    """Model tiers, each its own queue. A tier serves the catalog's models that name it
+    (`TIERQ_MODELS`) and those its own `models` lists. `TIERQ_TIERS` given whole replaces the
+    table (an entry without `models` adjusts the default tier of that name);
+    `TIERQ_TIERS__<TIER>__<FIELD>` changes one field of a default tier, or adds a tier beside
+    the defaults."""
     retry: RetrySettings = Field(default_factory=RetrySettings)
     """How Celery retries transient API faults."""
     rate_limits: dict[str, RateLimitGroup] = {}
@@ -214,16 +236,13 @@ class Settings(BaseSettings):
     limited by what the API's headers teach."""
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
     """The fleet-wide RPM/TPM limiter shared through Redis."""
-    context_windows: dict[str, Annotated[int, Field(ge=1)]] = Field(
-        default_factory=default_context_windows
-    )
-    """Tokens per model (prompt plus output); jobs whose prompt plus output cap exceed their
-    model's window are refused at submission."""
-    prices: dict[str, ModelPrice] = Field(default_factory=default_prices)
-    """USD per 1M tokens per model (input, cached_input, output), for the cost on every result
-    and `tierq usage`; `TIERQ_PRICES='{"gpt-4o": {"input": 2.5, "cached_input": 1.25,
-    "output": 10}}'` replaces the table. The default is OpenAI's published standard-tier prices
-    when the table was written; a model missing from it has no cost (unknown, not free)."""
+    context_windows: dict[str, Annotated[int, Field(ge=1)]] = {}
+    """Older spelling of the catalog's `context_window_tokens`: each entry overrides its
+    model's window (prompt plus output, in tokens). Prefer `TIERQ_MODELS`."""
+    prices: dict[str, ModelPrice] = {}
+    """Older spelling of the catalog's `price` (USD per 1M tokens: input, cached_input,
+    output): each entry overrides its model's standard-tier price; models not listed keep the
+    catalog's (this table no longer replaces it). Prefer `TIERQ_MODELS`."""
     request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
     """One API call's budget; a call past it is a retryable timeout (a tier's own
     `request_timeout_seconds` overrides it)."""
@@ -308,7 +327,9 @@ class Settings(BaseSettings):
         """
         if not isinstance(value, dict):
             return value
-        defaults = {name: tier.model_dump() for name, tier in default_tiers().items()}
+        defaults = {
+            name: tier.model_dump(exclude_defaults=True) for name, tier in default_tiers().items()
+        }
         entries = {name: entry for name, entry in value.items() if name != _FIELD_BY_FIELD}
         if value.get(_FIELD_BY_FIELD):
             table = dict(defaults)
@@ -328,6 +349,22 @@ class Settings(BaseSettings):
                 table[name] = entry
         return table
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _over_the_shipped_models(cls, value: Any) -> Any:
+        """Lay the given entries over the shipped catalog, field by field."""
+        if not isinstance(value, dict):
+            return value
+        catalog: dict[str, Any] = {
+            name: spec.model_dump(exclude_unset=True) for name, spec in shipped_models().items()
+        }
+        for name, entry in value.items():
+            shipped = catalog.get(name)
+            if isinstance(entry, ModelSpec):
+                entry = entry.model_dump(exclude_unset=True)
+            catalog[name] = {**shipped, **entry} if shipped and isinstance(entry, dict) else entry
+        return catalog
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -346,7 +383,11 @@ class Settings(BaseSettings):
 
     @field_validator("tiers")
     @classmethod
-    def _tiers_are_well_formed(cls, tiers: dict[str, TierSettings]) -> dict[str, TierSettings]:
+    def _tiers_are_well_formed(
+        cls, tiers: dict[str, TierSettings], info: ValidationInfo
+    ) -> dict[str, TierSettings]:
+        """Check the table, then add to each tier the catalog's models that name it (and no
+        tier lists), so `tiers[name].models` is the whole of what a tier serves."""
         if not tiers:
             raise ValueError("at least one tier is needed")
         owner: dict[str, str] = {}
@@ -357,7 +398,22 @@ class Settings(BaseSettings):
                 if model in owner:
                     raise ValueError(f"model {model!r} is in tiers {owner[model]!r} and {name!r}")
                 owner[model] = name
-        return tiers
+        catalog: dict[str, ModelSpec] = info.data.get("models", {})
+        joining: dict[str, list[str]] = {name: [] for name in tiers}
+        for model, spec in catalog.items():
+            if spec.tier in joining and model not in owner:
+                joining[spec.tier].append(model)
+        filled = {
+            name: tier.model_copy(update={"models": [*tier.models, *joining[name]]})
+            for name, tier in tiers.items()
+        }
+        idle = [name for name, tier in filled.items() if not tier.models]
+        if idle and "models" in info.data:
+            raise ValueError(
+                f"tier {idle[0]!r} serves no model: list some in its `models`, or name it as "
+                "the `tier` of catalog entries (TIERQ_MODELS)"
+            )
+        return filled
 
     @model_validator(mode="after")
     def _redelivery_cannot_overlap_a_live_job(self) -> Settings:
@@ -410,7 +466,7 @@ class Settings(BaseSettings):
         return f"{self.queue_prefix}{tier}"
 
     def tier_of(self, model: str) -> str | None:
-        """The tier serving `model`, or None when no tier lists it."""
+        """The tier serving `model` (its catalog entry's, unless a tier lists it), or None."""
         for name, tier in self.tiers.items():
             if model in tier.models:
                 return name
@@ -418,6 +474,33 @@ class Settings(BaseSettings):
 
     def known_models(self) -> list[str]:
         return sorted(model for tier in self.tiers.values() for model in tier.models)
+
+    def model_info(self, model: str) -> ModelInfo:
+        """A served model's catalog facts, defaults filled in; raises `UnknownModelError`."""
+        tier = self.tier_of(model)
+        if tier is None:
+            raise UnknownModelError(model, self.known_models())
+        info = resolve(model, tier, self.tiers[tier].reasoning, self.models.get(model))
+        window = self.context_windows.get(model, info.context_window_tokens)
+        price = self.prices.get(model, info.price)
+        return dataclasses.replace(info, context_window_tokens=window, price=price)
+
+    def context_window_of(self, model: str) -> int | None:
+        """`model`'s context window in tokens; None when unknown (then unchecked)."""
+        if model in self.context_windows:
+            return self.context_windows[model]
+        spec = self.models.get(model)
+        return spec.context_window_tokens if spec is not None else None
+
+    def price_of(self, model: str, service_tier: str | None = None) -> ModelPrice | None:
+        """What `model` costs at `service_tier` (the one the API reports on the answer); a
+        dated snapshot ("gpt-4o-2024-08-06") is priced as its model. None: unknown."""
+        table = {name: spec.price for name, spec in self.models.items() if spec.price}
+        table.update(self.prices)
+        for name, spec in self.models.items():
+            if service_tier is not None and service_tier in spec.service_tier_prices:
+                table[name] = spec.service_tier_prices[service_tier]
+        return price_for(table, model)
 
 
 # Marks a tier table built only from TIERQ_TIERS__<TIER>__<FIELD> variables.

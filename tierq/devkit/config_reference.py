@@ -40,6 +40,7 @@ HOUR = 3_600
 TABLE_KEYS = {
     "tiers": ("tier name", f"Tier names match `{TIER_NAME_PATTERN}`; a model is in one tier."),
     "rate_limits": ("group name", "A model is in one group."),
+    "models": ("model", "Entries given are laid over the shipped ones, field by field."),
     "context_windows": ("model", ""),
     "prices": ("model", ""),
 }
