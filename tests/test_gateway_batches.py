@@ -38,6 +38,8 @@ from tests.support import (
     nonce,
     unique_tenant,
 )
+from tierq.core.jobcontrol import JobControl
+from tierq.core.jobstore import JobStore
 from tierq.core.keys import Keys
 from tierq.core.results import JobError, JobResult, JobStatus
 from tierq.core.settings import Settings
@@ -259,6 +261,39 @@ def test_result_lines_follow_the_api_shape_for_each_outcome() -> None:
     assert cancelled_line("x", "batch_expired")["error"]["code"] == "batch_expired"
     with pytest.raises(ValueError, match="not finished"):
         output_line("q", JobResult(**base, status=JobStatus.QUEUED))
+
+
+def test_a_batch_cancel_spares_a_job_in_flight_but_not_one_whose_worker_died(
+    settings: Settings,
+) -> None:
+    # What a batch winding down asks of each unfinished job (lua/cancel.lua, spare_running).
+    store = JobStore.from_settings(settings)
+    control = JobControl(store)
+    base = {"tier": "fast", "model": "gpt-4o-mini", "submitted_at": datetime.now(UTC)}
+    jobs = {
+        name: JobResult(job_id=f"{name}-{nonce()}", status=JobStatus.QUEUED, **base)
+        for name in ("queued", "in_flight", "orphaned")
+    }
+    try:
+        store.save_many(list(jobs.values()), ["{}"] * len(jobs))
+        # Two taken by workers: one holds its lease, the other's lease has lapsed (it died).
+        for name, lease_seconds in (("in_flight", 60.0), ("orphaned", 0.0)):
+            running = jobs[name].model_copy(update={"status": JobStatus.RUNNING})
+            assert store.claim(running, name, lease_seconds, "{}", generation=0).claimed
+
+        def cancel(name: str, *, spare_running: bool) -> str:
+            record = store.get(jobs[name].job_id)
+            assert record is not None
+            return control.cancel(record, spare_running=spare_running)[0]
+
+        outcomes = {name: cancel(name, spare_running=True) for name in jobs}
+        assert outcomes == {"queued": "cancelled", "in_flight": "running", "orphaned": "cancelled"}
+        assert store.status(jobs["in_flight"].job_id) is JobStatus.RUNNING
+        # The job spared could have been cancelled: a job's own cancel discards its answer.
+        assert cancel("in_flight", spare_running=False) == "cancelled"
+    finally:
+        store.delete([job.job_id for job in jobs.values()])
+        store.redis.close()
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -597,6 +632,49 @@ def test_a_batch_survives_a_gateway_restart_and_no_request_is_paid_twice(
     # The same jobs (one idempotency key per request), each called once.
     assert {f"job:{o['custom_id']}": o["response"]["request_id"] for o in outputs} == submitted
     assert len(simulator.requests_with(marker)) == 6
+
+
+def test_a_cancelled_batch_keeps_every_answer_paid_for_and_runs_nothing_more(
+    cluster: Cluster, simulator: Simulator
+) -> None:
+    # The worker runs four at a time: when the fifth call arrives, the first answers are in,
+    # the next calls are running and the rest are queued.
+    key = create_api_key(cluster.settings, unique_tenant())
+    marker = nonce()
+    lines: list[dict[str, Any] | str] = [
+        request_line(f"r{i}", f"{marker} {i} [sim latency_ms=1500]") for i in range(12)
+    ]
+    with running(cluster.gateway()) as root, sdk(root, key) as client:
+        batch_id = start_batch(client, lines).id
+        called = eventually(
+            lambda: simulator.requests_with(marker),
+            until=lambda calls: len(calls) > 4,
+            what="answers in and calls running",
+            timeout=BATCH_WAIT_SECONDS,
+        )
+        assert client.batches.cancel(batch_id).status == "cancelling"
+        batch = batch_reaching(client, batch_id, {"cancelled"})
+        outputs = file_lines(client, batch.output_file_id)
+        errors = file_lines(client, batch.error_file_id)
+
+    # Every call made, finished or running when the cancel came, is an answer in the output...
+    paid = simulator.requests_with(marker)
+    assert len(outputs) == len(paid) >= len(called)
+    assert all(o["response"]["status_code"] == 200 and o["error"] is None for o in outputs)
+    # ... and the requests still queued were cancelled without a call.
+    assert errors
+    assert all(e["error"]["code"] == "batch_cancelled" and e["response"] is None for e in errors)
+    assert {line["custom_id"] for line in outputs + errors} == {f"r{i}" for i in range(12)}
+    assert batch.request_counts is not None
+    assert batch.request_counts.model_dump() == {
+        "total": 12,
+        "completed": len(outputs),
+        "failed": len(errors),
+    }
+    assert batch.usage is not None
+    assert batch.usage.total_tokens == sum(
+        o["response"]["body"]["usage"]["total_tokens"] for o in outputs
+    )
 
 
 def test_a_batch_larger_than_the_tenant_quota_is_submitted_as_room_frees(

@@ -5,6 +5,7 @@ Each test uses fresh tenants (`tenant_key`), so quotas and ownership never leak 
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -69,19 +70,26 @@ def test_one_bad_job_in_a_batch_is_named_and_nothing_is_enqueued(
     assert simulator.requests_with(marker) == []
 
 
-@pytest.mark.parametrize(
+# Jobs each refused for one parameter: by the contract (a range, a missing or unknown field, a
+# rule between fields) or by the model and tier rules checked after it (an unknown model, a
+# parameter the model does not take, the messages limit).
+BAD_JOBS = pytest.mark.parametrize(
     ("body", "status", "param"),
     [
         (job(temperature=2.5), 422, "temperature"),
+        ({"model": "gpt-4o-mini"}, 422, "messages"),
+        ({**job(), "unknown_parameter": 1}, 422, "unknown_parameter"),
+        (job(top_logprobs=2), 422, "top_logprobs"),
         (job(model="gpt-5-nonexistent"), 422, "model"),
         ({**job(model="o3"), "temperature": 0.2}, 422, "temperature"),
-        ({"model": "gpt-4o-mini"}, 422, "messages"),
         ({**job(), "messages": user("x") * 2_049}, 422, "messages"),
-        ({**job(), "unknown_parameter": 1}, 422, "unknown_parameter"),
     ],
-    ids=["range", "unknown-model", "o-series-temperature", "no-messages", "too-many-messages",
-         "unknown-field"],
+    ids=["range", "no-messages", "unknown-field", "fields-disagree", "unknown-model",
+         "o-series-temperature", "too-many-messages"],
 )  # fmt: skip
+
+
+@BAD_JOBS
 def test_a_bad_job_is_refused_naming_the_parameter(
     gateway_url: str,
     tenant_key: TenantKey,
@@ -94,6 +102,27 @@ def test_a_bad_job_is_refused_naming_the_parameter(
     with gateway_client(gateway_url, key) as http:
         refused_with(http.post("/v1/jobs", json=body), status, param)
     assert in_flight(settings, tenant) == 0
+
+
+@BAD_JOBS
+def test_a_bad_job_among_many_is_named_by_its_index_and_nothing_is_enqueued(
+    gateway_url: str,
+    tenant_key: TenantKey,
+    settings: Settings,
+    simulator: Simulator,
+    body: dict[str, Any],
+    status: int,
+    param: str,
+) -> None:
+    tenant, key = tenant_key()
+    marker = nonce()
+    jobs = [job(marker), body, job(marker)]
+    with gateway_client(gateway_url, key) as http:
+        error = refused_with(http.post("/v1/jobs:batch", json={"jobs": jobs}), status)
+    assert error["param"] == f"jobs.1.{param}"
+    assert error["message"].startswith("jobs.1: "), error["message"]
+    assert in_flight(settings, tenant) == 0
+    assert simulator.requests_with(marker) == []
 
 
 def test_bodies_over_the_size_limit_and_broken_json_are_refused(
@@ -222,3 +251,37 @@ def test_health_and_readiness_answer_without_a_key(gateway_url: str) -> None:
         assert http.get("/readyz").json() == {"status": "ok"}
         spec = http.get("/openapi.json").json()
     assert {"/v1/jobs", "/v1/jobs:batch", "/v1/jobs/{job_id}"} <= set(spec["paths"])
+
+
+def test_a_json_schema_response_format_reaches_the_api_and_its_answer_fits_the_schema(
+    gateway_url: str, tenant_key: TenantKey, simulator: Simulator
+) -> None:
+    # Given a structured-output job as any HTTP client writes it: the API's own response_format
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["name", "tags"],
+        "additionalProperties": False,
+    }
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "Person", "strict": True, "schema": schema},
+    }
+    marker = nonce()
+    _, key = tenant_key()
+
+    # When it is submitted over HTTP and waited for
+    with gateway_client(gateway_url, key) as http:
+        accepted = http.post("/v1/jobs", json=job(marker, response_format=response_format))
+        assert accepted.status_code == 202
+        record = http.get(accepted.json()["status_url"], params={"wait": 30}, timeout=40).json()
+
+    # Then the API received it unchanged, and the answer is JSON of that shape
+    assert record["status"] == "succeeded"
+    [call] = simulator.requests_with(marker)
+    assert call["body"]["response_format"] == response_format
+    answer = json.loads(record["response"]["choices"][0]["message"]["content"])
+    assert set(answer) == {"name", "tags"}

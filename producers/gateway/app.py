@@ -29,16 +29,11 @@ import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from tierq.core.keys import Keys
 from tierq.core.settings import Settings, get_settings
-from tierq.producers.aio import AsyncTierqClient
 from tierq.producers.gateway import batches, events, files, jobs, observability
-from tierq.producers.gateway.auth import KeyStore
 from tierq.producers.gateway.deps import Gateway, GatewayState, RequireKey
 from tierq.producers.gateway.errors import install_error_handlers
 from tierq.producers.gateway.limits import BodyLimit
-from tierq.producers.gateway.quota import TenantQuota
-from tierq.producers.gateway.waiting import Waiters
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,24 +41,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = AsyncTierqClient(settings)
-        keys = Keys(settings.key_prefix)
-        app.state.gateway = Gateway(
-            settings=settings,
-            client=client,
-            keys=keys,
-            key_store=KeyStore(client.redis, keys),
-            quota=TenantQuota(
-                client.redis,
-                keys,
-                settings.gateway.tenant_max_in_flight,
-                settings.result_ttl_seconds,
-            ),
-            waiters=Waiters(settings.gateway.max_waiting_per_tenant),
-        )
-        async with batches.finalizer(app.state.gateway):
-            yield
-        await client.aclose()
+        app.state.gateway = gateway = Gateway.open(settings)
+        try:
+            async with batches.finalizer(gateway):
+                yield
+        finally:
+            await gateway.aclose()
 
     app = FastAPI(
         title="tierq gateway",

@@ -12,9 +12,15 @@ on:
     in_progress  submit the requests not yet submitted, as many as the tenant's quota holds (the
                  rest on later passes, as jobs finish); count the finished jobs (one pipelined
                  status read of those not yet seen final); when all are final: `finalizing`;
-                 past `expires_at`: cancel what is left and end `expired`
+                 past `expires_at`: wind down (below) and end `expired`
     finalizing   write the output and error files (purpose `batch_output`): `completed`
-    cancelling   cancel the unfinished jobs, write what finished: `cancelled`
+    cancelling   wind down, and end `cancelled`
+
+Winding down is what the OpenAI API does with a batch cancelled or expired: the requests not
+yet started are cancelled (never called), those in flight finish, and the batch ends once none
+runs, its output holding every answer that came, so nothing paid for is thrown away. Each pass
+cancels the jobs not running (a running one that comes back to be retried is cancelled then),
+and counts those that finish.
 
 Every step reads and writes Redis only, so a restarted gateway (or another one) resumes a batch
 where it stood. Jobs are submitted with one idempotency key per request (`batch:ID:CUSTOM_ID`),
@@ -37,7 +43,9 @@ import redis
 import structlog
 from redis.asyncio.lock import Lock
 
-from tierq.core.errors import BrokerUnavailableError, JobNotFoundError, TenantQuotaExceededError
+from tierq.core.errors import BrokerUnavailableError, TenantQuotaExceededError
+from tierq.core.jobcontrol import JobControl
+from tierq.core.jobstore import JobStore
 from tierq.core.results import JobResult, JobStatus
 from tierq.producers.batchfile import (
     LineError,
@@ -72,8 +80,8 @@ SUBMIT_CHUNK_BYTES = 4 * 1024 * 1024
 READ_CHUNK = 500
 # Batches one gateway process works on at once.
 CONCURRENT_BATCHES = 8
-# Job cancellations in flight at once (each is a thread hop and one Redis script).
-CANCEL_CHUNK = 32
+# Job cancellations per thread hop (one Redis script each; the lock is renewed between).
+CANCEL_CHUNK = 200
 
 
 class Finalizer:
@@ -89,17 +97,24 @@ class Finalizer:
         self.gateway = gateway
         self.store = BatchStore.of(gateway)
         self.files = FileStore.of(gateway)
+        # Cancels a batch's jobs but those in flight, which the client's `cancel` would discard.
+        self._control = JobControl(
+            JobStore.from_settings(gateway.settings, gateway.client.sync_redis)
+        )
         self._slots = asyncio.Semaphore(CONCURRENT_BATCHES)
         self._steps: dict[str, asyncio.Task[None]] = {}
         self._jobs: dict[str, tuple[int, dict[str, str]]] = {}  # batch -> (cursor, cid -> job)
         self._final: dict[str, dict[str, bool]] = {}  # batch -> job id -> succeeded
 
     async def run(self) -> None:
+        """Move the batches on each second until cancelled; it then ends cancelled, even when
+        the cancellation was lost on its way (see `_stop_if_cancelled`)."""
         while True:
             try:
                 await self.tick()
             except Exception as error:  # Redis away: try again next time
                 log.warning("batch.finalizer_failed", error=repr(error))
+            _stop_if_cancelled()
             await asyncio.sleep(FINALIZER_INTERVAL_SECONDS)
 
     async def tick(self) -> None:
@@ -143,6 +158,7 @@ class Finalizer:
     async def _advance(self, batch_id: str, lock: Lock) -> None:
         # One pass may take a batch through several statuses (validating -> in_progress -> ...).
         for _ in range(4):
+            _stop_if_cancelled()
             state = await self.store.load(batch_id)
             if state is None or state.batch.status.is_final:
                 await self.store.discard(batch_id)
@@ -156,8 +172,8 @@ class Finalizer:
                     return
             elif status is BatchStatus.FINALIZING:
                 await self._close(state, lock, BatchStatus.COMPLETED, "batch_cancelled")
-            else:
-                await self._close(state, lock, BatchStatus.CANCELLED, "batch_cancelled")
+            elif not await self._wind_down(state, lock, BatchStatus.CANCELLED, "batch_cancelled"):
+                return
 
     async def _validate(self, state: BatchState) -> None:
         batch = state.batch
@@ -202,15 +218,11 @@ class Finalizer:
         """Submit, count, and move to finalizing when every job is final; True if it moved."""
         batch = state.batch
         if batch.expires_at is not None and time.time() >= batch.expires_at:
-            await self._close(state, lock, BatchStatus.EXPIRED, "batch_expired")
-            return True
+            return await self._wind_down(state, lock, BatchStatus.EXPIRED, "batch_expired")
         await self._submit(state, lock)
         jobs = await self._submitted(state)
         succeeded, failed = await self._tally(batch.id, jobs)
-        rejected = batch.request_counts.total - state.valid
-        counts = RequestCounts(
-            total=batch.request_counts.total, completed=succeeded, failed=failed + rejected
-        )
+        counts = _request_counts(state, succeeded, failed)
         if state.cursor >= state.valid and succeeded + failed == len(jobs):
             finalizing = batch.model_copy(
                 update={
@@ -220,10 +232,31 @@ class Finalizer:
                 }
             )
             return await self.store.transition(finalizing, BatchStatus.IN_PROGRESS)
-        if counts != batch.request_counts:
-            updated = batch.model_copy(update={"request_counts": counts})
-            await self.store.transition(updated, BatchStatus.IN_PROGRESS)
+        await self._show(state, counts)
         return False
+
+    async def _show(self, state: BatchState, counts: RequestCounts) -> None:
+        """Store new counts in the batch, if it has not changed status meanwhile."""
+        if counts != state.batch.request_counts:
+            updated = state.batch.model_copy(update={"request_counts": counts})
+            await self.store.transition(updated, state.batch.status)
+
+    async def _wind_down(
+        self, state: BatchState, lock: Lock, end: BatchStatus, cancelled_code: str
+    ) -> bool:
+        """Cancel the jobs not running; once none runs, end the batch `end`. True if it ended.
+
+        The jobs in flight finish into the output (their calls are paid for); until they do,
+        the batch stays as it is (`cancelling`, or `in_progress` past its window) and its
+        counts follow them.
+        """
+        jobs = await self._submitted(state)
+        if await self._cancel_jobs(state.batch.id, jobs, lock):
+            succeeded, failed = await self._tally(state.batch.id, jobs)
+            await self._show(state, _request_counts(state, succeeded, failed))
+            return False
+        await self._close(state, lock, end, cancelled_code)
+        return True
 
     async def _submit(self, state: BatchState, lock: Lock) -> None:
         """Submit what the tenant's quota holds of the requests not yet submitted."""
@@ -257,7 +290,7 @@ class Finalizer:
             # A fresh lock for each chunk, before it is paid for: a chunk is small enough (by
             # count and by bytes) to be submitted well within LOCK_SECONDS, so no other
             # gateway can take the batch over while it is on its way.
-            await lock.reacquire()
+            await _renew(lock)
             keys = [f"batch:{batch_id}:{r.custom_id}" for r in chunk]
             job_ids = await client.submit_many([r.request for r in chunk], keys, tenant=tenant)
             await quota.add(tenant, job_ids)
@@ -307,21 +340,27 @@ class Finalizer:
         failed = sum(1 for job_id in jobs.values() if final.get(job_id) is False)
         return succeeded, failed
 
-    async def _cancel_jobs(self, batch_id: str, jobs: dict[str, str], lock: Lock) -> None:
-        """Cancel the jobs not yet final: queued ones never run, running ones are discarded."""
+    async def _cancel_jobs(self, batch_id: str, jobs: dict[str, str], lock: Lock) -> int:
+        """Cancel the jobs not yet final but those running: queued (or waiting to be retried)
+        ones never run again, running ones finish. Returns how many are still running."""
         await self._tally(batch_id, jobs)  # one pipelined read spares cancelling finished ones
         final = self._final.get(batch_id, {})
         unfinished = [job_id for job_id in jobs.values() if job_id not in final]
-        client = self.gateway.client
+        running = 0
         for start in range(0, len(unfinished), CANCEL_CHUNK):
-            chunk = unfinished[start : start + CANCEL_CHUNK]
-            outcomes = await asyncio.gather(
-                *(client.cancel(job_id) for job_id in chunk), return_exceptions=True
-            )
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException) and not isinstance(outcome, JobNotFoundError):
-                    raise outcome
-            await lock.reacquire()
+            records = await self.gateway.client.get_many(unfinished[start : start + CANCEL_CHUNK])
+            outcomes = await asyncio.to_thread(self._cancel_unless_running, records)
+            running += outcomes.count("running")
+            await _renew(lock)
+        return running
+
+    def _cancel_unless_running(self, records: Sequence[JobResult | None]) -> list[str]:
+        """Each job's outcome (`JobControl.cancel`); a blocking call, made in a thread."""
+        return [
+            self._control.cancel(record, spare_running=True)[0]
+            for record in records
+            if record is not None and not record.status.is_final
+        ]
 
     async def _records(
         self, jobs: dict[str, str], lock: Lock
@@ -332,21 +371,19 @@ class Finalizer:
             chunk = items[start : start + READ_CHUNK]
             found = await self.gateway.client.get_many([job_id for _, job_id in chunk])
             yield list(zip([cid for cid, _ in chunk], found, strict=True))
-            await lock.reacquire()
+            await _renew(lock)
 
     async def _close(
         self, state: BatchState, lock: Lock, end: BatchStatus, cancelled_code: str
     ) -> None:
         """Write the output and error files and end the batch `end` (completed after all jobs
-        finished; cancelled or expired after cancelling those that had not).
+        finished; cancelled or expired once the wind-down left none running).
 
         Lines are rendered and written a chunk of records at a time, so neither the records
         nor the files are ever held whole.
         """
         batch = state.batch
         jobs = await self._submitted(state)
-        if end is not BatchStatus.COMPLETED:
-            await self._cancel_jobs(batch.id, jobs, lock)
         files = _ResultFiles(self.files, state)
         usage = BatchUsage()
         async for chunk in self._records(jobs, lock):
@@ -413,6 +450,34 @@ class Finalizer:
         self._final.pop(batch_id, None)
 
 
+def _request_counts(state: BatchState, succeeded: int, failed: int) -> RequestCounts:
+    """A running batch's counts: its jobs that finished, and the requests it never ran
+    (rejected while validating, or lost before they were submitted) as failed."""
+    total = state.batch.request_counts.total
+    return RequestCounts(total=total, completed=succeeded, failed=failed + total - state.valid)
+
+
+def _stop_if_cancelled() -> None:
+    """Raise `CancelledError` if this task was asked to stop, even if the request was lost.
+
+    On Python 3.11, `asyncio.wait_for` (which redis-py uses to send each command within its
+    socket timeout) drops a cancellation that lands as the command is sent
+    (python/cpython#86296, fixed in 3.12): the task is marked cancelling, yet runs on. The
+    finalizer's loop then slept forever between passes, and a stopping gateway (SIGTERM,
+    Ctrl-C, a port it could not bind) waited for it forever. `Task.cancelling()` still counts
+    the request, so checking it once per pass and per chunk honours it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _renew(lock: Lock) -> None:
+    """Renew a batch's lock between chunks of work: also where a stopping step ends."""
+    _stop_if_cancelled()
+    await lock.reacquire()
+
+
 def _jsonl(lines: Sequence[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
 
@@ -463,6 +528,7 @@ async def finalizer(gateway: Gateway) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Waits for it to end; unlike `suppress(CancelledError)` around `await task`, never
+        # swallows a cancellation of this coroutine itself.
+        await asyncio.gather(task, return_exceptions=True)
         await runner.stop()

@@ -164,9 +164,10 @@ async def list_batches(
     responses={**_ERRORS, 409: {"description": "The batch is past running (or kept changing)"}},
 )
 async def cancel_batch(batch_id: BatchId, gateway: GatewayState, tenant: Tenant) -> Batch:
-    """`cancelling` at once; the finalizer cancels its jobs and ends it `cancelled` with the
-    results that finished. Cancelling a cancelling or cancelled batch changes nothing; a batch
-    already past running (finalizing, completed, failed, expired) answers 409."""
+    """`cancelling` at once; the finalizer cancels the jobs not started, lets those in flight
+    finish, and ends it `cancelled` once none runs, with every answer that came in its output
+    (as the OpenAI API does). Cancelling a cancelling or cancelled batch changes nothing; a
+    batch already past running (finalizing, completed, failed, expired) answers 409."""
     store = BatchStore.of(gateway)
     for _ in range(5):
         batch = await store.get(tenant, batch_id)

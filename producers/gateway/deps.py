@@ -24,7 +24,8 @@ from tierq.producers.gateway.waiting import Waiters
 
 @dataclass
 class Gateway:
-    """Built once per process in the app's lifespan; routes reach it through `state`."""
+    """Built once per process in the app's lifespan (`Gateway.open`); routes reach it through
+    `state`."""
 
     settings: Settings
     client: AsyncTierqClient
@@ -32,6 +33,29 @@ class Gateway:
     key_store: KeyStore
     quota: TenantQuota
     waiters: Waiters
+
+    @classmethod
+    def open(cls, settings: Settings) -> Gateway:
+        """A gateway's state on one Redis connection pool (opened lazily, on first use);
+        `aclose()` closes it."""
+        client = AsyncTierqClient(settings)
+        keys = Keys(settings.key_prefix)
+        return cls(
+            settings=settings,
+            client=client,
+            keys=keys,
+            key_store=KeyStore(client.redis, keys),
+            quota=TenantQuota(
+                client.redis,
+                keys,
+                settings.gateway.tenant_max_in_flight,
+                settings.result_ttl_seconds,
+            ),
+            waiters=Waiters(settings.gateway.max_waiting_per_tenant),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 def state(request: Request) -> Gateway:

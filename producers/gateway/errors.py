@@ -105,10 +105,17 @@ def not_found(what: str, ident: str) -> APIError:
     return APIError(404, f"No such {what}: {ident!r}", param=None, code=f"{what}_not_found")
 
 
-def from_invalid_job(error: InvalidJobError, *, status_code: int = 422) -> APIError:
+def from_invalid_job(
+    error: InvalidJobError, *, status_code: int = 422, at: str | None = None
+) -> APIError:
+    """The answer to a refused job; `at` names the job among several (`jobs.3`), before its
+    field in `param` and before the message, so a client finds it among a thousand."""
     first = error.errors[0] if error.errors else {}
+    field = first.get("field")
+    param = ".".join(part for part in (at, field) if part) or None
+    message = f"{at}: {error}" if at else str(error)
     if isinstance(error, PayloadTooLargeError):
-        return APIError(413, str(error), param=first.get("field"), code="request_too_large")
+        return APIError(413, message, param=param, code="request_too_large")
     if isinstance(error, IdempotencyConflictError):
         # Not str(error): it quotes the tenant-scoped key, an internal name.
         return APIError(
@@ -118,7 +125,7 @@ def from_invalid_job(error: InvalidJobError, *, status_code: int = 422) -> APIEr
             param="Idempotency-Key",
             code="idempotency_conflict",
         )
-    return APIError(status_code, str(error), param=first.get("field"), code="invalid_request")
+    return APIError(status_code, message, param=param, code="invalid_request")
 
 
 def _param(location: tuple[Any, ...]) -> str | None:
@@ -127,14 +134,31 @@ def _param(location: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or (str(location[0]) if location else None)
 
 
+def _contract_error(path: str, body: Any) -> APIError | None:
+    """A job body's (or a batch's first bad job's) refusal as the contract describes it: the
+    field and the API's rule, also for a rule between fields, which pydantic places on the
+    job itself (`jobs.1`, not `jobs.1.top_logprobs`)."""
+    if path == "/v1/jobs" and isinstance(body, dict):
+        jobs, at = [body], None
+    elif path == "/v1/jobs:batch" and isinstance(body, dict) and isinstance(body.get("jobs"), list):
+        jobs, at = body["jobs"], "jobs"
+    else:
+        return None
+    for index, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            continue
+        try:
+            parse_job_request(job)
+        except InvalidJobError as invalid:
+            return from_invalid_job(invalid, at=None if at is None else f"{at}.{index}")
+    return None
+
+
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
-    if request.url.path == "/v1/jobs" and isinstance(error.body, dict):
-        # A job body: the contract's own description names the field and the API's rule.
-        try:
-            parse_job_request(error.body)
-        except InvalidJobError as invalid:
-            return from_invalid_job(invalid).response()
+    refused = _contract_error(request.url.path, error.body)
+    if refused is not None:
+        return refused.response()
     problems = error.errors()
     first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":

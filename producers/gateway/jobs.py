@@ -8,11 +8,13 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tierq.core.contract import JobRequest
-from tierq.core.errors import JobWaitTimeout
+from tierq.core.errors import IdempotencyConflictError, InvalidJobError, JobWaitTimeout
 from tierq.core.results import JobResult, JobStatus
+from tierq.core.settings import Settings
 from tierq.producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
-from tierq.producers.gateway.errors import APIError, error_responses
+from tierq.producers.gateway.errors import APIError, error_responses, from_invalid_job
 from tierq.producers.gateway.waiting import ClientGone, unless_gone
+from tierq.producers.submission import prepare
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=error_responses(401, 422, 503))
 
@@ -109,7 +111,27 @@ async def submit_jobs(batch: JobBatch, gateway: GatewayState, tenant: Tenant) ->
         raise APIError(
             422, "idempotency_keys must hold one key (or null) per job", param="idempotency_keys"
         )
-    return JobList(data=await _submit(gateway, tenant, batch.jobs, keys))
+    try:
+        return JobList(data=await _submit(gateway, tenant, batch.jobs, keys))
+    except InvalidJobError as refused:
+        raise _naming_the_job(gateway.settings, batch.jobs, refused) from None
+
+
+def _naming_the_job(
+    settings: Settings, jobs: list[JobRequest], refused: InvalidJobError
+) -> InvalidJobError | APIError:
+    """The refusal of a batch, naming the job (`jobs.3.temperature`) whose model or tier rules
+    refused it. `submit_many` stops at the first job that breaks one without saying which, so
+    the jobs are checked again in order until it is found: a cost paid only by a refused
+    batch, never by one that is accepted."""
+    if isinstance(refused, IdempotencyConflictError):
+        return refused  # about a key, not a job's parameters
+    for index, job in enumerate(jobs):
+        try:
+            prepare(settings, job)
+        except InvalidJobError as found:
+            return from_invalid_job(found, at=f"jobs.{index}")
+    return refused
 
 
 @router.get(

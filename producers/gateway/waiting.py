@@ -74,5 +74,5 @@ async def unless_gone(request: Request, waiting: Awaitable[T]) -> T:
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # Its outcome is dropped, but never a cancellation of this coroutine itself.
+            await asyncio.gather(task, return_exceptions=True)

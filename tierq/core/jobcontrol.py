@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +19,10 @@ from tierq.core.jobstore import JobStore
 from tierq.core.results import JobResult, JobStatus
 
 
-def fingerprint(request: JobRequest) -> str:
-    """What makes two submissions the same request, for idempotency keys."""
-    fields = {**request.api_fields(), "metadata": request.metadata}
+def fingerprint(request: JobRequest, labels: Mapping[str, str]) -> str:
+    """What makes two submissions the same request, for idempotency keys: the body and the
+    caller's labels."""
+    fields = {"request": request.api_fields(), "labels": dict(labels)}
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -43,20 +44,33 @@ class JobControl:
         self._retry_dead = scripts.register(client, "retry_dead")
         self._reserve = scripts.register(client, "reserve_idempotency")
 
-    def cancel(self, record: JobResult) -> tuple[str, JobResult | None]:
-        """Cancel the job `record` describes; ("cancelled" | "final" | "missing", record)."""
+    def cancel(
+        self, record: JobResult, *, spare_running: bool = False
+    ) -> tuple[str, JobResult | None]:
+        """Cancel the job `record` describes; ("cancelled" | "final" | "missing", record).
+
+        With `spare_running`, a job a worker is running is left to finish ("running", None):
+        its call is paid for, so its answer is kept (a batch's cancel, as in the OpenAI API).
+        """
         cancelled = record.model_copy(
             update={"status": JobStatus.CANCELLED, "finished_at": datetime.now(UTC)}
         )
         keys = self.store.keys
         outcome, detail = self._cancel(
             keys=[keys.job(record.job_id), keys.watch],
-            args=[cancelled.to_json(), keys.done_channel(record.job_id), record.job_id],
+            args=[
+                cancelled.to_json(),
+                keys.done_channel(record.job_id),
+                record.job_id,
+                "spare_running" if spare_running else "",
+            ],
         )
         if outcome == b"cancelled":
             return "cancelled", cancelled
         if outcome == b"final":
             return "final", JobResult.from_json(detail)
+        if outcome == b"running":
+            return "running", None
         return "missing", None
 
     def retry_dead(self, record: JobResult, requeue_after_seconds: float) -> dict[str, Any] | None:
