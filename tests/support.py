@@ -189,11 +189,9 @@ def create_api_key(settings: Settings, tenant: str) -> str:
 
 
 def key_id_of(listed: str, key: str) -> str:
-    """The id of `key` in the output of `tierq keys list --json` (one object a line), found by
-    the key's hint, its first seven characters: the key itself is never shown again."""
-    return next(
-        str(row["key_id"]) for row in map(json.loads, listed.splitlines()) if row["hint"] == key[:7]
-    )
+    """The id of `key` in the output of `tierq keys list --json` (one JSON array), found by the
+    key's hint, its first seven characters: the key itself is never shown again."""
+    return next(str(row["key_id"]) for row in json.loads(listed) if row["hint"] == key[:7])
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -12,6 +11,7 @@ import click
 import redis.asyncio
 import structlog
 
+from tierq.core.cli_output import echo_json
 from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.keys import Keys
 from tierq.core.settings import get_settings
@@ -118,7 +118,7 @@ def create_key(tenant: str, as_json: bool) -> None:
     """Create a key for TENANT and print it: it is shown this once, and stored only hashed."""
     secret, record = _with_store(lambda store: store.create(tenant))
     if as_json:
-        click.echo(json.dumps({"key": secret, **_view(record)}))
+        echo_json({"key": secret, **_view(record)})
     else:
         click.echo(secret)
         click.echo(f"key id {record.key_id}, tenant {record.tenant} (store the key now)", err=True)
@@ -126,19 +126,19 @@ def create_key(tenant: str, as_json: bool) -> None:
 
 @keys_group.command("list", cls=ExitCodeCommand)
 @click.option("--tenant", default=None, help="Only this tenant's keys.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as a JSON array.")
 def list_keys(tenant: str | None, as_json: bool) -> None:
     """List keys: id, tenant, first characters, created, revoked. Never the keys."""
     found = _with_store(lambda store: store.list(tenant))
+    if as_json:
+        echo_json([_view(key) for key in found])
+        return
     for key in found:
-        if as_json:
-            click.echo(json.dumps(_view(key)))
-        else:
-            revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
-            click.echo(
-                f"{key.key_id}  {key.tenant:<20} {key.hint}…  "
-                f"created {key.created_at:%Y-%m-%d %H:%M}  {revoked}"
-            )
+        revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        click.echo(
+            f"{key.key_id}  {key.tenant:<20} {key.hint}…  "
+            f"created {key.created_at:%Y-%m-%d %H:%M}  {revoked}"
+        )
 
 
 @keys_group.command("revoke", cls=ExitCodeCommand)
