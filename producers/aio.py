@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -66,9 +66,10 @@ class AsyncTierqClient(BaseClient):
         idempotency_keys: Sequence[str | None] | None = None,
         *,
         tenant: str | None = None,
+        labels: Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[str]:
         return await asyncio.to_thread(
-            functools.partial(self._sync.submit_many, tenant=tenant),
+            functools.partial(self._sync.submit_many, tenant=tenant, labels=labels),
             list(requests),
             idempotency_keys,
         )

@@ -21,7 +21,7 @@ from tierq.core.contract import ReasoningEffort
 from tierq.core.errors import BrokerUnavailableError, InvalidJobError, JobNotFoundError
 from tierq.core.exit_codes import ExitCode, ExitCodeCommand, exit_code_for, stop
 from tierq.core.results import JobResult, JobStatus
-from tierq.producers.cli_request import build_request
+from tierq.producers.cli_request import build_labels, build_request
 
 if TYPE_CHECKING:
     from tierq.producers.client import TierqClient
@@ -152,7 +152,13 @@ def _wait(client: TierqClient, record: JobResult, timeout: float) -> JobResult:
     type=click.Choice(get_args(ReasoningEffort)),
 )
 @click.option("--end-user", "end_user", help="The API's `user` field (an end-user id).")
-@click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Job metadata (repeat).")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label of tierq's on the job, kept on its record and never sent (repeat).",
+)
 @click.option(
     "--idempotency-key",
     help="Submitting the same request with the same key again returns the first job's id.",
@@ -163,8 +169,9 @@ def _wait(client: TierqClient, record: JobResult, timeout: float) -> JobResult:
 def submit(**options: Any) -> None:
     """Submit a Chat Completions job; prints its id (or, with --wait, its result)."""
     request = build_request(options)
+    labels = build_labels(options["labels"])
     client = _client()
-    job_id = client.submit(request, idempotency_key=options["idempotency_key"])
+    job_id = client.submit(request, idempotency_key=options["idempotency_key"], labels=labels)
     if not options["wait"]:
         if options["as_json"]:
             echo_json({"job_id": job_id})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,18 @@ def _recognised(document: Any, source: str) -> dict[str, Any] | None:
     return None
 
 
+def build_labels(items: Sequence[str]) -> dict[str, str]:
+    """`--label KEY=VALUE` options as the job's labels (tierq's; the API's `metadata` goes in
+    the --request body)."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--label {item!r} is not KEY=VALUE", ExitCode.INVALID)
+        labels[key] = value
+    return labels
+
+
 def build_request(options: dict[str, Any]) -> dict[str, Any]:
     """The request body `submit`'s options describe: `--request`'s, then the options over it."""
     request: dict[str, Any] = {}
@@ -159,14 +172,6 @@ def build_request(options: dict[str, Any]) -> dict[str, Any]:
             if choice in ("none", "auto", "required")
             else {"type": "function", "function": {"name": choice}}
         )
-    if options["metadata"]:
-        pairs = {}
-        for item in options["metadata"]:
-            key, sep, value = item.partition("=")
-            if not sep:
-                fail(f"--metadata {item!r} is not KEY=VALUE", ExitCode.INVALID)
-            pairs[key] = value
-        request["metadata"] = {**request.get("metadata", {}), **pairs}
     if "model" not in request:
         fail("a model is needed: --model, or in --request", ExitCode.INVALID)
     return request

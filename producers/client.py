@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -82,6 +82,7 @@ class TierqClient(BaseClient):
         /,
         *,
         idempotency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
         **params: Any,
     ) -> str:
         """Enqueue one job and return its id; raises `InvalidJobError` before enqueueing.
@@ -92,9 +93,14 @@ class TierqClient(BaseClient):
 
         `response_format` may be a Pydantic class, as for the SDK's `parse()`: the strict JSON
         schema `parse()` would send is sent, and `result.parsed(TheClass)` reads the answer.
+
+        `labels` are tierq's (up to 16 string pairs, kept on the job's record, never sent);
+        the API's own `metadata` is a request parameter like any other, and is sent.
         """
         keys = [idempotency_key] if idempotency_key is not None else None
-        return self.submit_many([merge_request(request, params)], idempotency_keys=keys)[0]
+        return self.submit_many(
+            [merge_request(request, params)], idempotency_keys=keys, labels=[labels]
+        )[0]
 
     def submit_many(
         self,
@@ -102,13 +108,15 @@ class TierqClient(BaseClient):
         idempotency_keys: Sequence[str | None] | None = None,
         *,
         tenant: str | None = None,
+        labels: Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[str]:
         """Enqueue many jobs; all are validated first, so one bad request enqueues none.
 
-        `idempotency_keys`, if given, holds one key (or None) per request, as for `submit`.
-        `tenant` labels the jobs with the gateway tenant that owns them.
+        `idempotency_keys`, if given, holds one key (or None) per request, as for `submit`;
+        so does `labels`, one mapping (or None) per request. `tenant` marks the jobs with the
+        gateway tenant that owns them.
         """
-        submission = Submission.build(self.settings, requests, idempotency_keys, tenant)
+        submission = Submission.build(self.settings, requests, idempotency_keys, tenant, labels)
         if idempotency_keys is not None:
             self._reserve_keys(submission)
         envelopes = submission.to_send

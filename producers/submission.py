@@ -22,6 +22,7 @@ from tierq.core.contract import (
     JobEnvelope,
     JobRequest,
     parse_job_request,
+    parse_labels,
     request_size_bytes,
 )
 from tierq.core.errors import (
@@ -82,8 +83,6 @@ def merge_request(request: RequestLike | None, params: Mapping[str, Any]) -> Req
     if not params:
         return request
     base = request.api_fields() if isinstance(request, JobRequest) else dict(request)
-    if isinstance(request, JobRequest):
-        base["metadata"] = request.metadata
     return {**base, **params}
 
 
@@ -109,13 +108,18 @@ class Submission:
         requests: Iterable[RequestLike],
         idempotency_keys: Sequence[str | None] | None,
         tenant: str | None,
+        labels: Sequence[Mapping[str, str] | None] | None = None,
     ) -> Submission:
-        """Validate every request and give each a new job (envelope) on its tier."""
+        """Validate every request and give each a new job (envelope) on its tier; `labels`,
+        if given, holds one mapping (or None) per request: tierq's, never sent."""
         if tenant is not None and not TENANT_PATTERN.match(tenant):
             raise ValueError(f"tenant {tenant!r}: 1 to 64 characters from A-Z a-z 0-9 _ . -")
         prepared = [prepare(settings, request) for request in requests]
         if idempotency_keys is not None and len(idempotency_keys) != len(prepared):
             raise ValueError("idempotency_keys must hold one key (or None) per request")
+        if labels is not None and len(labels) != len(prepared):
+            raise ValueError("labels must hold one mapping (or None) per request")
+        job_labels = [parse_labels(each) for each in labels or [None] * len(prepared)]
         submitted_at = datetime.now(UTC)
         envelopes = [
             JobEnvelope(
@@ -125,8 +129,9 @@ class Submission:
                 request=job.request,
                 estimated_prompt_tokens=job.prompt_tokens,
                 tenant=tenant,
+                labels=job_labels[i],
             )
-            for job in prepared
+            for i, job in enumerate(prepared)
         ]
         return cls(envelopes, idempotency_keys)
 
@@ -138,8 +143,9 @@ class Submission:
         """(idempotency key, job id, request fingerprint) for each request given a key, for
         `JobControl.reserve`."""
         return [
-            (key, self.envelopes[i].job_id, fingerprint(self.envelopes[i].request))
+            (key, envelope.job_id, fingerprint(envelope.request, envelope.labels))
             for i, key in self._keyed()
+            for envelope in (self.envelopes[i],)
         ]
 
     def take(self, reservations: Sequence[Reservation]) -> IdempotencyConflictError | None:
@@ -194,7 +200,7 @@ def queued_record(envelope: JobEnvelope) -> JobResult:
         tier=envelope.tier,
         model=envelope.request.model,
         submitted_at=envelope.submitted_at,
-        metadata=envelope.request.metadata,
+        labels=envelope.labels,
         tenant=envelope.tenant,
     )
 

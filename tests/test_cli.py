@@ -14,7 +14,16 @@ from typing import Any, get_args
 import pytest
 import redis
 
-from tests.support import Fleet, env_of, eventually, nonce, run_tierq, settings_for, user
+from tests.support import (
+    Fleet,
+    Simulator,
+    env_of,
+    eventually,
+    nonce,
+    run_tierq,
+    settings_for,
+    user,
+)
 from tierq.core.contract import JobEnvelope, ReasoningEffort
 from tierq.core.exit_codes import ExitCode
 from tierq.core.keys import Keys
@@ -173,6 +182,43 @@ def test_messages_can_come_as_json_on_stdin(
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+
+
+def test_labels_stay_on_the_record_and_the_apis_metadata_is_sent(
+    worker_env: dict[str, str], workers: dict[str, ManagedProcess], simulator: Simulator
+) -> None:
+    # Given: a request setting the API's metadata, and two labels of tierq's.
+    marker = nonce()
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": user(f"Name a colour. {marker}"),
+        "store": True,
+        "metadata": {"run": "7"},
+    }
+
+    # When: it is submitted from the shell.
+    done = run_tierq(
+        worker_env,
+        "submit", "--request", "-", "--label", "team=search", "--label", "run=label-7",
+        "--wait", "--json",
+        stdin=json.dumps(body),
+    )  # fmt: skip
+
+    # Then: the API got the body unchanged; the labels are on the record only.
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["labels"] == {"team": "search", "run": "label-7"}
+    [call] = simulator.requests_with(marker)
+    assert call["body"] == body
+
+
+@pytest.mark.parametrize("label", ["no-equals-sign", "=value"])
+def test_a_label_that_is_not_key_value_exits_2_naming_it(
+    worker_env: dict[str, str], label: str
+) -> None:
+    done = run_tierq(worker_env, "submit", "--model", "gpt-4o", "--user", "hi", "--label", label)
+
+    assert done.returncode == ExitCode.INVALID
+    assert f"--label {label!r} is not KEY=VALUE" in done.stderr
 
 
 def test_an_invalid_submission_exits_2_naming_the_field(worker_env: dict[str, str]) -> None:

@@ -51,7 +51,9 @@ def test_a_key_already_held_for_the_same_request_reuses_the_earlier_job() -> Non
     # Given two requests, the first with an idempotency key
     submission = build(2, ["key-1", None])
     first, second = submission.envelopes
-    assert submission.key_claims() == [("key-1", first.job_id, fingerprint(first.request))]
+    assert submission.key_claims() == [
+        ("key-1", first.job_id, fingerprint(first.request, first.labels))
+    ]
 
     # When the reservation says an earlier job holds the key
     conflict = submission.take([Reservation(job_id="earlier", new=False)])

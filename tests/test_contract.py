@@ -23,6 +23,7 @@ from tierq.core.contract import (
     JobEnvelope,
     JobRequest,
     parse_job_request,
+    parse_labels,
     request_size_bytes,
 )
 from tierq.core.errors import InvalidJobError, TierqError
@@ -98,7 +99,6 @@ def test_a_model_and_one_message_make_a_complete_request() -> None:
         ("parallel_tool_calls", None),
         ("reasoning_effort", None),
         ("user", None),
-        ("metadata", {}),
     ],
 )
 def test_an_unset_parameter_has_the_api_default_and_is_not_sent(
@@ -712,12 +712,25 @@ def test_a_conversation_ending_with_unanswered_tool_calls_is_refused() -> None:
 # --- unknown fields -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["temprature", "functions", "api_key", "prompt"])
-def test_an_unknown_parameter_is_refused_naming_it(field: str) -> None:
+@pytest.mark.parametrize("field", ["temprature", "api_key", "prompt", "labels"])
+def test_an_unknown_parameter_is_refused_naming_it_as_the_api_does(field: str) -> None:
     error = refusal_of(request(**{field: 1}))
 
-    assert error.errors == [{"field": field, "message": "Extra inputs are not permitted"}]
-    assert f"{field}: Extra inputs are not permitted" in str(error)
+    message = f"Unrecognized request argument supplied: {field}"
+    assert error.errors == [{"field": field, "message": message}]
+    assert f"{field}: {message}" in str(error)
+
+
+def test_a_parameter_of_the_sdk_that_tierq_does_not_declare_is_checked_against_its_sdk_type() -> (
+    None
+):
+    location = {"type": "approximate", "approximate": {"city": "Oslo", "planet": "Earth"}}
+
+    assert refused_fields(request(web_search_options={"user_location": location})) == [
+        "web_search_options.user_location.approximate.planet"
+    ]
+    assert refused_fields(request(verbosity="loud")) == ["verbosity"]
+    assert refused_fields(request(store="yes")) == ["store"]
 
 
 def test_an_unknown_field_inside_a_tool_is_refused_naming_its_path() -> None:
@@ -726,36 +739,40 @@ def test_an_unknown_field_inside_a_tool_is_refused_naming_its_path() -> None:
     assert refused_fields(request(tools=[tool])) == ["tools.0.function.returns"]
 
 
-# --- metadata -----------------------------------------------------------------------------------
+# --- metadata (the API's) and labels (tierq's) ---------------------------------------------------
 
 
-def test_metadata_is_kept_with_the_job_but_never_sent_to_the_api() -> None:
-    job = parse_job_request(request(metadata={"tenant": "acme", "run": "42"}))
+def test_metadata_is_the_apis_and_is_sent_unchanged() -> None:
+    job = parse_job_request(request(store=True, metadata={"tenant": "acme", "run": "42"}))
 
-    assert job.metadata == {"tenant": "acme", "run": "42"}
-    assert "metadata" not in job.api_fields()
-
-
-def test_sixteen_metadata_pairs_are_accepted() -> None:
-    metadata = {f"key{i}": "v" for i in range(16)}
-
-    assert parse_job_request(request(metadata=metadata)).metadata == metadata
+    assert job.api_fields()["metadata"] == {"tenant": "acme", "run": "42"}
 
 
-def test_seventeen_metadata_pairs_are_refused_naming_metadata() -> None:
-    metadata = {f"key{i}": "v" for i in range(17)}
-
-    assert refused_fields(request(metadata=metadata)) == ["metadata"]
+def test_metadata_of_the_wrong_type_is_refused_naming_its_key() -> None:
+    assert refused_fields(request(metadata={"run": 42})) == ["metadata.run"]
 
 
-def test_a_metadata_key_of_64_characters_and_a_value_of_512_are_accepted() -> None:
-    metadata = {"k" * 64: "v" * 512}
+def test_sixteen_labels_are_accepted() -> None:
+    labels = {f"key{i}": "v" for i in range(16)}
 
-    assert parse_job_request(request(metadata=metadata)).metadata == metadata
+    assert parse_labels(labels) == labels
+
+
+def test_seventeen_labels_are_refused_naming_labels() -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        parse_labels({f"key{i}": "v" for i in range(17)})
+
+    assert [problem["field"] for problem in caught.value.errors] == ["labels"]
+
+
+def test_a_label_key_of_64_characters_and_a_value_of_512_are_accepted() -> None:
+    labels = {"k" * 64: "v" * 512}
+
+    assert parse_labels(labels) == labels
 
 
 @pytest.mark.parametrize(
-    "metadata",
+    "labels",
     [
         pytest.param({"k" * 65: "v"}, id="key-too-long"),
         pytest.param({"": "v"}, id="empty-key"),
@@ -767,18 +784,13 @@ def test_a_metadata_key_of_64_characters_and_a_value_of_512_are_accepted() -> No
         pytest.param(["k", "v"], id="not-a-mapping"),
     ],
 )
-def test_metadata_outside_the_limits_is_refused_naming_metadata(metadata: object) -> None:
-    fields = refused_fields(request(metadata=metadata))
+def test_labels_outside_the_limits_are_refused_naming_labels(labels: Any) -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        parse_labels(labels)
 
+    fields = [problem["field"] for problem in caught.value.errors]
     assert fields
-    assert all(field.startswith("metadata") for field in fields)
-
-
-def test_metadata_does_not_count_towards_the_request_size() -> None:
-    plain = parse_job_request(request())
-    labelled = parse_job_request(request(metadata={"tenant": "t" * 500}))
-
-    assert request_size_bytes(labelled) == request_size_bytes(plain)
+    assert all(field.startswith("labels") for field in fields)
 
 
 def test_request_size_is_the_compact_json_of_what_is_sent() -> None:
@@ -817,12 +829,13 @@ def test_a_refusal_does_not_chain_pydantics_error() -> None:
 # --- the envelope -------------------------------------------------------------------------------
 
 
-def envelope_for(data: dict[str, Any]) -> JobEnvelope:
+def envelope_for(data: dict[str, Any], **fields: Any) -> JobEnvelope:
     return JobEnvelope(
         job_id="job-1",
         tier="standard",
         submitted_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
         request=parse_job_request(data),
+        **fields,
     )
 
 
@@ -832,13 +845,16 @@ def across_the_queue(envelope: JobEnvelope) -> JobEnvelope:
 
 
 def test_the_envelope_message_carries_only_what_the_caller_set() -> None:
-    message = envelope_for(request(temperature=0.2, metadata={"tenant": "acme"})).to_message()
+    message = envelope_for(
+        request(temperature=0.2, metadata={"run": "7"}), labels={"tenant": "acme"}
+    ).to_message()
 
     assert message == {
         "job_id": "job-1",
         "tier": "standard",
         "submitted_at": "2025-01-02T03:04:05Z",
-        "request": {**request(), "temperature": 0.2, "metadata": {"tenant": "acme"}},
+        "request": {**request(), "temperature": 0.2, "metadata": {"run": "7"}},
+        "labels": {"tenant": "acme"},
         "generation": 0,
     }
 
@@ -850,11 +866,11 @@ def test_a_parameter_set_to_its_default_survives_the_queue_as_set() -> None:
     assert restored.request.api_fields()["temperature"] == 1.0
 
 
-def test_metadata_survives_the_queue_and_is_still_not_sent() -> None:
-    restored = across_the_queue(envelope_for(request(metadata={"tenant": "acme"})))
+def test_labels_survive_the_queue_beside_the_request_and_are_not_sent() -> None:
+    restored = across_the_queue(envelope_for(request(), labels={"tenant": "acme"}))
 
-    assert restored.request.metadata == {"tenant": "acme"}
-    assert "metadata" not in restored.request.api_fields()
+    assert restored.labels == {"tenant": "acme"}
+    assert restored.request.api_fields() == request()
 
 
 def test_an_envelope_with_an_unknown_field_is_refused() -> None:
@@ -890,7 +906,7 @@ user_parts = st.lists(
                 "type": st.just("image_url"),
                 "image_url": st.fixed_dictionaries(
                     {"url": st.just("https://example.test/a.png")},
-                    optional={"detail": st.sampled_from(["auto", "low", "high", None])},
+                    optional={"detail": st.sampled_from(["auto", "low", "high"])},
                 ),
             }
         ),
@@ -900,11 +916,11 @@ user_parts = st.lists(
 )
 instructions = st.fixed_dictionaries(
     {"role": st.sampled_from(["system", "developer"]), "content": texts | text_parts},
-    optional={"name": texts | st.none()},
+    optional={"name": texts},
 )
 user_messages = st.fixed_dictionaries(
     {"role": st.just("user"), "content": texts | user_parts},
-    optional={"name": texts | st.none()},
+    optional={"name": texts},
 )
 json_schema_formats = st.fixed_dictionaries(
     {
@@ -913,7 +929,7 @@ json_schema_formats = st.fixed_dictionaries(
             {"name": function_names},
             optional={
                 "description": texts,
-                "schema": st.just({"type": "object", "properties": {}}) | st.none(),
+                "schema": st.just({"type": "object", "properties": {}}),
                 "strict": st.booleans() | st.none(),
             },
         ),
@@ -944,7 +960,7 @@ simple_parameters = st.fixed_dictionaries(
         "n": st.integers(1, 128),
         "reasoning_effort": st.none()
         | st.sampled_from(["none", "minimal", "low", "medium", "high", "xhigh", "max"]),
-        "user": st.none() | texts,
+        "user": texts,
         "metadata": st.dictionaries(
             st.text(min_size=1, max_size=64), st.text(max_size=20), max_size=16
         ),
@@ -952,16 +968,9 @@ simple_parameters = st.fixed_dictionaries(
 )
 
 
-NULLABLE_PARAMETERS = (
-    "max_tokens",
-    "max_completion_tokens",
-    "top_logprobs",
-    "stream_options",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-)
+# Those the SDK types `Optional` (it does not, for response_format, tools, tool_choice and
+# parallel_tool_calls).
+NULLABLE_PARAMETERS = ("max_tokens", "max_completion_tokens", "top_logprobs", "stream_options")
 
 
 @st.composite
@@ -1005,7 +1014,7 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
         data["stream"] = draw(st.booleans())
         if data["stream"] and draw(st.booleans()):
             data["stream_options"] = draw(
-                st.fixed_dictionaries({}, optional={"include_usage": st.booleans() | st.none()})
+                st.fixed_dictionaries({}, optional={"include_usage": st.booleans()})
             )
     if draw(st.booleans()):
         tools: list[dict[str, Any]] = draw(st.lists(function_tools, min_size=1, max_size=3))
@@ -1041,7 +1050,7 @@ def test_only_the_parameters_the_caller_set_are_sent(data: dict[str, Any]) -> No
     job = parse_job_request(data)
 
     assert job.model_fields_set == set(data)
-    assert set(job.api_fields()) == set(data) - {"metadata"}
+    assert set(job.api_fields()) == set(data)
 
 
 @bounded
@@ -1062,7 +1071,6 @@ def test_a_valid_request_crosses_the_queue_as_json_unchanged(
 
     assert restored.request.api_fields() == envelope.request.api_fields()
     assert restored.request.model_fields_set == envelope.request.model_fields_set
-    assert restored.request.metadata == envelope.request.metadata
     assert (restored.job_id, restored.tier, restored.submitted_at) == (job_id, tier, submitted_at)
 
 

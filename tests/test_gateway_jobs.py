@@ -83,9 +83,11 @@ BAD_JOBS = pytest.mark.parametrize(
         (job(model="gpt-5-nonexistent"), 422, "model"),
         ({**job(model="o3"), "temperature": 0.2}, 422, "temperature"),
         ({**job(), "messages": user("x") * 2_049}, 422, "messages"),
+        ({**job(), "tierq": {"labels": {"k": 1}}}, 422, "tierq.labels.k"),
+        ({**job(), "labels": {"team": "search"}}, 422, "labels"),
     ],
     ids=["range", "no-messages", "unknown-field", "fields-disagree", "unknown-model",
-         "o-series-temperature", "too-many-messages"],
+         "o-series-temperature", "too-many-messages", "bad-label", "labels-beside-the-body"],
 )  # fmt: skip
 
 
@@ -285,3 +287,27 @@ def test_a_json_schema_response_format_reaches_the_api_and_its_answer_fits_the_s
     assert call["body"]["response_format"] == response_format
     answer = json.loads(record["response"]["choices"][0]["message"]["content"])
     assert set(answer) == {"name", "tags"}
+
+
+def test_the_apis_metadata_is_sent_and_tierqs_labels_stay_on_the_record(
+    gateway_url: str, tenant_key: TenantKey, simulator: Simulator
+) -> None:
+    # Given a job whose body sets the API's `metadata`, with tierq's labels in `tierq`
+    marker = nonce()
+    body = job(marker, store=True, metadata={"run": "7"})
+    _, key = tenant_key()
+
+    # When it is submitted over HTTP, alone and in a batch, and waited for
+    with gateway_client(gateway_url, key) as http:
+        one = http.post("/v1/jobs", json={**body, "tierq": {"labels": {"team": "search"}}})
+        many = http.post(
+            "/v1/jobs:batch", json={"jobs": [{**body, "tierq": {"labels": {"team": "ads"}}}]}
+        )
+        assert (one.status_code, many.status_code) == (202, 202), (one.text, many.text)
+        urls = [one.json()["status_url"], many.json()["data"][0]["status_url"]]
+        records = [http.get(url, params={"wait": 30}, timeout=40).json() for url in urls]
+
+    # Then the API received the body unchanged, and the labels only the records carry
+    assert [record["status"] for record in records] == ["succeeded", "succeeded"]
+    assert [call["body"] for call in simulator.requests_with(marker)] == [body, body]
+    assert [record["labels"] for record in records] == [{"team": "search"}, {"team": "ads"}]

@@ -96,12 +96,12 @@ def test_every_parameter_reaches_the_api_unchanged(
         "parallel_tool_calls": False,
     }
 
-    result = client.wait(client.submit(request, metadata={"team": "search"}), timeout=30)
+    result = client.wait(client.submit(request, labels={"team": "search"}), timeout=30)
 
     assert result.status is JobStatus.SUCCEEDED
     [call] = simulator.requests_with(marker)
-    assert call["body"] == request  # nothing added, dropped or changed; metadata stays home
-    assert result.metadata == {"team": "search"}
+    assert call["body"] == request  # nothing added, dropped or changed; labels stay home
+    assert result.labels == {"team": "search"}
     assert result.response is not None
     assert len(result.response.choices) == 2
     assert result.response.choices[0].logprobs is not None

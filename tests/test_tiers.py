@@ -226,8 +226,8 @@ def test_max_completion_tokens_is_sent_unchanged_to_any_tier(reasoning: bool) ->
     assert "max_tokens" not in params
 
 
-def test_the_api_call_carries_exactly_the_set_parameters_and_no_metadata() -> None:
-    request = job("gpt-4o", temperature=0, seed=7, metadata={"tenant": "acme"})
+def test_the_api_call_carries_exactly_the_set_parameters_the_apis_metadata_included() -> None:
+    request = job("gpt-4o", temperature=0, seed=7, store=True, metadata={"tenant": "acme"})
 
     params = api_params(request, GPT_4O)
 
@@ -236,6 +236,8 @@ def test_the_api_call_carries_exactly_the_set_parameters_and_no_metadata() -> No
         "messages": [{"role": "user", "content": "Why is the sky blue?"}],
         "temperature": 0.0,
         "seed": 7,
+        "store": True,
+        "metadata": {"tenant": "acme"},
     }
 
 

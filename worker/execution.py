@@ -339,7 +339,7 @@ class JobRunner:
             model=envelope.request.model,
             attempts=attempt,
             submitted_at=envelope.submitted_at,
-            metadata=envelope.request.metadata,
+            labels=envelope.labels,
             tenant=envelope.tenant,
             worker=worker,
             **fields,

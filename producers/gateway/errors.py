@@ -18,10 +18,9 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tierq.core.contract import parse_job_request
 from tierq.core.errors import (
     BrokerUnavailableError,
     IdempotencyConflictError,
@@ -30,6 +29,8 @@ from tierq.core.errors import (
     PayloadTooLargeError,
     TenantQuotaExceededError,
 )
+from tierq.core.validation import describe_validation_error
+from tierq.producers.gateway.job_models import JobSubmission
 from tierq.producers.gateway.storage_errors import (
     NoSuchObjectError,
     StorageError,
@@ -148,8 +149,9 @@ def _contract_error(path: str, body: Any) -> APIError | None:
         if not isinstance(job, dict):
             continue
         try:
-            parse_job_request(job)
-        except InvalidJobError as invalid:
+            JobSubmission.model_validate(job)
+        except ValidationError as error:
+            invalid = describe_validation_error(error, JobSubmission)
             return from_invalid_job(invalid, at=None if at is None else f"{at}.{index}")
     return None
 

@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from tierq.core.contract import JobRequest
 from tierq.core.errors import IdempotencyConflictError, InvalidJobError, JobWaitTimeout
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
 from tierq.producers.gateway.deps import Gateway, GatewayState, Tenant, owned_job
 from tierq.producers.gateway.errors import APIError, error_responses, from_invalid_job
+from tierq.producers.gateway.job_models import JobSubmission
 from tierq.producers.gateway.waiting import ClientGone, unless_gone
 from tierq.producers.submission import prepare
 
@@ -47,7 +47,7 @@ class JobBatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    jobs: Annotated[list[JobRequest], Field(min_length=1)]
+    jobs: Annotated[list[JobSubmission], Field(min_length=1)]
     # One key (or null) per job, as the Idempotency-Key header is for one job.
     idempotency_keys: list[Annotated[str, Field(min_length=1, max_length=255)] | None] | None = None
 
@@ -58,11 +58,16 @@ def _tenant_key(tenant: str, key: str | None) -> str | None:
 
 
 async def _submit(
-    gateway: Gateway, tenant: str, jobs: list[JobRequest], keys: list[str | None] | None
+    gateway: Gateway, tenant: str, jobs: list[JobSubmission], keys: list[str | None] | None
 ) -> list[JobAccepted]:
     await gateway.quota.check(tenant, len(jobs))
     scoped = [_tenant_key(tenant, key) for key in keys] if keys is not None else None
-    job_ids = await gateway.client.submit_many(jobs, scoped, tenant=tenant)
+    job_ids = await gateway.client.submit_many(
+        [job.request() for job in jobs],
+        scoped,
+        tenant=tenant,
+        labels=[job.labels for job in jobs],
+    )
     await gateway.quota.add(tenant, job_ids)
     statuses = await gateway.client.statuses(job_ids)
     return [
@@ -78,13 +83,15 @@ async def _submit(
     responses=error_responses(409, 413, 422, 429),
 )
 async def submit_job(
-    job: JobRequest,
+    job: JobSubmission,
     gateway: GatewayState,
     tenant: Tenant,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
-    """Validate and enqueue a Chat Completions job; 202 with its id as soon as it is queued."""
+    """Validate and enqueue a Chat Completions job; 202 with its id as soon as it is queued.
+
+    The body is the API's request; tierq's own fields (`labels`) go in a `tierq` object."""
     accepted = (await _submit(gateway, tenant, [job], [idempotency_key]))[0]
     response.headers["Location"] = accepted.status_url
     return accepted
@@ -118,7 +125,7 @@ async def submit_jobs(batch: JobBatch, gateway: GatewayState, tenant: Tenant) ->
 
 
 def _naming_the_job(
-    settings: Settings, jobs: list[JobRequest], refused: InvalidJobError
+    settings: Settings, jobs: list[JobSubmission], refused: InvalidJobError
 ) -> InvalidJobError | APIError:
     """The refusal of a batch, naming the job (`jobs.3.temperature`) whose model or tier rules
     refused it. `submit_many` stops at the first job that breaks one without saying which, so
@@ -128,7 +135,7 @@ def _naming_the_job(
         return refused  # about a key, not a job's parameters
     for index, job in enumerate(jobs):
         try:
-            prepare(settings, job)
+            prepare(settings, job.request())
         except InvalidJobError as found:
             return from_invalid_job(found, at=f"jobs.{index}")
     return refused

@@ -1,31 +1,48 @@
 """The job request: Chat Completions parameters with the API's names, types, ranges and defaults.
 
+Which parameters exist and what type each takes is the installed `openai` SDK's answer
+(`tierq.core.sdk_params` validates against its own request TypedDicts), so a parameter a newer
+SDK adds passes through without a code change, and one it does not know is refused as the API
+refuses it ("Unrecognized request argument supplied: X"). On top of that, the parameters tierq
+itself reads (the model, the messages, the output caps, streaming, tools, the response format,
+the sampling knobs the model catalog rules on) are declared here with the API's ranges,
+defaults and cross-field rules, and with error paths a caller can find; the others are kept as
+given.
+
 Producers validate with these models before anything is enqueued, and workers validate the same
 payload again when it arrives, so a hand-made or corrupted message is refused, not sent. Rules
-that depend on the tier table (which models exist, which are reasoning models) live in
-`tierq.core.tiers`; the rest of what the API refuses is refused here, with the API's own wording
-where it has one. Only the parameters a caller set are sent on (`model_fields_set`), so the
-API's defaults apply exactly as if the caller had called it directly.
-
-`metadata` is the job's own (for the caller's bookkeeping and later per-tenant accounting); it
-is stored with the result and never sent to the API.
+from the model catalog live in `tierq.core.tiers`. Only the parameters a caller set are sent on
+(`model_fields_set`), so the API's defaults apply as if the caller had called it directly.
+Everything in a `JobRequest` is the API's and is sent, `metadata` included; tierq's own fields
+(labels, tenant) travel beside it on the `JobEnvelope`, and the idempotency key only in Redis.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
+from tierq.core.errors import InvalidJobError
+from tierq.core.sdk_params import sdk_problems
 from tierq.core.validation import FieldRuleError, describe_validation_error
 
 FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_STOP_SEQUENCES = 4
 MAX_TOOLS = 128
-MAX_METADATA_PAIRS = 16
+MAX_LABELS = 16
 
 
 # A gateway tenant's name: it labels jobs, Redis keys and the usage ledger's fields.
@@ -208,21 +225,30 @@ class NamedToolChoice(_Strict):
 
 
 class StreamOptions(_Strict):
+    include_obfuscation: bool | None = None
     include_usage: bool | None = None
 
 
 # --- the request -------------------------------------------------------------------------------
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
-MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
-MetadataValue = Annotated[str, Field(max_length=512)]
+LabelKey = Annotated[str, Field(min_length=1, max_length=64)]
+LabelValue = Annotated[str, Field(max_length=512)]
+# tierq's labels on a job: kept on its record, never sent to the API.
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
 
 
 class JobRequest(_Strict):
     """One Chat Completions call, as the caller would pass it to `client.chat.completions.create`.
 
-    Defaults are the API's; only fields the caller set are sent.
+    Defaults are the API's; only fields the caller set are sent. Parameters not declared here
+    are kept as given (`model_extra`) once the SDK's request type has accepted them.
     """
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True, strict=True)
+    # Declared fields that are tierq's own, not API parameters: a subclass that carries them
+    # beside the body (the gateway's) names them here, and the SDK check skips them.
+    tierq_fields: ClassVar[frozenset[str]] = frozenset()
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
     messages: Annotated[list[Message], Field(min_length=1)]
@@ -249,10 +275,28 @@ class JobRequest(_Strict):
     parallel_tool_calls: bool | None = None
     reasoning_effort: ReasoningEffort | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
-    # The job's own labels: stored with the result, never sent to the API.
-    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)] = (
-        Field(default_factory=dict)
-    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _typed_as_the_sdk_types_it(
+        cls, data: Any, handler: ModelWrapValidatorHandler[JobRequest]
+    ) -> JobRequest:
+        """Refuse what tierq's declared fields refuse and what the SDK's request type refuses,
+        in one report. tierq's wording wins for a parameter both refuse."""
+        if isinstance(data, JobRequest) or not isinstance(data, dict):
+            return handler(data)
+        sdk = sdk_problems({k: v for k, v in data.items() if k not in cls.tierq_fields})
+        try:
+            request = handler(data)
+        except ValidationError as error:
+            own = _details(error)
+        else:
+            if not sdk:
+                return request
+            own = []
+        named = {detail["loc"][0] for detail in own if detail["loc"]}
+        extra = [detail for detail in sdk if detail["loc"][0] not in named]
+        raise ValidationError.from_exception_data(cls.__name__, own + extra)
 
     @model_validator(mode="after")
     def _parameters_agree(self) -> JobRequest:
@@ -297,8 +341,19 @@ class JobRequest(_Strict):
             )
 
     def api_fields(self) -> dict[str, Any]:
-        """The parameters the caller set, in the API's JSON shape, without the job's metadata."""
-        return self.model_dump(mode="json", exclude_unset=True, by_alias=True, exclude={"metadata"})
+        """The parameters the caller set, in the API's JSON shape: the body sent."""
+        return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def _details(error: ValidationError) -> list[InitErrorDetails]:
+    """A validation report's items, as details a merged `ValidationError` is built from."""
+    details: list[InitErrorDetails] = []
+    for item in error.errors(include_url=False):
+        detail = InitErrorDetails(type=item["type"], loc=item["loc"], input=item["input"])
+        if "ctx" in item:
+            detail["ctx"] = item["ctx"]
+        details.append(detail)
+    return details
 
 
 def _check_tool_message_order(messages: list[Message]) -> None:
@@ -349,6 +404,9 @@ class JobEnvelope(_Strict):
     # The gateway tenant that submitted the job (None from the Python client): its record
     # carries it, so one tenant never reads another's jobs.
     tenant: str | None = None
+    # The caller's labels for the job (tierq's, not the API's `metadata`): kept on its record,
+    # never sent.
+    labels: Labels = Field(default_factory=dict)
 
     def to_message(self) -> dict[str, Any]:
         # exclude_unset keeps the request exactly as the caller set it across the JSON hop.
@@ -365,6 +423,24 @@ def parse_job_request(data: dict[str, Any] | JobRequest) -> JobRequest:
         return JobRequest.model_validate(data)
     except ValidationError as error:
         raise describe_validation_error(error, JobRequest) from None
+
+
+def parse_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate a job's labels (tierq's, never sent): up to 16 pairs, keys of 1 to 64
+    characters, values up to 512; raises `InvalidJobError` naming `labels`."""
+    try:
+        return _LabelsOnly.model_validate({"labels": dict(labels or {})}).labels
+    except ValidationError as error:
+        raise describe_validation_error(error, _LabelsOnly) from None
+    except (TypeError, ValueError):
+        raise InvalidJobError(
+            "invalid job request: labels: must be a mapping of strings to strings",
+            [{"field": "labels", "message": "must be a mapping of strings to strings"}],
+        ) from None
+
+
+class _LabelsOnly(_Strict):
+    labels: Labels
 
 
 def request_size_bytes(request: JobRequest) -> int:

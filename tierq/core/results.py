@@ -164,7 +164,8 @@ class JobResult(BaseModel):
     retry_at: datetime | None = None
     # The Celery node that ran the latest attempt ("fast-1234@host"): which tier's worker took it.
     worker: str | None = None
-    metadata: dict[str, str] = {}
+    # The caller's labels (tierq's own, never sent to the API; not the API's `metadata`).
+    labels: dict[str, str] = {}
     # The gateway tenant that submitted the job; None for jobs from the Python client.
     tenant: str | None = None
     # What the answer cost in USD, from its usage and the price table when it was recorded

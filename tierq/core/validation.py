@@ -50,6 +50,10 @@ def field_path(root: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
     for part in loc:
         if part == "[key]":  # pydantic's marker for "the key itself", after the key
             continue
+        if current is None and _names_a_type(part):
+            # Beyond the declared models (a parameter the SDK's TypedDicts type): pydantic's
+            # union member labels are type names, never a caller's field.
+            continue
         current = _unwrap(current)
         members = _union_members(current)
         if members is not None:
@@ -59,6 +63,18 @@ def field_path(root: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
         path.append(str(part))
         current = _child(current, part)
     return path
+
+
+# pydantic's labels for union members of builtin types, and its prefix for generic ones.
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+
+
+def _names_a_type(part: str | int) -> bool:
+    """A location part that is pydantic's label for a union member: a class name
+    (`ChatCompletionUserMessageParam`), a builtin type, or a generic (`list[...]`)."""
+    if not isinstance(part, str):
+        return False
+    return part in _TYPE_LABELS or "[" in part or (part[:1].isupper() and part.isidentifier())
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -1,0 +1,44 @@
+"""A job as the gateway's job routes take it: the API's body, with tierq's own fields beside it.
+
+The body of `POST /v1/jobs` (and each of `jobs` in `POST /v1/jobs:batch`) is the Chat
+Completions request as `client.chat.completions.create` would send it, so an OpenAI client's
+JSON posts unchanged. tierq's own fields sit in one `tierq` object beside it, a name the API
+does not use, so nobody mistakes them for API parameters: `{"model": ..., "messages": ...,
+"tierq": {"labels": {"team": "search"}}}`. The API's own `metadata` stays a body parameter and
+is sent; the labels are kept on the job's record and never sent.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tierq.core.contract import JobRequest, Labels
+
+
+class TierqFields(BaseModel):
+    """tierq's fields of one job; none is sent to the API."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    labels: Labels = Field(
+        default_factory=dict,
+        description="Up to 16 string pairs kept on the job's record, never sent to the API.",
+    )
+
+
+class JobSubmission(JobRequest):
+    """A Chat Completions request, plus tierq's own fields under `tierq`."""
+
+    tierq_fields: ClassVar[frozenset[str]] = frozenset({"tierq"})
+
+    tierq: TierqFields | None = Field(default=None, exclude=True)
+
+    def request(self) -> JobRequest:
+        """The API's body alone, as the queue carries it."""
+        return JobRequest.model_validate(self.api_fields())
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.tierq.labels) if self.tierq is not None else {}
