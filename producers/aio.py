@@ -21,6 +21,7 @@ from redis.asyncio.client import PubSub as AsyncPubSub
 
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
+from tierq.core.sliding_window import ContextOverflow
 from tierq.producers.client import TierqClient
 from tierq.producers.client_base import (
     PRODUCER_SOCKET_TIMEOUT_SECONDS,
@@ -67,9 +68,15 @@ class AsyncTierqClient(BaseClient):
         *,
         tenant: str | None = None,
         labels: Sequence[Mapping[str, str] | None] | None = None,
+        context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
     ) -> list[str]:
         return await asyncio.to_thread(
-            functools.partial(self._sync.submit_many, tenant=tenant, labels=labels),
+            functools.partial(
+                self._sync.submit_many,
+                tenant=tenant,
+                labels=labels,
+                context_overflow=context_overflow,
+            ),
             list(requests),
             idempotency_keys,
         )

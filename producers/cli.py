@@ -21,6 +21,7 @@ from tierq.core.contract import ReasoningEffort
 from tierq.core.errors import BrokerUnavailableError, InvalidJobError, JobNotFoundError
 from tierq.core.exit_codes import ExitCode, ExitCodeCommand, exit_code_for, stop
 from tierq.core.results import JobResult, JobStatus
+from tierq.core.sliding_window import CONTEXT_OVERFLOW_CHOICES, CONTEXT_OVERFLOW_DEFAULT
 from tierq.producers.cli_request import build_labels, build_request
 
 if TYPE_CHECKING:
@@ -63,6 +64,11 @@ def _print_status(result: JobResult) -> None:
             # the answer cannot see.
             share = usage.reasoning_tokens / usage.completion_tokens
             line += f"  reasoning={usage.reasoning_tokens} ({share:.0%} of completion)"
+    if result.context_dropped_messages:
+        line += (
+            f"  dropped={result.context_dropped_messages} messages "
+            f"({result.context_dropped_tokens} tokens, sliding window)"
+        )
     click.echo(line)
     if result.error:
         status = f" {result.error.status_code}" if result.error.status_code else ""
@@ -160,6 +166,14 @@ def _wait(client: TierqClient, record: JobResult, timeout: float) -> JobResult:
     help="A label of tierq's on the job, kept on its record and never sent (repeat).",
 )
 @click.option(
+    "--context-overflow",
+    type=click.Choice(CONTEXT_OVERFLOW_CHOICES),
+    default=CONTEXT_OVERFLOW_DEFAULT,
+    show_default=True,
+    help="A conversation over the model's context window: refuse it, or drop its oldest "
+    "turns until it fits (sliding_window). tierq's option, never sent.",
+)
+@click.option(
     "--idempotency-key",
     help="Submitting the same request with the same key again returns the first job's id.",
 )
@@ -171,7 +185,12 @@ def submit(**options: Any) -> None:
     request = build_request(options)
     labels = build_labels(options["labels"])
     client = _client()
-    job_id = client.submit(request, idempotency_key=options["idempotency_key"], labels=labels)
+    job_id = client.submit(
+        request,
+        idempotency_key=options["idempotency_key"],
+        labels=labels,
+        context_overflow=options["context_overflow"],
+    )
     if not options["wait"]:
         if options["as_json"]:
             echo_json({"job_id": job_id})

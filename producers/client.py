@@ -31,6 +31,7 @@ from tierq.core.jobcontrol import JobControl
 from tierq.core.jobstore import JobStore, connect
 from tierq.core.results import JobResult
 from tierq.core.settings import Settings
+from tierq.core.sliding_window import CONTEXT_OVERFLOW_DEFAULT, ContextOverflow
 from tierq.producers.client_base import (
     PRODUCER_REDIS_RETRIES,
     PRODUCER_SOCKET_TIMEOUT_SECONDS,
@@ -83,6 +84,7 @@ class TierqClient(BaseClient):
         *,
         idempotency_key: str | None = None,
         labels: Mapping[str, str] | None = None,
+        context_overflow: ContextOverflow = CONTEXT_OVERFLOW_DEFAULT,
         **params: Any,
     ) -> str:
         """Enqueue one job and return its id; raises `InvalidJobError` before enqueueing.
@@ -96,10 +98,18 @@ class TierqClient(BaseClient):
 
         `labels` are tierq's (up to 16 string pairs, kept on the job's record, never sent);
         the API's own `metadata` is a request parameter like any other, and is sent.
+
+        `context_overflow` is tierq's too, never sent: a conversation over the model's context
+        window is refused (`"refuse"`, the default) or has its oldest turns dropped until it
+        fits (`"sliding_window"`; the record's `context_dropped_messages` and
+        `context_dropped_tokens` say what went).
         """
         keys = [idempotency_key] if idempotency_key is not None else None
         return self.submit_many(
-            [merge_request(request, params)], idempotency_keys=keys, labels=[labels]
+            [merge_request(request, params)],
+            idempotency_keys=keys,
+            labels=[labels],
+            context_overflow=context_overflow,
         )[0]
 
     def submit_many(
@@ -109,14 +119,18 @@ class TierqClient(BaseClient):
         *,
         tenant: str | None = None,
         labels: Sequence[Mapping[str, str] | None] | None = None,
+        context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
     ) -> list[str]:
         """Enqueue many jobs; all are validated first, so one bad request enqueues none.
 
         `idempotency_keys`, if given, holds one key (or None) per request, as for `submit`;
-        so does `labels`, one mapping (or None) per request. `tenant` marks the jobs with the
-        gateway tenant that owns them.
+        so does `labels`, one mapping (or None) per request. `context_overflow`, as for
+        `submit`, is one choice for every request or one (or None) per request. `tenant` marks
+        the jobs with the gateway tenant that owns them.
         """
-        submission = Submission.build(self.settings, requests, idempotency_keys, tenant, labels)
+        submission = Submission.build(
+            self.settings, requests, idempotency_keys, tenant, labels, context_overflow
+        )
         if idempotency_keys is not None:
             self._reserve_keys(submission)
         envelopes = submission.to_send

@@ -34,6 +34,12 @@ from tierq.core.errors import (
 from tierq.core.jobcontrol import Reservation, fingerprint
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
+from tierq.core.sliding_window import (
+    CONTEXT_OVERFLOW_CHOICES,
+    CONTEXT_OVERFLOW_DEFAULT,
+    ContextOverflow,
+    slide_window,
+)
 from tierq.core.structured import with_schema_classes_resolved
 from tierq.core.tiers import route
 
@@ -42,18 +48,33 @@ RequestLike = JobRequest | Mapping[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class PreparedJob:
+    # The request as it will be sent: after the sliding window, if the job opted in.
     request: JobRequest
     tier: str
     prompt_tokens: int
+    dropped_messages: int = 0
+    dropped_tokens: int = 0
 
 
-def prepare(settings: Settings, request: RequestLike) -> PreparedJob:
+def prepare(
+    settings: Settings,
+    request: RequestLike,
+    context_overflow: ContextOverflow = CONTEXT_OVERFLOW_DEFAULT,
+) -> PreparedJob:
     """Validate a request: the contract, the payload limit, the tier table, and the budgets
     (a job over its model's context window or whole TPM limit could never run).
 
     A Pydantic class as `response_format` is first turned into the strict `json_schema` the
     SDK's `parse()` sends for it (tierq/core/structured.py); read the answer back with
-    `JobResult.parsed(TheClass)`."""
+    `JobResult.parsed(TheClass)`. With `context_overflow="sliding_window"`, a conversation over
+    the model's context window has its oldest turns dropped (tierq/core/sliding_window.py)
+    before the budgets are checked, so they are checked on what will be sent."""
+    if context_overflow not in CONTEXT_OVERFLOW_CHOICES:
+        rule = f"must be one of {', '.join(map(repr, CONTEXT_OVERFLOW_CHOICES))}"
+        raise InvalidJobError(
+            f"invalid job request: context_overflow: {context_overflow!r}: {rule}",
+            [{"field": "context_overflow", "message": rule}],
+        )
     parsed = parse_job_request(
         with_schema_classes_resolved(request) if isinstance(request, Mapping) else request
     )
@@ -67,6 +88,14 @@ def prepare(settings: Settings, request: RequestLike) -> PreparedJob:
     if size > settings.max_request_bytes:
         raise PayloadTooLargeError(size, settings.max_request_bytes)
     tier = route(parsed, settings)
+    window = settings.context_window_of(parsed.model)
+    if context_overflow == "sliding_window" and window is not None:
+        fitted = slide_window(parsed, window)
+        cost = job_cost(fitted.request, settings, fitted.prompt_tokens)
+        check_fits(fitted.request, cost, settings)
+        return PreparedJob(
+            fitted.request, tier, cost.prompt_tokens, fitted.dropped_messages, fitted.dropped_tokens
+        )
     cost = job_cost(parsed, settings)
     check_fits(parsed, cost, settings)
     return PreparedJob(parsed, tier, cost.prompt_tokens)
@@ -109,12 +138,20 @@ class Submission:
         idempotency_keys: Sequence[str | None] | None,
         tenant: str | None,
         labels: Sequence[Mapping[str, str] | None] | None = None,
+        context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
     ) -> Submission:
         """Validate every request and give each a new job (envelope) on its tier; `labels`,
-        if given, holds one mapping (or None) per request: tierq's, never sent."""
+        if given, holds one mapping (or None) per request: tierq's, never sent.
+        `context_overflow` (tierq's, never sent) is one choice for all requests or one (or
+        None, the default) per request."""
         if tenant is not None and not TENANT_PATTERN.match(tenant):
             raise ValueError(f"tenant {tenant!r}: 1 to 64 characters from A-Z a-z 0-9 _ . -")
-        prepared = [prepare(settings, request) for request in requests]
+        requests = list(requests)
+        overflows = _per_request(context_overflow, len(requests))
+        prepared = [
+            prepare(settings, request, overflow)
+            for request, overflow in zip(requests, overflows, strict=True)
+        ]
         if idempotency_keys is not None and len(idempotency_keys) != len(prepared):
             raise ValueError("idempotency_keys must hold one key (or None) per request")
         if labels is not None and len(labels) != len(prepared):
@@ -130,6 +167,8 @@ class Submission:
                 estimated_prompt_tokens=job.prompt_tokens,
                 tenant=tenant,
                 labels=job_labels[i],
+                # Set only when something was dropped, so other jobs' messages stay as before.
+                **_dropped_fields(job),
             )
             for i, job in enumerate(prepared)
         ]
@@ -192,6 +231,25 @@ class Submission:
         )
 
 
+def _per_request(
+    choice: ContextOverflow | Sequence[ContextOverflow | None] | None, count: int
+) -> list[ContextOverflow]:
+    if choice is None or isinstance(choice, str):
+        return [choice or CONTEXT_OVERFLOW_DEFAULT] * count
+    if len(choice) != count:
+        raise ValueError("context_overflow must hold one choice (or None) per request")
+    return [each or CONTEXT_OVERFLOW_DEFAULT for each in choice]
+
+
+def _dropped_fields(job: PreparedJob) -> dict[str, int]:
+    if not job.dropped_messages:
+        return {}
+    return {
+        "context_dropped_messages": job.dropped_messages,
+        "context_dropped_tokens": job.dropped_tokens,
+    }
+
+
 def queued_record(envelope: JobEnvelope) -> JobResult:
     """A new job's first record, written before its message is published."""
     return JobResult(
@@ -202,6 +260,8 @@ def queued_record(envelope: JobEnvelope) -> JobResult:
         submitted_at=envelope.submitted_at,
         labels=envelope.labels,
         tenant=envelope.tenant,
+        context_dropped_messages=envelope.context_dropped_messages,
+        context_dropped_tokens=envelope.context_dropped_tokens,
     )
 
 

@@ -341,6 +341,8 @@ class JobRunner:
             submitted_at=envelope.submitted_at,
             labels=envelope.labels,
             tenant=envelope.tenant,
+            context_dropped_messages=envelope.context_dropped_messages,
+            context_dropped_tokens=envelope.context_dropped_tokens,
             worker=worker,
             **fields,
         )

@@ -4,8 +4,9 @@ The body of `POST /v1/jobs` (and each of `jobs` in `POST /v1/jobs:batch`) is the
 Completions request as `client.chat.completions.create` would send it, so an OpenAI client's
 JSON posts unchanged. tierq's own fields sit in one `tierq` object beside it, a name the API
 does not use, so nobody mistakes them for API parameters: `{"model": ..., "messages": ...,
-"tierq": {"labels": {"team": "search"}}}`. The API's own `metadata` stays a body parameter and
-is sent; the labels are kept on the job's record and never sent.
+"tierq": {"labels": {"team": "search"}, "context_overflow": "sliding_window"}}`. The API's own
+`metadata` stays a body parameter and is sent; tierq's fields are kept on the job's record (or
+act at submit) and are never sent.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from tierq.core.contract import JobRequest, Labels
+from tierq.core.sliding_window import CONTEXT_OVERFLOW_DEFAULT, ContextOverflow
 
 
 class TierqFields(BaseModel):
@@ -25,6 +27,12 @@ class TierqFields(BaseModel):
     labels: Labels = Field(
         default_factory=dict,
         description="Up to 16 string pairs kept on the job's record, never sent to the API.",
+    )
+    context_overflow: ContextOverflow = Field(
+        default=CONTEXT_OVERFLOW_DEFAULT,
+        description="A conversation over the model's context window: `refuse` it, or drop its "
+        "oldest turns until it fits (`sliding_window`; the record says how many messages and "
+        "tokens went).",
     )
 
 
@@ -42,3 +50,7 @@ class JobSubmission(JobRequest):
     @property
     def labels(self) -> dict[str, str]:
         return dict(self.tierq.labels) if self.tierq is not None else {}
+
+    @property
+    def context_overflow(self) -> ContextOverflow:
+        return self.tierq.context_overflow if self.tierq is not None else CONTEXT_OVERFLOW_DEFAULT

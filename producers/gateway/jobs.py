@@ -67,6 +67,7 @@ async def _submit(
         scoped,
         tenant=tenant,
         labels=[job.labels for job in jobs],
+        context_overflow=[job.context_overflow for job in jobs],
     )
     await gateway.quota.add(tenant, job_ids)
     statuses = await gateway.client.statuses(job_ids)

@@ -46,9 +46,9 @@ def job_cost(request: JobRequest, settings: Settings, prompt_tokens: int | None 
 def check_fits(request: JobRequest, cost: JobCost, settings: Settings) -> None:
     """Refuse a job that no wait can make admissible; raises `RequestTooLargeError`."""
     window = settings.context_window_of(request.model)
-    cap = request.max_completion_tokens or request.max_tokens or 0
+    cap = output_cap(request)
     if window is not None and cost.prompt_tokens + cap > window:
-        field = "messages" if cost.prompt_tokens > window else _cap_field(request)
+        field = "messages" if cost.prompt_tokens > window else cap_field(request)
         raise RequestTooLargeError(
             f"{request.model}'s maximum context length is {window} tokens; this job needs "
             f"about {cost.prompt_tokens + cap} ({cost.prompt_tokens} in the messages, {cap} "
@@ -69,9 +69,15 @@ def too_large_for_tpm(
         f"{cost.output_tokens} output reserved), more than the whole {tpm} tokens-per-minute "
         f"limit of {group}; it could never be admitted. Lower the output cap or n, or shorten "
         "the messages.",
-        field=_cap_field(request) if cost.output_tokens > cost.prompt_tokens else "messages",
+        field=cap_field(request) if cost.output_tokens > cost.prompt_tokens else "messages",
     )
 
 
-def _cap_field(request: JobRequest) -> str:
+def output_cap(request: JobRequest) -> int:
+    """The output cap the context window must leave room for (0 when none is set)."""
+    return request.max_completion_tokens or request.max_tokens or 0
+
+
+def cap_field(request: JobRequest) -> str:
+    """The output cap's parameter, to name in a refusal."""
     return "max_completion_tokens" if request.max_completion_tokens else "max_tokens"

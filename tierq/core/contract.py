@@ -14,7 +14,8 @@ payload again when it arrives, so a hand-made or corrupted message is refused, n
 from the model catalog live in `tierq.core.tiers`. Only the parameters a caller set are sent on
 (`model_fields_set`), so the API's defaults apply as if the caller had called it directly.
 Everything in a `JobRequest` is the API's and is sent, `metadata` included; tierq's own fields
-(labels, tenant) travel beside it on the `JobEnvelope`, and the idempotency key only in Redis.
+(labels, tenant, what a sliding window dropped) travel beside it on the `JobEnvelope`, and the
+idempotency key only in Redis.
 """
 
 from __future__ import annotations
@@ -407,6 +408,10 @@ class JobEnvelope(_Strict):
     # The caller's labels for the job (tierq's, not the API's `metadata`): kept on its record,
     # never sent.
     labels: Labels = Field(default_factory=dict)
+    # What the opt-in sliding window dropped from the conversation at submit (the request above
+    # is what remains), for the worker to copy onto the record; set only when something was.
+    context_dropped_messages: int = 0
+    context_dropped_tokens: int = 0
 
     def to_message(self) -> dict[str, Any]:
         # exclude_unset keeps the request exactly as the caller set it across the JSON hop.

@@ -168,6 +168,11 @@ class JobResult(BaseModel):
     labels: dict[str, str] = {}
     # The gateway tenant that submitted the job; None for jobs from the Python client.
     tenant: str | None = None
+    # What the opt-in sliding window (`context_overflow="sliding_window"`) dropped from the
+    # conversation to fit the model's context window: the oldest messages, and their prompt
+    # tokens as counted at submit. 0 when nothing was dropped.
+    context_dropped_messages: int = 0
+    context_dropped_tokens: int = 0
     # What the answer cost in USD, from its usage and the price table when it was recorded
     # (tierq/core/pricing.py); None when nothing was billed or the model has no price.
     cost_usd: float | None = None

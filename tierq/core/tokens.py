@@ -105,19 +105,24 @@ def count_prompt_tokens(
 
     Shared by the estimator and the simulator, which stands in for the API's own count.
     """
-    tokens = TOKENS_FOR_REPLY
-    for message in messages:
-        tokens += TOKENS_PER_MESSAGE + count_text(str(message.get("role", "")), model)
-        tokens += _content_tokens(message.get("content"), model)
-        name = message.get("name")
-        if name:
-            tokens += TOKENS_PER_NAME + count_text(str(name), model)
-        for call in message.get("tool_calls") or []:
-            function = call.get("function") or {}
-            tokens += count_text(str(function.get("name", "")), model)
-            tokens += count_text(str(function.get("arguments", "")), model)
+    tokens = TOKENS_FOR_REPLY + sum(count_message_tokens(message, model) for message in messages)
     if tools:
         tokens += count_text(json.dumps(list(tools), separators=(",", ":")), model)
+    return tokens
+
+
+def count_message_tokens(message: Mapping[str, Any], model: str) -> int:
+    """One message's share of `count_prompt_tokens` (the count is a sum over messages), so a
+    sliding window can weigh each message once instead of recounting the conversation."""
+    tokens = TOKENS_PER_MESSAGE + count_text(str(message.get("role", "")), model)
+    tokens += _content_tokens(message.get("content"), model)
+    name = message.get("name")
+    if name:
+        tokens += TOKENS_PER_NAME + count_text(str(name), model)
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        tokens += count_text(str(function.get("name", "")), model)
+        tokens += count_text(str(function.get("arguments", "")), model)
     return tokens
 
 
