@@ -122,6 +122,22 @@ def test_an_optional_parameter_set_to_null_is_sent_as_null() -> None:
     assert job.api_fields() == {**request(), "seed": None}
 
 
+@pytest.mark.parametrize(
+    "field",
+    ["temperature", "top_p", "frequency_penalty", "presence_penalty", "n", "logprobs", "stream"],
+)
+def test_null_for_a_parameter_the_sdk_types_optional_is_accepted_and_sent_as_null(
+    field: str,
+) -> None:
+    job = parse_job_request(request(**{field: None}))
+
+    assert job.api_fields() == {**request(), field: None}
+
+
+def test_top_logprobs_with_logprobs_null_is_refused_naming_top_logprobs() -> None:
+    assert_refused_naming(request(logprobs=None, top_logprobs=2), "top_logprobs")
+
+
 def test_unset_fields_of_a_message_are_not_sent() -> None:
     job = parse_job_request(request(messages=[{"role": "user", "content": "hi"}]))
 
@@ -364,6 +380,65 @@ def test_an_unknown_tool_choice_is_refused_naming_tool_choice() -> None:
     assert all(field.startswith("tool_choice") for field in fields)
 
 
+SQL_TOOL = {
+    "type": "custom",
+    "custom": {
+        "name": "run_sql",
+        "format": {"type": "grammar", "grammar": {"syntax": "regex", "definition": "select .*"}},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        pytest.param({"type": "custom", "custom": {"name": "run_sql"}}, id="named-custom"),
+        pytest.param(
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "auto",
+                    "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+                },
+            },
+            id="allowed-tools",
+        ),
+    ],
+)
+def test_custom_tools_and_every_sdk_tool_choice_are_accepted_and_sent(choice: object) -> None:
+    job = parse_job_request(request(tools=[WEATHER_TOOL, SQL_TOOL], tool_choice=choice))
+
+    assert job.api_fields()["tools"] == [WEATHER_TOOL, SQL_TOOL]
+    assert job.api_fields()["tool_choice"] == choice
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice"),
+    [
+        pytest.param(
+            [WEATHER_TOOL], {"type": "custom", "custom": {"name": "run_sql"}}, id="custom-absent"
+        ),
+        pytest.param(
+            [SQL_TOOL],
+            {"type": "function", "function": {"name": "run_sql"}},
+            id="function-naming-a-custom-tool",
+        ),
+    ],
+)
+def test_tool_choice_naming_a_tool_not_among_tools_is_refused(
+    tools: list[dict[str, Any]], choice: object
+) -> None:
+    error = assert_refused_naming(request(tools=tools, tool_choice=choice), "tool_choice")
+
+    assert "'run_sql'" in str(error)
+
+
+def test_an_unknown_field_inside_a_custom_tool_is_refused_naming_its_path() -> None:
+    tool = {"type": "custom", "custom": {"name": "run_sql", "grammar": "x"}}
+
+    assert refused_fields(request(tools=[tool])) == ["tools.0.custom.grammar"]
+
+
 def test_parallel_tool_calls_without_tools_is_refused_naming_it() -> None:
     assert_refused_naming(request(parallel_tool_calls=True), "parallel_tool_calls")
 
@@ -540,6 +615,53 @@ TOOL_ROUND = [
         pytest.param(
             [
                 USER,
+                {"role": "assistant", "function_call": {"name": "get_weather", "arguments": "{}"}},
+                {"role": "function", "name": "get_weather", "content": "12 C"},
+                {"role": "function", "name": "get_weather", "content": None},
+            ],
+            id="assistant-function-call-then-function-answers",
+        ),
+        pytest.param(
+            [USER, {"role": "assistant", "audio": {"id": "audio_1"}}, USER],
+            id="assistant-audio-only",
+        ),
+        pytest.param(
+            [
+                USER,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "call_1", "type": "custom", "custom": {"name": "sql", "input": "1"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "1"},
+            ],
+            id="assistant-custom-tool-call-then-tool-answer",
+        ),
+        pytest.param(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": "What is in this picture?",
+                            "prompt_cache_breakpoint": {"mode": "explicit"},
+                        },
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://a.test/a.png", "detail": "original"},
+                            "prompt_cache_breakpoint": {"mode": "explicit", "ttl": "12h"},
+                        },
+                    ],
+                }
+            ],
+            id="user-image-original-detail-and-cache-breakpoints",
+        ),
+        pytest.param(
+            [
+                USER,
                 {"role": "assistant", "tool_calls": [tool_call("call_1")]},
                 {
                     "role": "tool",
@@ -559,9 +681,15 @@ def test_every_api_role_with_text_or_content_parts_is_accepted_and_sent_as_given
     assert job.api_fields()["messages"] == messages
 
 
-@pytest.mark.parametrize("role", ["function", "bot", "", None])
+@pytest.mark.parametrize("role", ["bot", "", None])
 def test_a_message_with_an_unknown_role_is_refused_naming_the_message(role: object) -> None:
     assert refused_fields(request(messages=[{"role": role, "content": "hi"}])) == ["messages.0"]
+
+
+def test_a_function_message_without_its_name_is_refused_naming_the_name() -> None:
+    message = {"role": "function", "content": "sunny"}
+
+    assert refused_fields(request(messages=[USER, message])) == ["messages.1.name"]
 
 
 def test_a_message_without_a_role_is_refused_naming_the_message() -> None:
@@ -574,7 +702,9 @@ def test_an_assistant_message_without_content_or_tool_calls_is_refused() -> None
     [problem] = error.errors
     assert problem["field"].startswith("messages.1")
     assert problem["field"].endswith("content")
-    assert problem["message"] == "an assistant message needs content or tool_calls"
+    assert problem["message"] == (
+        "an assistant message needs content, tool_calls, function_call or audio"
+    )
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import typing
 from typing import Any
 
 import openai
+import pytest
 from openai.types.chat import completion_create_params
 
 from tests.support import API_KEY, Simulator, eventually, nonce
@@ -147,3 +148,136 @@ def test_the_apis_own_parameters_reach_it_unchanged_and_labels_do_not(
     assert call["body"] == request
     assert "acme" not in str(call["body"])
     assert result.labels == {"tenant": "acme"}
+
+
+# --- shapes inside the parameters: every one the SDK's types accept -----------------------------
+
+CUSTOM_TOOL = {
+    "type": "custom",
+    "custom": {
+        "name": "run_sql",
+        "description": "Runs one SQL query.",
+        "format": {"type": "grammar", "grammar": {"syntax": "lark", "definition": 'start: "x"'}},
+    },
+}
+
+
+def shapes(marker: str) -> dict[str, dict[str, Any]]:
+    """Per shape the SDK's types accept: a whole request using it, `marker` in its first message."""
+    user = {"role": "user", "content": f"Name a river. {marker}"}
+    return {
+        "function-role-message": {
+            "functions": [FUNCTION],
+            "messages": [
+                user,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "function_call": {"name": "get_weather", "arguments": "{}"},
+                },
+                {"role": "function", "name": "get_weather", "content": "sunny"},
+            ],
+        },
+        "assistant-audio": {
+            "messages": [
+                user,
+                {"role": "assistant", "audio": {"id": "audio_abc123"}},
+                {"role": "user", "content": "And another?"},
+            ],
+        },
+        "custom-tool-and-choice": {
+            "messages": [user],
+            "tools": [CUSTOM_TOOL],
+            "tool_choice": {"type": "custom", "custom": {"name": "run_sql"}},
+        },
+        "custom-tool-call-answered": {
+            "tools": [CUSTOM_TOOL],
+            "messages": [
+                user,
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "custom",
+                            "custom": {"name": "run_sql", "input": "select 1"},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "1"},
+            ],
+        },
+        "allowed-tools-choice": {
+            "messages": [user],
+            "tools": [TOOL],
+            "tool_choice": {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "required",
+                    "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+                },
+            },
+        },
+        "image-detail-original": {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": user["content"]},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://a.test/x.png", "detail": "original"},
+                        },
+                    ],
+                }
+            ],
+        },
+        "prompt-cache-breakpoint-on-a-part": {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": user["content"],
+                            "prompt_cache_breakpoint": {"mode": "explicit", "ttl": "30m"},
+                        }
+                    ],
+                }
+            ],
+        },
+        "null-sampling-parameters": {
+            "messages": [user],
+            "temperature": None,
+            "top_p": None,
+            "n": None,
+            "logprobs": None,
+            "frequency_penalty": None,
+            "presence_penalty": None,
+            "stream": None,
+        },
+    }
+
+
+@pytest.mark.parametrize("shape", sorted(shapes("")))
+def test_a_shape_the_sdk_accepts_reaches_the_wire_as_create_sends_it(
+    shape: str, client: TierqClient, simulator: Simulator
+) -> None:
+    # Given: a job using the shape, marked so its calls can be found at the simulator.
+    marker = nonce()
+    params = {"model": "gpt-4o", **shapes(marker)[shape]}
+
+    # When: it runs, and the same parameters are sent by the SDK itself.
+    finished = client.wait(client.submit(params), timeout=60)
+    send_directly(simulator, params)
+
+    # Then: the simulator answered it, and the two bodies that reached it are equal: the job's.
+    assert finished.status is JobStatus.SUCCEEDED, finished.error
+    by_worker, by_create = eventually(
+        lambda: simulator.requests_with(marker),
+        what="both calls recorded",
+        timeout=10,
+        until=lambda calls: len(calls) == 2,
+    )
+    assert by_worker["body"] == by_create["body"]
+    assert by_worker["body"] == params

@@ -157,6 +157,25 @@ def test_a_tool_result_never_outlives_its_call_even_when_one_message_would_do() 
     assert fitted.dropped_messages == 2
 
 
+def test_a_function_result_never_outlives_its_function_call() -> None:
+    messages = [
+        system(),
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "lookup", "arguments": "{}"},
+        },
+        {"role": "function", "name": "lookup", "content": "a function result with some words"},
+        said("user", "and now?"),
+    ]
+
+    # One token over: dropping the call alone would fit, but its result goes with it.
+    fitted = slide_window(request(messages), window_for(messages) - 1)
+
+    assert sent(fitted.request) == [messages[0], messages[3]]
+    assert fitted.dropped_messages == 2
+
+
 def test_the_last_user_message_and_what_follows_it_are_never_dropped() -> None:
     messages = [
         system(),

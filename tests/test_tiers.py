@@ -118,6 +118,19 @@ def test_sampling_parameters_at_their_defaults_are_accepted_for_a_reasoning_mode
 
 
 @pytest.mark.parametrize("model", REASONING_MODELS)
+def test_sampling_parameters_set_to_null_are_accepted_for_a_reasoning_model_and_sent(
+    model: str, default_settings: Settings
+) -> None:
+    # null is the API's "not set": the default applies, which reasoning models accept.
+    request = job(model, temperature=None, top_p=None)
+
+    assert route(request, default_settings) == "reasoning"
+    params = api_params(request, default_settings.model_info(model))
+    assert params["temperature"] is None
+    assert params["top_p"] is None
+
+
+@pytest.mark.parametrize("model", REASONING_MODELS)
 @pytest.mark.parametrize(
     ("field", "value"),
     [("logprobs", True), ("stop", "END"), ("frequency_penalty", 0), ("presence_penalty", 0)],

@@ -60,19 +60,26 @@ class _Strict(BaseModel):
 # --- content parts -------------------------------------------------------------------------
 
 
+class PromptCacheBreakpoint(_Strict):
+    mode: Literal["explicit"]
+    ttl: Literal["30m", "12h"] | None = None
+
+
 class TextPart(_Strict):
     type: Literal["text"]
     text: str
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 class ImageURL(_Strict):
     url: str
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
 
 
 class ImagePart(_Strict):
     type: Literal["image_url"]
     image_url: ImageURL
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 class InputAudio(_Strict):
@@ -83,6 +90,7 @@ class InputAudio(_Strict):
 class AudioPart(_Strict):
     type: Literal["input_audio"]
     input_audio: InputAudio
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 class FileRef(_Strict):
@@ -94,6 +102,7 @@ class FileRef(_Strict):
 class FilePart(_Strict):
     type: Literal["file"]
     file: FileRef
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 class RefusalPart(_Strict):
@@ -114,10 +123,30 @@ class FunctionCall(_Strict):
     arguments: str
 
 
-class ToolCall(_Strict):
+class FunctionToolCall(_Strict):
     id: str
     type: Literal["function"]
     function: FunctionCall
+
+
+class CustomCall(_Strict):
+    name: str
+    input: str
+
+
+class CustomToolCall(_Strict):
+    id: str
+    type: Literal["custom"]
+    custom: CustomCall
+
+
+ToolCall = Annotated[FunctionToolCall | CustomToolCall, Field(discriminator="type")]
+
+
+class AssistantAudio(_Strict):
+    """A previous audio answer of the model, referred to by its id."""
+
+    id: str
 
 
 class SystemMessage(_Strict):
@@ -143,12 +172,22 @@ class AssistantMessage(_Strict):
     content: str | Annotated[list[AssistantPart], Field(min_length=1)] | None = None
     refusal: str | None = None
     tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = None
+    function_call: FunctionCall | None = None
+    audio: AssistantAudio | None = None
     name: str | None = None
 
     @model_validator(mode="after")
     def _says_something(self) -> AssistantMessage:
-        if self.content is None and not self.tool_calls:
-            raise FieldRuleError("content", "an assistant message needs content or tool_calls")
+        if (
+            self.content is None
+            and not self.tool_calls
+            and self.function_call is None
+            and self.audio is None
+        ):
+            raise FieldRuleError(
+                "content",
+                "an assistant message needs content, tool_calls, function_call or audio",
+            )
         return self
 
 
@@ -158,8 +197,21 @@ class ToolMessage(_Strict):
     tool_call_id: str
 
 
+class FunctionMessage(_Strict):
+    """The answer to an assistant's (deprecated) `function_call`."""
+
+    role: Literal["function"]
+    content: str | None
+    name: str
+
+
 Message = Annotated[
-    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage,
+    SystemMessage
+    | DeveloperMessage
+    | UserMessage
+    | AssistantMessage
+    | ToolMessage
+    | FunctionMessage,
     Field(discriminator="role"),
 ]
 
@@ -216,6 +268,36 @@ class FunctionTool(_Strict):
     function: FunctionDefinition
 
 
+class CustomFormatText(_Strict):
+    type: Literal["text"]
+
+
+class Grammar(_Strict):
+    definition: str
+    syntax: Literal["lark", "regex"]
+
+
+class CustomFormatGrammar(_Strict):
+    type: Literal["grammar"]
+    grammar: Grammar
+
+
+class CustomDefinition(_Strict):
+    name: str
+    description: str | None = None
+    format: (
+        Annotated[CustomFormatText | CustomFormatGrammar, Field(discriminator="type")] | None
+    ) = None
+
+
+class CustomTool(_Strict):
+    type: Literal["custom"]
+    custom: CustomDefinition
+
+
+Tool = Annotated[FunctionTool | CustomTool, Field(discriminator="type")]
+
+
 class NamedFunction(_Strict):
     name: str
 
@@ -223,6 +305,34 @@ class NamedFunction(_Strict):
 class NamedToolChoice(_Strict):
     type: Literal["function"]
     function: NamedFunction
+
+
+class NamedCustom(_Strict):
+    name: str
+
+
+class NamedCustomToolChoice(_Strict):
+    type: Literal["custom"]
+    custom: NamedCustom
+
+
+class AllowedTools(_Strict):
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]]
+
+
+class AllowedToolsChoice(_Strict):
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
+ToolChoice = (
+    Literal["none", "auto", "required"]
+    | Annotated[
+        NamedToolChoice | NamedCustomToolChoice | AllowedToolsChoice,
+        Field(discriminator="type"),
+    ]
+)
 
 
 class StreamOptions(_Strict):
@@ -255,24 +365,25 @@ class JobRequest(_Strict):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
-    top_p: Annotated[float, Field(ge=0, le=1)] = 1.0
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    # null is the API's "not set" for every parameter the SDK types Optional: the default applies.
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = 1.0
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = 1.0
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = 0.0
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = 0.0
     stop: (
         Annotated[str, Field(min_length=1)]
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)]
         | None
     ) = None
     seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] = 1
-    logprobs: bool = False
+    n: Annotated[int, Field(ge=1, le=128)] | None = 1
+    logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    tools: Annotated[list[FunctionTool], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: ReasoningEffort | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
@@ -322,20 +433,22 @@ class JobRequest(_Strict):
         return self
 
     def _check_tools(self) -> None:
-        names = {tool.function.name for tool in self.tools or []}
-        if self.tool_choice is not None and not names:
+        tools = self.tools or []
+        if self.tool_choice is not None and not tools:
             raise FieldRuleError(
                 "tool_choice", "tool_choice is only allowed when tools are specified"
             )
-        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in (
-            names
-        ):
+        named = None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            named = ("function", self.tool_choice.function.name)
+        elif isinstance(self.tool_choice, NamedCustomToolChoice):
+            named = ("custom", self.tool_choice.custom.name)
+        if named is not None and named not in {_tool_name(tool) for tool in tools}:
             raise FieldRuleError(
                 "tool_choice",
-                f"tool_choice names function {self.tool_choice.function.name!r}, "
-                "which is not among tools",
+                f"tool_choice names {named[0]} tool {named[1]!r}, which is not among tools",
             )
-        if self.parallel_tool_calls is not None and not names:
+        if self.parallel_tool_calls is not None and not tools:
             raise FieldRuleError(
                 "parallel_tool_calls",
                 "parallel_tool_calls is only allowed when tools are specified",
@@ -344,6 +457,12 @@ class JobRequest(_Strict):
     def api_fields(self) -> dict[str, Any]:
         """The parameters the caller set, in the API's JSON shape: the body sent."""
         return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def _tool_name(tool: FunctionTool | CustomTool) -> tuple[str, str]:
+    if isinstance(tool, FunctionTool):
+        return ("function", tool.function.name)
+    return ("custom", tool.custom.name)
 
 
 def _details(error: ValidationError) -> list[InitErrorDetails]:

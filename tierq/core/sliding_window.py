@@ -23,6 +23,7 @@ from typing import Literal, get_args
 from tierq.core.budget import cap_field, output_cap
 from tierq.core.contract import (
     DeveloperMessage,
+    FunctionMessage,
     JobRequest,
     Message,
     SystemMessage,
@@ -96,8 +97,9 @@ def _droppable_turns(messages: list[Message]) -> list[list[int]]:
     for i, message in enumerate(messages[:last_user]):
         if isinstance(message, SystemMessage | DeveloperMessage):
             continue
-        if isinstance(message, ToolMessage) and turns:
-            # The contract puts tool results right after their call: the previous turn.
+        if isinstance(message, ToolMessage | FunctionMessage) and turns:
+            # The contract puts tool results right after their call: the previous turn; a
+            # (deprecated) function result follows its function_call the same way.
             turns[-1].append(i)
             continue
         turns.append([i])

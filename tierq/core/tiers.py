@@ -36,7 +36,8 @@ def model_rule_problems(request: JobRequest, info: ModelInfo) -> list[tuple[str,
     problems: list[tuple[str, str]] = []
     kind = "a reasoning model" if info.reasoning else "not a reasoning model"
     for name, default in info.default_only_parameters.items():
-        if name in given and values[name] != default:
+        # null is the API's "not set": the default applies.
+        if name in given and values[name] is not None and values[name] != default:
             problems.append(
                 (
                     name,

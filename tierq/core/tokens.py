@@ -119,10 +119,15 @@ def count_message_tokens(message: Mapping[str, Any], model: str) -> int:
     name = message.get("name")
     if name:
         tokens += TOKENS_PER_NAME + count_text(str(name), model)
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
-        tokens += count_text(str(function.get("name", "")), model)
-        tokens += count_text(str(function.get("arguments", "")), model)
+    # A function or custom tool call's name and arguments (a custom one's input), and the
+    # deprecated function_call's.
+    calls = [
+        call.get("function") or call.get("custom") or {} for call in message.get("tool_calls") or []
+    ]
+    calls.append(message.get("function_call") or {})
+    for call in calls:
+        tokens += count_text(str(call.get("name", "")), model)
+        tokens += count_text(str(call.get("arguments", call.get("input", ""))), model)
     return tokens
 
 
@@ -151,4 +156,4 @@ def estimate_prompt_tokens(request: JobRequest) -> int:
 def reserved_output_tokens(request: JobRequest, default_output_tokens: int) -> int:
     """The output the API reserves against the TPM limit: the cap, times the choices."""
     cap = request.max_completion_tokens or request.max_tokens or default_output_tokens
-    return cap * request.n
+    return cap * (request.n or 1)  # null is the API's default, one choice
