@@ -24,7 +24,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tierq.core.tokens import ENCODING_URLS, encoding
 from tierq_simulator import errors
 from tierq_simulator.chat import ChatCompletions
 from tierq_simulator.config import SimulatorConfig, describe
@@ -32,6 +31,7 @@ from tierq_simulator.errors import ApiError
 from tierq_simulator.models import list_models, retrieve_model
 from tierq_simulator.responses import error_response, json_response
 from tierq_simulator.state import SimulatorState
+from tierq_simulator.tokenizer import load_all as load_tokenizers
 
 
 class SimControls:
@@ -100,8 +100,7 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
     """Build the simulator application for `config` (defaults if omitted)."""
     state = SimulatorState(config or SimulatorConfig())
     # Load the tokenizer now, not on the first request (a few hundred ms).
-    for name in ENCODING_URLS:
-        encoding(name)
+    load_tokenizers()
     chat = ChatCompletions(state)
     sim = SimControls(state)
     routes: list[Any] = [

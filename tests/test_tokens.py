@@ -75,3 +75,30 @@ def test_a_prompt_is_counted_the_way_openais_cookbook_counts_it() -> None:
     )
 
     assert estimate_prompt_tokens(request) == expected
+
+
+def test_the_simulators_tokenizer_loads_with_an_empty_cache_and_no_network(
+    tmp_path: Path,
+) -> None:
+    # The simulator loads its encodings itself (it imports nothing of tierq), so it gets the
+    # same proof: a proxy that refuses every connection, and an empty cache.
+    env = {
+        **os.environ,
+        "TIKTOKEN_CACHE_DIR": str(tmp_path),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+    }
+    script = (
+        "import sys\n"
+        "from tierq_simulator.tokens import count_text_tokens\n"
+        "print(count_text_tokens('hello world', 'gpt-4o'), count_text_tokens('hello', 'gpt-4'))\n"
+        "print(sorted(m for m in sys.modules if m == 'tierq' or m.startswith('tierq.')))\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["2 1", "[]"]  # counted, and tierq never loaded
+    assert len(list(tmp_path.iterdir())) == 2  # o200k_base and cl100k_base

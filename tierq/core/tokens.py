@@ -103,7 +103,7 @@ def count_prompt_tokens(
     """Prompt tokens of messages in the API's JSON shape, the way OpenAI's cookbook counts them:
     each message's role, text and name plus a fixed overhead, and the tool definitions.
 
-    Shared by the estimator and the simulator, which stands in for the API's own count.
+    The simulator counts on its own (`simulator/tokens.py`), so tests against it check this.
     """
     tokens = TOKENS_FOR_REPLY + sum(count_message_tokens(message, model) for message in messages)
     if tools:
