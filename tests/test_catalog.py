@@ -13,13 +13,22 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support import nonce, user
+from tests.support import (
+    TenantKey,
+    gateway_client,
+    in_flight,
+    nonce,
+    refused_with,
+    run_tierq,
+    user,
+)
 from tierq.core.catalog import ModelInfo
 from tierq.core.contract import JobRequest, parse_job_request
 from tierq.core.errors import ConfigurationError, InvalidJobError, UnknownModelError
 from tierq.core.pricing import ModelPrice
 from tierq.core.settings import Settings, get_settings
 from tierq.core.tiers import check_model_rules, route
+from tierq.devkit.processes import settings_for
 from tierq.producers.client import TierqClient
 
 
@@ -60,9 +69,15 @@ def refusal(request: JobRequest, info: ModelInfo) -> InvalidJobError:
         ("gpt-4o", "standard", False, 128_000, 16_384, (2.50, 1.25, 10.00)),
         ("o4-mini", "reasoning", True, 200_000, 100_000, (1.10, 0.275, 4.40)),
         ("o3", "reasoning", True, 200_000, 100_000, (2.00, 0.50, 8.00)),
+        ("gpt-4.1-nano", "fast", False, 1_047_576, 32_768, (0.10, 0.025, 0.40)),
+        ("gpt-4.1-mini", "fast", False, 1_047_576, 32_768, (0.40, 0.10, 1.60)),
+        ("gpt-4.1", "standard", False, 1_047_576, 32_768, (2.00, 0.50, 8.00)),
+        ("gpt-5-nano", "reasoning", True, 400_000, 128_000, (0.05, 0.005, 0.40)),
+        ("gpt-5-mini", "reasoning", True, 400_000, 128_000, (0.25, 0.025, 2.00)),
+        ("gpt-5", "reasoning", True, 400_000, 128_000, (1.25, 0.125, 10.00)),
     ],
 )
-def test_the_shipped_catalog_knows_each_seed_models_facts(
+def test_the_shipped_catalog_knows_each_models_facts(
     defaults: Settings,
     model: str,
     tier: str,
@@ -199,7 +214,7 @@ def test_a_model_added_from_the_environment_is_served_by_its_tier_with_its_facts
     settings = get_settings()
 
     assert route(job("my-model"), settings) == "fast"
-    assert settings.tiers["fast"].models == ["gpt-4o-mini", "my-model"]
+    assert "my-model" in settings.tiers["fast"].models
     assert settings.price_of("my-model") == ModelPrice(input=1, cached_input=0.5, output=4)
     with pytest.raises(InvalidJobError, match="maximum output of 1000 tokens"):
         route(job("my-model", max_tokens=1_001), settings)
@@ -229,7 +244,8 @@ def test_a_shipped_model_is_taken_out_of_service_by_a_null_tier() -> None:
 
     with pytest.raises(UnknownModelError):
         route(job("o3"), settings)
-    assert settings.known_models() == ["gpt-4o", "gpt-4o-mini", "o4-mini"]
+    assert "o3" not in settings.known_models()
+    assert "o4-mini" in settings.known_models()
 
 
 def test_a_tier_listing_a_model_serves_it_whatever_its_entry_says(
@@ -242,7 +258,8 @@ def test_a_tier_listing_a_model_serves_it_whatever_its_entry_says(
 
     assert info.tier == "quick"
     assert info.reasoning is True  # the catalog's fact, not the tier's flag
-    assert settings.tiers["reasoning"].models == ["o3"]
+    assert "o3" in settings.tiers["reasoning"].models
+    assert "o4-mini" not in settings.tiers["reasoning"].models
 
 
 def test_a_bad_catalog_entry_is_refused_naming_the_variable(
@@ -274,6 +291,31 @@ def test_the_older_window_and_price_variables_still_override_the_catalog(
 def test_a_dated_snapshot_is_priced_as_its_model(defaults: Settings) -> None:
     assert defaults.price_of("gpt-4o-2024-08-06") == defaults.price_of("gpt-4o")
     assert defaults.price_of("davinci") is None
+
+
+def test_a_gpt_5_model_takes_minimal_effort_where_o3_refuses_it(defaults: Settings) -> None:
+    check_model_rules(job("gpt-5", reasoning_effort="minimal"), defaults.model_info("gpt-5"))
+
+    assert "minimal" not in defaults.model_info("o3").reasoning_efforts
+    assert (
+        refusal(job("gpt-5", temperature=0.5), defaults.model_info("gpt-5")).errors[0]["field"]
+        == "temperature"
+    )
+
+
+def test_shipped_flex_prices_are_half_the_standard_and_priority_prices_are_listed(
+    defaults: Settings,
+) -> None:
+    assert defaults.price_of("o3", "flex") == ModelPrice(input=1.0, cached_input=0.25, output=4.0)
+    assert defaults.price_of("gpt-5", "flex") == ModelPrice(
+        input=0.625, cached_input=0.0625, output=5.0
+    )
+    assert defaults.price_of("gpt-4o", "priority") == ModelPrice(
+        input=4.25, cached_input=2.125, output=17.0
+    )
+    # A tier the model has no price for is billed at the standard price.
+    assert defaults.price_of("gpt-4o", "flex") == defaults.price_of("gpt-4o")
+    assert defaults.price_of("gpt-4o", "default") == defaults.price_of("gpt-4o")
 
 
 def test_an_answer_billed_at_a_service_tier_with_its_own_price_is_priced_at_it() -> None:
@@ -340,3 +382,56 @@ def test_temperature_1_on_an_o_series_model_is_accepted_at_submit(
     producer.submit(model="o3", messages=user("hi"), temperature=1, top_p=1)
 
     assert broker.llen(settings.queue_for("reasoning")) == 1
+
+
+# --- the same rules from the CLI (exit 2) and over HTTP (422, the API's error shape) ---------
+
+CLI_REFUSALS = [
+    pytest.param(("--model", "o3", "--reasoning-effort", "minimal"), "reasoning_effort", id="o3"),
+    pytest.param(("--model", "o4-mini", "--stop", "END"), "stop", id="o4-mini-stop"),
+    pytest.param(("--model", "gpt-4o", "--max-tokens", "16385"), "max_tokens", id="gpt-4o-cap"),
+]
+
+
+@pytest.mark.parametrize(("args", "field"), CLI_REFUSALS)
+def test_a_model_rule_broken_on_the_command_line_exits_2_naming_the_field_and_rule(
+    worker_env: dict[str, str], redis_client: redis.Redis, args: tuple[str, ...], field: str
+) -> None:
+    isolation = nonce()
+    env = {
+        **worker_env,
+        "TIERQ_QUEUE_PREFIX": f"tierq-{isolation}.",
+        "TIERQ_KEY_PREFIX": f"tierq-{isolation}:",
+    }
+    queues = [settings_for(env).queue_for(tier) for tier in settings_for(env).tiers]
+    # Given a valid job for the same model is enqueued from the same command line
+    accepted = run_tierq(env, "submit", *args[:2], "--user", "fine")
+    assert accepted.returncode == 0, accepted.stderr
+    assert sum(redis_client.llen(queue) for queue in queues) == 1
+
+    done = run_tierq(env, "submit", *args, "--user", "refused")
+
+    assert done.returncode == 2
+    assert f"{field}: " in done.stderr
+    assert sum(redis_client.llen(queue) for queue in queues) == 1
+    for queue in queues:
+        redis_client.delete(queue)
+
+
+HTTP_REFUSALS = [
+    pytest.param({"model": "o3", "reasoning_effort": "minimal"}, "reasoning_effort", id="o3"),
+    pytest.param({"model": "o4-mini", "stop": ["END"]}, "stop", id="o4-mini-stop"),
+    pytest.param({"model": "gpt-4o", "max_tokens": 16_385}, "max_tokens", id="gpt-4o-cap"),
+]
+
+
+@pytest.mark.parametrize(("params", "field"), HTTP_REFUSALS)
+def test_a_model_rule_broken_over_http_is_a_422_in_the_apis_shape_naming_the_field(
+    gateway_url: str, tenant_key: TenantKey, settings: Settings, params: dict[str, Any], field: str
+) -> None:
+    tenant, key = tenant_key()
+    body = {"messages": user("refused"), **params}
+    with gateway_client(gateway_url, key) as http:
+        error = refused_with(http.post("/v1/jobs", json=body), 422, field)
+    assert field in error["message"]
+    assert in_flight(settings, tenant) == 0

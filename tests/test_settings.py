@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from tierq.core.catalog import SHIPPED_MODELS
 from tierq.core.errors import ConfigurationError, TierqError
 from tierq.core.settings import RetrySettings, Settings, TierSettings, default_tiers, get_settings
 
@@ -78,10 +79,13 @@ def test_the_default_tier_table_is_fast_standard_and_reasoning() -> None:
     tiers = Settings(_env_file=None).tiers
 
     assert tiers == {
-        "fast": TierSettings(models=["gpt-4o-mini"]),
-        "standard": TierSettings(models=["gpt-4o"]),
+        "fast": TierSettings(models=["gpt-4o-mini", "gpt-4.1-nano", "gpt-4.1-mini"]),
+        "standard": TierSettings(models=["gpt-4o", "gpt-4.1"]),
         "reasoning": TierSettings(
-            models=["o4-mini", "o3"], reasoning=True, concurrency=50, request_timeout_seconds=600
+            models=["o4-mini", "o3", "gpt-5-nano", "gpt-5-mini", "gpt-5"],
+            reasoning=True,
+            concurrency=50,
+            request_timeout_seconds=600,
         ),
     }
     # The table itself lists no model: the catalog names each shipped model's tier.
@@ -106,7 +110,7 @@ def test_the_settings_know_each_models_tier() -> None:
     assert settings.tier_of("o3") == "reasoning"
     assert settings.tier_of("gpt-4o") == "standard"
     assert settings.tier_of("gpt-3.5-turbo") is None
-    assert settings.known_models() == ["gpt-4o", "gpt-4o-mini", "o3", "o4-mini"]
+    assert settings.known_models() == sorted(SHIPPED_MODELS)
 
 
 def test_settings_cannot_be_changed_once_read() -> None:
@@ -490,7 +494,7 @@ def test_one_field_of_a_default_tier_can_be_adjusted_alone(
     settings = get_settings()
 
     assert settings.tiers["fast"].concurrency == 300
-    assert settings.tiers["fast"].models == ["gpt-4o-mini"]
+    assert settings.tiers["fast"].models == Settings(_env_file=None).tiers["fast"].models
     assert settings.tiers["reasoning"].rate_limit == "60/m"
     assert settings.tiers["reasoning"].reasoning is True
     assert settings.tiers["standard"] == Settings(_env_file=None).tiers["standard"]
@@ -505,11 +509,11 @@ def test_a_full_tier_table_replaces_the_default_one(monkeypatch: pytest.MonkeyPa
 def test_a_default_tiers_models_can_be_changed_without_losing_the_other_tiers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("TIERQ_TIERS__FAST__MODELS", '["gpt-4o-mini", "gpt-4.1-mini"]')
+    monkeypatch.setenv("TIERQ_TIERS__FAST__MODELS", '["my-fine-tune"]')
 
     tiers = get_settings().tiers
 
-    assert tiers["fast"].models == ["gpt-4o-mini", "gpt-4.1-mini"]
+    assert "my-fine-tune" in tiers["fast"].models
     assert set(tiers) == {"fast", "standard", "reasoning"}
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tierq.core.catalog import ModelInfo
+from tierq.core.catalog import SHIPPED_MODELS, ModelInfo
 from tierq.core.contract import JobRequest, parse_job_request
 from tierq.core.errors import InvalidJobError, UnknownModelError
 from tierq.core.settings import Settings, TierSettings
@@ -79,10 +79,11 @@ def test_a_model_no_tier_lists_is_refused_with_the_known_models(
 
     error = caught.value
     assert error.model == model
-    assert error.known_models == ["gpt-4o", "gpt-4o-mini", "o3", "o4-mini"]
+    assert error.known_models == sorted(SHIPPED_MODELS)
     assert error.errors == [{"field": "model", "message": f"unknown model {model!r}"}]
     assert str(error) == (
-        f"model {model!r} is not served by any tier; known models: gpt-4o, gpt-4o-mini, o3, o4-mini"
+        f"model {model!r} is not served by any tier; known models: "
+        + ", ".join(sorted(SHIPPED_MODELS))
     )
 
 
@@ -335,8 +336,11 @@ def test_a_custom_table_replaces_the_default_models(custom_settings: Settings) -
     with pytest.raises(UnknownModelError) as caught:
         route(job("gpt-4o"), custom_settings)
 
+    # The shipped catalog still serves its fast models; gpt-4o's tier is gone.
     assert caught.value.known_models == [
         "ft:gpt-4o-mini:acme::abc123",
+        "gpt-4.1-mini",
+        "gpt-4.1-nano",
         "gpt-4o-mini",
         "my-reasoner",
     ]

@@ -8,18 +8,25 @@ model's facts. Operators extend or correct it without code (`TIERQ_MODELS`, merg
 entry, field by field, over `SHIPPED_MODELS`).
 
 Sources of the shipped figures:
-- tiers, context windows and prices are those tierq shipped before the catalog existed
-  (OpenAI's published standard-tier prices when that table was written);
-- maximum output tokens: OpenAI's model pages (platform.openai.com/docs/models/<model>):
-  16,384 for gpt-4o and gpt-4o-mini, 100,000 for o3 and o4-mini;
+- the seed models' tiers, context windows and prices are those tierq shipped before the catalog
+  existed (OpenAI's published standard-tier prices when that table was written);
+- the GPT-4.1 and GPT-5 families (added so an operator can route today's models without
+  writing their facts): context window, maximum output and standard, flex and priority prices
+  as OpenAI's model pages and pricing page published them in 2025 (GPT-4.1: 1,047,576 tokens
+  in, 32,768 out; GPT-5: 400,000 in, 128,000 out); flex is billed at half the standard price,
+  as OpenAI's flex-processing guide says ("Batch API prices"); priority prices only where
+  OpenAI lists the model for it. Prices change: an operator whose bill differs corrects an
+  entry with `TIERQ_MODELS`;
+- maximum output tokens of the seed models: OpenAI's model pages
+  (platform.openai.com/docs/models/<model>): 16,384 for gpt-4o and gpt-4o-mini, 100,000 for o3
+  and o4-mini;
 - `reasoning_effort` "low", "medium" or "high" for o3 and o4-mini: the reference guide's
-  o-series section (/work/shared/reference/openai-chat-completions-guide.txt);
-- what o-series models refuse: the guide ("they ... don't support temperature") and OpenAI's
+  o-series section (/work/shared/reference/openai-chat-completions-guide.txt); GPT-5 models
+  take "minimal" as well (OpenAI's GPT-5 guide);
+- what reasoning models refuse: the guide ("they ... don't support temperature") and OpenAI's
   reasoning-models guide, whose error for a non-default sampling value reads "Only the default
   (1) value is supported": temperature and top_p are accepted at 1; the penalties, stop,
   logprobs, top_logprobs and logit_bias are refused outright ("Unsupported parameter").
-No flex or batch prices are shipped: the reference guide gives none. An operator with such terms
-sets `service_tier_prices`.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from tierq.core.pricing import ModelPrice
 ANY_REASONING_EFFORT: tuple[str, ...] = get_args(ReasoningEffort)
 # The o-series' rules, the defaults of a reasoning model's entry.
 O_SERIES_REASONING_EFFORTS: tuple[str, ...] = ("low", "medium", "high")
+# GPT-5 models add "minimal" (few or no reasoning tokens).
+GPT_5_REASONING_EFFORTS: list[str] = ["minimal", "low", "medium", "high"]
 # The API answers "Only the default (1) value is supported" for these, and takes the default.
 O_SERIES_DEFAULT_ONLY: Mapping[str, float] = {"temperature": 1, "top_p": 1}
 # ... and "Unsupported parameter" for these, whatever the value.
@@ -95,7 +104,48 @@ def _price(input_usd: float, cached_input_usd: float, output_usd: float) -> Mode
     return ModelPrice(input=input_usd, cached_input=cached_input_usd, output=output_usd)
 
 
-# Sources: see the module docstring.
+# GPT-4.1 family: 1,047,576 tokens in, 32,768 out; GPT-5 family: 400,000 in, 128,000 out.
+GPT_4_1_WINDOW, GPT_4_1_MAX_OUTPUT = 1_047_576, 32_768
+GPT_5_WINDOW, GPT_5_MAX_OUTPUT = 400_000, 128_000
+
+
+def _flex(standard: ModelPrice) -> ModelPrice:
+    """Flex processing is billed at half the standard price (OpenAI's flex guide)."""
+    return ModelPrice(
+        input=standard.input / 2,
+        cached_input=standard.cached_input / 2,
+        output=standard.output / 2,
+    )
+
+
+def _gpt_4_1(tier: str, standard: ModelPrice, priority: ModelPrice) -> ModelSpec:
+    return ModelSpec(
+        tier=tier,
+        reasoning=False,
+        context_window_tokens=GPT_4_1_WINDOW,
+        max_output_tokens=GPT_4_1_MAX_OUTPUT,
+        price=standard,
+        service_tier_prices={"priority": priority},
+    )
+
+
+def _gpt_5(standard: ModelPrice, priority: ModelPrice | None) -> ModelSpec:
+    tier_prices = {"flex": _flex(standard)}
+    if priority is not None:
+        tier_prices["priority"] = priority
+    return ModelSpec(
+        tier="reasoning",
+        reasoning=True,
+        context_window_tokens=GPT_5_WINDOW,
+        max_output_tokens=GPT_5_MAX_OUTPUT,
+        reasoning_efforts=GPT_5_REASONING_EFFORTS,
+        price=standard,
+        service_tier_prices=tier_prices,
+    )
+
+
+# Sources: see the module docstring. Non-reasoning models go to `fast` or `standard` by price;
+# every reasoning model goes to `reasoning`, whose call timeout allows for long thinking.
 SHIPPED_MODELS: Mapping[str, ModelSpec] = {
     "gpt-4o-mini": ModelSpec(
         tier="fast",
@@ -103,6 +153,7 @@ SHIPPED_MODELS: Mapping[str, ModelSpec] = {
         context_window_tokens=128_000,
         max_output_tokens=16_384,
         price=_price(0.15, 0.075, 0.60),
+        service_tier_prices={"priority": _price(0.25, 0.125, 1.00)},
     ),
     "gpt-4o": ModelSpec(
         tier="standard",
@@ -110,6 +161,7 @@ SHIPPED_MODELS: Mapping[str, ModelSpec] = {
         context_window_tokens=128_000,
         max_output_tokens=16_384,
         price=_price(2.50, 1.25, 10.00),
+        service_tier_prices={"priority": _price(4.25, 2.125, 17.00)},
     ),
     "o4-mini": ModelSpec(
         tier="reasoning",
@@ -117,6 +169,10 @@ SHIPPED_MODELS: Mapping[str, ModelSpec] = {
         context_window_tokens=200_000,
         max_output_tokens=100_000,
         price=_price(1.10, 0.275, 4.40),
+        service_tier_prices={
+            "flex": _flex(_price(1.10, 0.275, 4.40)),
+            "priority": _price(2.00, 0.50, 8.00),
+        },
     ),
     "o3": ModelSpec(
         tier="reasoning",
@@ -124,7 +180,17 @@ SHIPPED_MODELS: Mapping[str, ModelSpec] = {
         context_window_tokens=200_000,
         max_output_tokens=100_000,
         price=_price(2.00, 0.50, 8.00),
+        service_tier_prices={
+            "flex": _flex(_price(2.00, 0.50, 8.00)),
+            "priority": _price(3.50, 0.875, 14.00),
+        },
     ),
+    "gpt-4.1-nano": _gpt_4_1("fast", _price(0.10, 0.025, 0.40), _price(0.20, 0.05, 0.80)),
+    "gpt-4.1-mini": _gpt_4_1("fast", _price(0.40, 0.10, 1.60), _price(0.70, 0.175, 2.80)),
+    "gpt-4.1": _gpt_4_1("standard", _price(2.00, 0.50, 8.00), _price(3.50, 0.875, 14.00)),
+    "gpt-5-nano": _gpt_5(_price(0.05, 0.005, 0.40), None),
+    "gpt-5-mini": _gpt_5(_price(0.25, 0.025, 2.00), _price(0.45, 0.045, 3.60)),
+    "gpt-5": _gpt_5(_price(1.25, 0.125, 10.00), _price(2.50, 0.25, 20.00)),
 }
 
 

@@ -221,7 +221,8 @@ class Settings(BaseSettings):
     here are laid over the shipped ones field by field (`TIERQ_MODELS='{"gpt-4o":
     {"max_output_tokens": 8192}, "my-model": {"tier": "fast", "price": {"input": 1,
     "cached_input": 0.5, "output": 4}}}'`); `{"tier": null}` takes a shipped model out of
-    service. The shipped entries cover gpt-4o, gpt-4o-mini, o4-mini and o3."""
+    service. The shipped entries cover the seed models (gpt-4o, gpt-4o-mini, o4-mini, o3)
+    and the GPT-4.1 and GPT-5 families."""
     tiers: dict[str, TierSettings] = Field(default_factory=default_tiers)
     """Model tiers, each its own queue. A tier serves the catalog's models that name it
     (`TIERQ_MODELS`) and those its own `models` lists. `TIERQ_TIERS` given whole replaces the
