@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from redis.client import PubSub
 
-from tierq.core.celery_app import TASK_NAME, create_app
+from tierq.core.celery_app import TASK_NAME, create_app, job_reprs
 from tierq.core.contract import JobEnvelope
 from tierq.core.jobcontrol import JobControl
 from tierq.core.jobstore import JobStore, connect
@@ -228,10 +228,7 @@ class TierqClient(BaseClient):
             args=[envelope.to_message()],
             task_id=envelope.job_id,
             producer=producer,
-            # What Celery would put in the message headers (and show in Flower and events) is
-            # a repr of the arguments: the prompt. Name the job instead, which is also cheaper.
-            argsrepr=f"(job {envelope.job_id})",
-            kwargsrepr="{}",
+            **job_reprs(envelope.job_id),
         )
 
     def _forget(self, job_ids: Sequence[str]) -> None:

@@ -20,7 +20,7 @@ import redis
 import structlog
 from celery import signals
 
-from tierq.core.celery_app import TASK_NAME, create_app
+from tierq.core.celery_app import TASK_NAME, create_app, job_reprs
 from tierq.core.exit_codes import ExitCodeCommand
 from tierq.core.jobstore import JobStore, connect
 from tierq.core.logging import configure_logging
@@ -102,8 +102,7 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
             args=[message],
             task_id=job_id,
             retries=attempts,
-            argsrepr=f"(job {job_id})",
-            kwargsrepr="{}",
+            **job_reprs(job_id),
         )
 
     leases = Leases(store, settings.lease_seconds, requeue)

@@ -19,7 +19,7 @@ import structlog
 from celery import Celery, Task
 from celery.exceptions import Reject, Retry
 
-from tierq.core.celery_app import TASK_NAME
+from tierq.core.celery_app import TASK_NAME, job_reprs
 from tierq.core.errors import (
     AdmissionDeferred,
     BrokerUnavailableError,
@@ -38,6 +38,15 @@ class CompletionTask(Task):  # type: ignore[type-arg]
     runner: JobRunner
     retry_after_max_seconds: float
     max_defer_seconds: float
+
+    def apply_async(self, *args: Any, **options: Any) -> Any:
+        """Every publish from a worker (Celery's `retry()`, `defer()`) names the job in the
+        headers and events instead of Celery's repr of the envelope (`job_reprs`)."""
+        # Celery's own calls pass the id by keyword; (args, kwargs, task_id) is the positional
+        # order.
+        task_id = options.get("task_id", args[2] if len(args) > 2 else None)
+        options.update(job_reprs(task_id))
+        return super().apply_async(*args, **options)
 
     def retry(
         self,

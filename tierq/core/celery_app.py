@@ -7,13 +7,31 @@ beside it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from celery import Celery
 
 from tierq.core.settings import Settings
 
 TASK_NAME = "tierq.complete"
+
+
+class JobReprs(TypedDict):
+    argsrepr: str
+    kwargsrepr: str
+
+
+def job_reprs(job_id: str | None) -> JobReprs:
+    """The `argsrepr`/`kwargsrepr` of every tierq message: the job's name, not its content.
+
+    Celery copies these into the message headers and the `task-sent`/`task-received` events
+    (Flower shows them); left unset, it fills them with a repr of the job envelope, which holds
+    the request. Every publish path passes these, so no part of a request reaches a header or
+    an event whatever the repr would elide.
+    """
+    return JobReprs(argsrepr=f"(job {job_id})", kwargsrepr="{}")
+
+
 # Seconds between Redis pings on the broker connection, so a dead socket is noticed early.
 BROKER_HEALTH_CHECK_SECONDS = 25
 
