@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def test_workers_finish_their_grace_period_before_docker_stops_waiting(
 def test_the_workers_environment_is_valid_settings(compose: dict[str, Any]) -> None:
     environment = {
         name: str(value)
-        .replace("${REDIS_PASSWORD:-tierq-local}", "pw")
+        .replace("${REDIS_PASSWORD:?REDIS_PASSWORD unset, run ops/compose-env.sh}", "pw")
         .replace("${OPENAI_API_KEY:-sk-simulator}", "sk-x")
         .replace("${OPENAI_BASE_URL-http://simulator:8711/v1}", "http://simulator:8711/v1")
         for name, value in compose["services"]["worker-fast"]["environment"].items()
@@ -59,6 +60,47 @@ def test_the_workers_environment_is_valid_settings(compose: dict[str, Any]) -> N
     settings = settings_for(environment)
 
     assert settings.redis_url.get_secret_value() == "redis://:pw@redis:6379/0"
+
+
+def test_compose_is_closed_by_default(compose: dict[str, Any]) -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    services = compose["services"]
+
+    # No password falls back to a default: compose refuses to start without one.
+    assert "REDIS_PASSWORD:-" not in text
+    assert "tierq-local" not in text
+    assert text.count("${REDIS_PASSWORD:?") >= 4
+    # Every published port listens on loopback unless the operator opts out.
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published
+    assert all(str(port).startswith("${PUBLISH_ADDRESS:-127.0.0.1}:") for port in published)
+    # Flower's control API wants a login.
+    assert any(
+        arg.startswith("--basic-auth=${FLOWER_BASIC_AUTH:?")
+        for arg in services["flower"]["command"]
+    )
+
+
+def test_compose_env_writes_random_secrets_once_and_never_prints_them(tmp_path: Path) -> None:
+    (tmp_path / "ops").mkdir()
+    script = tmp_path / "ops" / "compose-env.sh"
+    script.write_bytes((ROOT / "ops" / "compose-env.sh").read_bytes())
+    script.chmod(0o755)
+
+    first = subprocess.run([str(script)], capture_output=True, text=True, check=True)
+    written = (tmp_path / ".env").read_text()
+    again = subprocess.run([str(script)], capture_output=True, text=True, check=True)
+
+    values = dict(line.split("=", 1) for line in written.splitlines())
+    assert set(values) == {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH"}
+    assert len(values["REDIS_PASSWORD"]) >= 24
+    assert values["FLOWER_BASIC_AUTH"].startswith("admin:")
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / ".env").read_text() == written  # kept on a second run
+    assert "written" in first.stdout
+    assert "kept" in again.stdout
+    for value in values.values():
+        assert value not in first.stdout + first.stderr
 
 
 def test_the_image_runs_as_a_user_and_holds_no_secret() -> None:

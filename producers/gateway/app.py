@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
+import structlog
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -34,6 +35,8 @@ from tierq.producers.gateway import batches, events, files, jobs, observability
 from tierq.producers.gateway.deps import Gateway, GatewayState, RequireKey
 from tierq.producers.gateway.errors import install_error_handlers
 from tierq.producers.gateway.limits import BodyLimit
+
+log = structlog.get_logger("tierq.gateway")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -82,7 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await gateway.client.redis.ping()
         except (redis.RedisError, OSError) as error:
-            return JSONResponse({"status": "unavailable", "redis": str(error)}, status_code=503)
+            # Said to whoever asks, without a key: no host, port or error text. The log has it.
+            log.warning("gateway.not_ready", error=str(error))
+            return JSONResponse({"status": "unavailable"}, status_code=503)
         return {"status": "ok"}
 
     return app
