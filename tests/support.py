@@ -22,7 +22,7 @@ import redis.asyncio
 from tierq.core.keys import Keys
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
-from tierq.devkit.processes import ManagedProcess, settings_for
+from tierq.devkit.processes import ManagedProcess, log_events, settings_for
 from tierq.producers.gateway.auth import KeyStore
 
 T = TypeVar("T")
@@ -77,6 +77,21 @@ def eventually(
                 shown = f"{shown[:EVENTUALLY_SHOWN_CHARS]}..."
             raise AssertionError(f"gave up waiting for {what} after {timeout}s; last seen: {shown}")
         time.sleep(min(interval, remaining))
+
+
+def logged(process: ManagedProcess, event: str, **fields: object) -> list[dict[str, object]]:
+    """`process`'s JSON log lines of `event` whose fields hold these values (`job_id=...`).
+
+    The evidence a test waits for before it asserts that something did not happen: a worker
+    logs `job.already_finished` when a copy of a finished (or cancelled) job reaches it and is
+    dropped, `job.stale_message` for a superseded copy, `job.duplicate_delivery` for a copy put
+    off while another runs, `job.result_discarded` for an answer that came too late.
+    """
+    return [
+        line
+        for line in log_events(process.log_path)
+        if line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
+    ]
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -245,6 +260,7 @@ __all__ = [
     "in_flight",
     "job",
     "key_id_of",
+    "logged",
     "nonce",
     "refused_with",
     "run_tierq",

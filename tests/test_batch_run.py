@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,10 @@ def test_a_batch_file_runs_and_its_answers_come_back_in_the_apis_format(
 
 
 def test_a_malformed_file_is_refused_whole_and_nothing_runs(
-    tmp_path: Path, worker_env: dict[str, str], simulator: Simulator
+    tmp_path: Path,
+    worker_env: dict[str, str],
+    workers: dict[str, ManagedProcess],
+    simulator: Simulator,
 ) -> None:
     marker = nonce()
     source = tmp_path / "requests.jsonl"
@@ -74,7 +76,14 @@ def test_a_malformed_file_is_refused_whole_and_nothing_runs(
     assert "line 2" in refused.stderr
     assert "line 3" in refused.stderr  # the repeated custom_id
     assert not output.exists()
-    time.sleep(0.5)
+
+    # The same line, in a file without the faults, run next on the same queue, reaches the
+    # API: had the refused run queued anything, the workers would have taken it first
+    after = nonce()
+    control = tmp_path / "control.jsonl"
+    control.write_text(batch_line("a", after) + "\n")
+    assert run_cli(worker_env, control, "-o", tmp_path / "control-results.jsonl").returncode == 0
+    assert len(simulator.requests_with(after)) == 1
     assert simulator.requests_with(marker) == []
 
 

@@ -21,6 +21,7 @@ from tests.support import (
     env_of,
     eventually,
     job,
+    logged,
     nonce,
     slow_jobs,
 )
@@ -141,14 +142,21 @@ def test_sigterm_past_the_grace_period_hands_running_jobs_back(
         )
         stopping.signal(signal.SIGTERM)
         signalled = time.monotonic()
-        eventually(lambda: not stopping.alive(), what="A exiting within its grace", timeout=30)
+        eventually(lambda: not stopping.alive(), what="A exiting", timeout=30)
         stopped = time.monotonic() - signalled
-        start_fleet(concurrency=5, TIERQ_LEASE_SECONDS="5", **LONG_CALLS, **env_of(settings))
+        at_exit = client.get_many(ids)
+        (successor,), _ = start_fleet(
+            concurrency=5, TIERQ_LEASE_SECONDS="5", **LONG_CALLS, **env_of(settings)
+        )
         results = client.wait_many(ids, timeout=120)
 
     print(f"\nSIGTERM past grace: A stopped in {stopped:.1f}s; results={len(results)}")
-    assert stopped < 15
+    # Then A left before any of its 10 s calls could answer (it handed them back rather than
+    # wait for them), and B ran every one of them to the end
+    assert [r.status if r else None for r in at_exit] == [JobStatus.RUNNING] * 5
+    assert logged(stopping, "job.finished") == []
     assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 5
+    assert sorted(finished_lines([successor], len(ids))) == sorted(ids)
 
 
 def test_jobs_recorded_by_a_producer_that_died_before_publishing_still_run_once(
@@ -156,7 +164,7 @@ def test_jobs_recorded_by_a_producer_that_died_before_publishing_still_run_once(
 ) -> None:
     # Given jobs whose producer recorded them (as submit_many does first) and died before
     # publishing them: records and kept messages, on the watch list, and no queue message
-    _, settings = start_fleet("fast", TIERQ_LEASE_SECONDS="5")
+    (worker,), settings = start_fleet("fast", TIERQ_LEASE_SECONDS="5")
     marker = nonce()
     now = datetime.now(UTC)
     envelopes = [
@@ -175,9 +183,27 @@ def test_jobs_recorded_by_a_producer_that_died_before_publishing_still_run_once(
         store.save_many(records, messages, watch_until=time.time() + 2 * settings.lease_seconds)
 
         # When the workers' reapers find them overdue, then
-        results = client.wait_many([e.job_id for e in envelopes], timeout=60)
+        ids = [e.job_id for e in envelopes]
+        results = client.wait_many(ids, timeout=60)
+        # The reaper put each on the queue (a path that could run a job twice, were it to
+        # re-queue one again); each copy past the first reached the worker and was dropped,
+        # and the finished jobs left the watch list, so no reaper will re-queue them
+        requeued = [str(event["job_id"]) for event in logged(worker, "job.requeued")]
+
+        def dropped(job_id: str) -> int:
+            stale = logged(worker, "job.stale_message", job_id=job_id)
+            return len(stale) + len(logged(worker, "job.already_finished", job_id=job_id))
+
+        eventually(
+            lambda: all(dropped(i) >= requeued.count(i) - 1 for i in ids),
+            what="the extra copies dropped",
+            timeout=30,
+        )
+        watched = [client.redis.zscore(store.keys.watch, job_id) for job_id in ids]
 
     # Then each runs, once
+    assert set(requeued) == set(ids)
+    assert watched == [None] * 3
     assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 3
     assert len(simulator.requests_with(marker)) == 3
 

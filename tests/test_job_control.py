@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from tests.support import (
     all_running,
     env_of,
     eventually,
+    logged,
     nonce,
     run_tierq,
     user,
@@ -34,25 +34,33 @@ def idle_queues(settings: Settings) -> Settings:
 def test_a_cancelled_queued_job_never_reaches_the_api(
     settings: Settings, simulator: Simulator, start_fleet: Fleet
 ) -> None:
-    # Given a job waiting on a queue no worker consumes yet
+    # Given two jobs waiting on a queue no worker consumes yet
     waiting = idle_queues(settings)
-    marker = nonce()
+    kept, dropped = nonce(), nonce()
     with TierqClient(waiting) as client:
-        job_id = client.submit(model="gpt-4o-mini", messages=user(marker))
+        kept_id = client.submit(model="gpt-4o-mini", messages=user(kept))
+        job_id = client.submit(model="gpt-4o-mini", messages=user(dropped))
 
-        # When it is cancelled, and then a worker comes for its queue
+        # When the second is cancelled, and then a worker comes for their queue
         cancelled = client.cancel(job_id)
-        start_fleet(**env_of(waiting))
-        time.sleep(2)
+        (worker,), _ = start_fleet(**env_of(waiting))
 
-        # Then the job stays cancelled and the API never saw it
+        # Then the job queued beside it reaches the API (so this one could have), while the
+        # cancelled job's message reaches the worker and is dropped
+        assert client.wait(kept_id, timeout=30).status is JobStatus.SUCCEEDED
+        eventually(
+            lambda: logged(worker, "job.already_finished", job_id=job_id, status="cancelled"),
+            what="the worker dropping the cancelled job's message",
+            timeout=30,
+        )
         assert cancelled.status is JobStatus.CANCELLED
-        assert client.wait(job_id, timeout=5).status is JobStatus.CANCELLED
-    assert simulator.requests_with(marker) == []
+        assert client.get(job_id).status is JobStatus.CANCELLED
+    assert len(simulator.requests_with(kept)) == 1
+    assert simulator.requests_with(dropped) == []
 
 
 def test_a_cancelled_running_job_has_its_result_discarded(
-    client: TierqClient, simulator: Simulator
+    client: TierqClient, simulator: Simulator, workers: dict[str, ManagedProcess]
 ) -> None:
     marker = nonce()
     job_id = client.submit(model="gpt-4o-mini", messages=user(f"{marker} [sim latency_ms=1500]"))
@@ -61,12 +69,17 @@ def test_a_cancelled_running_job_has_its_result_discarded(
     )
 
     client.cancel(job_id)
-    time.sleep(2.5)  # the call finishes meanwhile
+    # The call finishes meanwhile; its worker drops the answer instead of recording it
+    eventually(
+        lambda: logged(workers["fast"], "job.result_discarded", job_id=job_id),
+        what="the worker discarding the cancelled job's answer",
+        timeout=30,
+    )
 
     record = client.get(job_id)
     assert record.status is JobStatus.CANCELLED
     assert record.response is None
-    assert len(simulator.requests_with(marker)) == 1
+    assert len(simulator.requests_with(marker)) == 1  # the call was made, and paid for once
 
 
 def test_a_job_cancelled_while_it_waits_for_the_rate_limit_is_never_called(

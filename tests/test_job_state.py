@@ -11,19 +11,22 @@ import redis
 from kombu.exceptions import OperationalError
 
 import tierq.producers.client
-from tests.support import Fleet, Simulator, all_running, eventually, nonce, user
+from tests.support import Fleet, Simulator, all_running, eventually, logged, nonce, user
 from tierq.core.celery_app import TASK_NAME, create_app
 from tierq.core.errors import BrokerUnavailableError
 from tierq.core.keys import Keys
 from tierq.core.results import JobStatus
 from tierq.core.settings import Settings
 from tierq.devkit.local_redis import EmbeddedRedis
-from tierq.devkit.processes import log_events
+from tierq.devkit.processes import ManagedProcess
 from tierq.producers.client import TierqClient
 
 
 def test_a_redelivered_message_of_a_finished_job_calls_nothing(
-    client: TierqClient, settings: Settings, simulator: Simulator
+    client: TierqClient,
+    settings: Settings,
+    simulator: Simulator,
+    workers: dict[str, ManagedProcess],
 ) -> None:
     marker = nonce()
     job_id = client.submit(model="gpt-4o-mini", messages=user(marker))
@@ -35,9 +38,14 @@ def test_a_redelivered_message_of_a_finished_job_calls_nothing(
     app = create_app(settings)
     app.send_task(TASK_NAME, args=[json.loads(kept)], task_id=job_id)
     app.close()
-    time.sleep(2)
 
-    # Then the job keeps its one answer and the API heard of it once
+    # Then the worker takes the copy and drops it; the job keeps its one answer and the API
+    # heard of it once
+    eventually(
+        lambda: logged(workers["fast"], "job.already_finished", job_id=job_id),
+        what="the worker dropping the redelivered copy",
+        timeout=30,
+    )
     assert client.get(job_id).status is JobStatus.SUCCEEDED
     assert len(simulator.requests_with(marker)) == 1
 
@@ -47,7 +55,7 @@ def test_a_paid_answer_survives_a_redis_outage_longer_than_the_lease(
     start_fleet: Fleet, simulator: Simulator, private_redis: EmbeddedRedis
 ) -> None:
     # Given a 3 s call on a worker with a 6 s lease
-    _, settings = start_fleet(
+    (worker,), settings = start_fleet(
         TIERQ_REDIS_URL=private_redis.url,
         TIERQ_LEASE_SECONDS="6",
         TIERQ_REQUEST_TIMEOUT_SECONDS="30",
@@ -63,19 +71,34 @@ def test_a_paid_answer_survives_a_redis_outage_longer_than_the_lease(
             what="the call running",
             timeout=20,
         )
+        lease_until = float(client.redis.hget(Keys(settings.key_prefix).job(job_id), "lease_until"))
 
-        # When Redis is away for 16 s (the call finishes meanwhile, and the lease lapses)
+        # When Redis goes away until the call has finished and its lease has lapsed (by its
+        # recorded end, plus one renewal the worker may have made before the outage)
         private_redis.stop(keep_data=True)
-        time.sleep(16)
+        eventually(
+            lambda: logged(worker, "job.settle_waiting_for_redis", job_id=job_id),
+            what="the paid answer waiting for Redis",
+            timeout=30,
+        )
+        lapsed = lease_until + settings.lease_seconds / 3
+        eventually(time.time, until=lambda now: now > lapsed, what="the lease lapsing", timeout=30)
         private_redis.start()
         result = client.wait(job_id, timeout=90)
-        time.sleep(8)  # a reaper pass, had the lapsed lease misled one
+        # A reaper pass after the outage, had the lapsed lease misled one
+        resumed, *_ = eventually(
+            lambda: logged(worker, "leases.reaping_resumed"),
+            what="the reaper judging leases again",
+            timeout=60,
+        )
         dead = {record.job_id for record in client.dead_letters()}
 
-    # Then the answer is recorded, not failed, and was paid for once
+    # Then the answer is recorded, not failed, and was paid for once: the reaper left it be
+    print(f"\noutage: reaper resumed, requeued={resumed['requeued']}")
     assert result.status is JobStatus.SUCCEEDED
     assert result.attempts == 1
     assert job_id not in dead
+    assert logged(worker, "job.requeued", job_id=job_id) == []
     assert len(simulator.requests_with(marker)) == 1
 
 
@@ -95,17 +118,27 @@ def test_a_late_retry_is_not_run_twice_after_a_reaper_requeued_it(
             model="gpt-4o-mini", messages=user(f"{marker} B [sim latency_ms=15000]")
         )
         failed, _ = client.wait_many([failing, blocking], timeout=120)
-        time.sleep(8)  # any late copy has arrived
+
+        # The reaper re-queued the job while its retry waited (so it could have run twice),
+        # and every copy beyond its 4 attempts reached the worker and was dropped
+        requeued = len(logged(worker, "job.requeued", job_id=failing))
+        assert requeued >= 1
+
+        def dropped() -> int:
+            stale = logged(worker, "job.stale_message", job_id=failing)
+            return len(stale) + len(logged(worker, "job.already_finished", job_id=failing))
+
+        eventually(
+            dropped,
+            until=lambda count: count >= requeued,
+            what=f"the {requeued} superseded copies dropped",
+            timeout=30,
+        )
 
     # Then the reaper's re-queue replaced the late retry instead of doubling it: the job spent
     # exactly its 4 attempts
     calls = [call for call in simulator.requests_with(marker) if " F " in str(call["body"])]
-    events = log_events(worker.log_path)
-    print(
-        f"\nlate retry: api_calls={len(calls)} "
-        f"requeued={sum(e.get('event') == 'job.requeued' for e in events)} "
-        f"stale={sum(e.get('event') == 'job.stale_message' for e in events)}"
-    )
+    print(f"\nlate retry: api_calls={len(calls)} requeued={requeued} dropped={dropped()}")
     assert failed.status is JobStatus.FAILED
     assert failed.attempts == 4
     assert len(calls) == 4

@@ -7,7 +7,7 @@ Workers here run with 4 attempts, back-off capped at 2 s and a 3 s request timeo
 
 from __future__ import annotations
 
-import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -168,24 +168,31 @@ def test_a_fault_storm_ends_every_job_succeeded_or_dead_lettered_with_its_reason
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unstreamed", "streamed"])
 def test_a_job_past_its_tiers_time_limit_fails_at_once_and_frees_its_slot(
-    start_fleet: Fleet, stream: bool
+    start_fleet: Fleet, simulator: Simulator, stream: bool
 ) -> None:
     # Given a tier whose calls may last 1.5 s at most, on a worker with one slot
     _, settings = start_fleet(concurrency=1, TIERQ_TIERS__FAST__TIME_LIMIT_SECONDS="1.5")
+    marker = nonce()
 
     with TierqClient(settings) as client:
-        started = time.monotonic()
         slow = client.submit(
-            model="gpt-4o-mini", messages=user("[sim latency_ms=5000] slow"), stream=stream
+            model="gpt-4o-mini", messages=user(f"[sim latency_ms=5000] {marker}"), stream=stream
         )
         after = client.submit(model="gpt-4o-mini", messages=user("next"))
         slow_result, after_result = client.wait_many([slow, after], timeout=30)
-        elapsed = time.monotonic() - started
 
     assert slow_result.status is JobStatus.FAILED
     assert slow_result.attempts == 1
     assert slow_result.error is not None
     assert slow_result.error.type == "time_limit_exceeded"
     assert "1.5s" in slow_result.error.message
-    assert after_result.status is JobStatus.SUCCEEDED  # the one slot was freed for it
-    assert elapsed < 5
+    assert after_result.status is JobStatus.SUCCEEDED
+    # The one slot was freed for the next job when the slow one failed, and that job was
+    # answered before the slow call's 5 s answer would have come: the call was cut, not awaited
+    (slow_call,) = simulator.requests_with(marker)
+    answer_due = datetime.fromtimestamp(slow_call["received_at"] + 5, UTC)
+    assert slow_result.finished_at is not None
+    assert after_result.started_at is not None
+    assert after_result.finished_at is not None
+    assert slow_result.finished_at <= after_result.started_at
+    assert after_result.finished_at < answer_due

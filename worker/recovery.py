@@ -56,8 +56,10 @@ class Leases:
         self._reap = scripts.register(client, "lease_reap")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        # When this process last failed to reach Redis (renewing or reaping).
+        # When this process last failed to reach Redis (renewing or reaping), and the failure
+        # its reaper last logged resuming after.
         self._redis_failed_at = float("-inf")
+        self._resumed_after = float("-inf")
 
     def hold(self, job_id: str, token: str) -> None:
         with self._lock:
@@ -129,10 +131,17 @@ class Leases:
             # them a whole lease to do so before treating any job as abandoned.
             if time.monotonic() - self._redis_failed_at < self.lease_seconds:
                 continue
+            failed_at = self._redis_failed_at
             try:
-                self.reap()
+                requeued = self.reap()
             except redis.RedisError as error:
                 self._redis_failed_at = time.monotonic()
                 log.warning("leases.redis_unavailable", error=str(error))
             except Exception as error:  # a re-queue that could not be published
                 log.error("leases.requeue_failed", error=repr(error))
+            else:
+                if failed_at > self._resumed_after:
+                    # The first pass since Redis came back: operators (and tests) see when
+                    # lapsed leases were judged again, and what that re-queued.
+                    self._resumed_after = failed_at
+                    log.info("leases.reaping_resumed", requeued=requeued)
