@@ -8,9 +8,11 @@ served (`/sim/stats`), and change latency, limits and fault rates without a rest
 - ``GET /sim/requests[?model=M]`` -> ``{"data": [{"received_at", "body", "status", "fault"}]}``
   (``status`` 0: the connection was closed without a response); ``DELETE`` clears them
 - ``GET /sim/stats`` (``DELETE`` resets the counters)
-- ``GET /sim/config``; ``PATCH /sim/config`` with any of latency_ms, rpm, tpm,
-  window_seconds, fail_rates, context_window; returns the effective config
-- ``POST /sim/reset``: records, counters, ``times=`` counts and rate-limit usage
+- ``GET /sim/config``; ``PATCH /sim/config`` with any of latency_ms, chunk_delay_ms, rpm,
+  tpm, window_seconds, fail_rates, context_window, prompt_cache_ttl_seconds; returns the
+  effective config
+- ``POST /sim/reset``: records, counters, ``times=`` counts, rate-limit usage and cached
+  prompts
 - ``GET /healthz``
 """
 
@@ -104,7 +106,7 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
     chat = ChatCompletions(state)
     sim = SimControls(state)
     routes: list[Any] = [
-        Route("/v1/chat/completions", chat.handle, methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/sim/requests", sim.list_requests, methods=["GET"]),

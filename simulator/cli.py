@@ -81,6 +81,14 @@ class _AnnouncingServer(uvicorn.Server):
     help="Delay before every answer, in milliseconds ([sim latency_ms=N] overrides it).",
 )
 @click.option(
+    "--chunk-delay-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Delay between two chunks of a streamed answer, in milliseconds "
+    "([sim chunk_delay_ms=N] overrides it).",
+)
+@click.option(
     "--rpm",
     default=0,
     show_default=True,
@@ -99,7 +107,8 @@ class _AnnouncingServer(uvicorn.Server):
     default=1.0,
     show_default=True,
     type=float,
-    help="Burst window: each limit admits at most limit x window / 60 at once.",
+    help="Burst window: each limit admits at most limit x window / 60 at once "
+    "(x-ratelimit-* headers still count the per-minute budget).",
 )
 @click.option(
     "--fail-rate",
@@ -108,7 +117,8 @@ class _AnnouncingServer(uvicorn.Server):
     callback=_fail_rates,
     metavar="KIND=P",
     help=f"Answer a random share P (0-1) of requests with fault KIND ({', '.join(FAULT_KINDS)}): "
-    "an API error with that status, a 30 s hang, or a closed connection. Repeatable.",
+    "an API error with that status, a 30 s hang, or a closed connection. Repeatable. "
+    "Streams fail mid-way only on request: [sim fail=stream_cut after=N].",
 )
 @click.option(
     "--seed",
@@ -120,7 +130,15 @@ class _AnnouncingServer(uvicorn.Server):
     "--context-window",
     type=int,
     default=None,
-    help="Context window in tokens for every model [default: 128000, 200000 for o-series].",
+    help="Context window in tokens for every model [default: the model's own (gpt-4o 128000, "
+    "gpt-4.1 1047576, o-series 200000, gpt-5 400000)].",
+)
+@click.option(
+    "--prompt-cache-ttl-seconds",
+    default=300.0,
+    show_default=True,
+    type=float,
+    help="How long a prompt prefix of 1024+ tokens stays cached without use (0: no caching).",
 )
 @click.option(
     "--record-limit",
@@ -133,12 +151,14 @@ def simulator_command(
     host: str,
     port: int,
     latency_ms: float,
+    chunk_delay_ms: float,
     rpm: int,
     tpm: int,
     window_seconds: float,
     fail_rates: dict[str, float],
     seed: int | None,
     context_window: int | None,
+    prompt_cache_ttl_seconds: float,
     record_limit: int,
 ) -> None:
     """Serve an OpenAI-compatible Chat Completions API with simulated answers and faults."""
@@ -147,12 +167,14 @@ def simulator_command(
             host=host,
             port=port,
             latency_ms=latency_ms,
+            chunk_delay_ms=chunk_delay_ms,
             rpm=rpm,
             tpm=tpm,
             window_seconds=window_seconds,
             fail_rates=fail_rates,
             seed=seed,
             context_window=context_window,
+            prompt_cache_ttl_seconds=prompt_cache_ttl_seconds,
             record_limit=record_limit,
         )
     except ValidationError as exc:

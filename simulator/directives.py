@@ -18,7 +18,13 @@ never passes silently. Keys:
     ``429``, ``500``, ``502``, ``503``, ``400``, ``401``, ``403``, ``404``, ``422``: answer
     with that status in the API's error shape; ``timeout``: hang for ``delay`` seconds
     before answering normally, so the client times out first; ``disconnect``: close the
-    connection without any response.
+    connection without any response; ``stream_cut``: close the connection after ``after``
+    chunks of a stream (a non-streamed answer: halfway through its body); ``stream_error``:
+    send the API's mid-stream error event after ``after`` chunks and end the stream there
+    (a non-streamed request gets that error as a 500).
+``after=N``
+    How many chunks a stream sends before a ``stream_cut`` or ``stream_error``; default 0
+    (the stream's headers, then the fault). Counted in ``chat.completion.chunk`` events.
 ``times=N``
     Fail only the first N times this exact body is seen (counted by sha256 of the canonical
     JSON body), then answer normally. Default: fail every time.
@@ -33,6 +39,8 @@ never passes silently. Keys:
     How long ``fail=timeout`` hangs; default 30 s (``SimulatorConfig.timeout_fault_seconds``).
 ``latency_ms=N``
     This request's latency, replacing the server's ``--latency-ms``.
+``chunk_delay_ms=N``
+    This stream's delay between two chunks, replacing the server's ``--chunk-delay-ms``.
 ``tokens=N``
     Length of each generated text answer, in tokens (before ``stop``/``max_tokens`` cut it).
 ``refuse=yes``
@@ -51,6 +59,7 @@ from typing import Any
 MARKER = "[sim"  # cheap substring test before any regex work
 FAIL_KINDS = frozenset(
     {"429", "500", "502", "503", "400", "401", "403", "404", "422", "timeout", "disconnect"}
+    | {"stream_cut", "stream_error"}
 )
 
 _DIRECTIVE = re.compile(r"\[sim(?=[\s\]])([^\]]*)\]")
@@ -70,6 +79,8 @@ class Directives:
     code: str | None = None
     delay_seconds: float | None = None
     latency_ms: float | None = None
+    chunk_delay_ms: float | None = None
+    after: int | None = None
     tokens: int | None = None
     refuse: bool = False
 
@@ -122,6 +133,8 @@ _KEYS = {
     "code": ("code", _code),
     "delay": ("delay_seconds", _non_negative_float),
     "latency_ms": ("latency_ms", _non_negative_float),
+    "chunk_delay_ms": ("chunk_delay_ms", _non_negative_float),
+    "after": ("after", _non_negative_int),
     "tokens": ("tokens", _non_negative_int),
     "refuse": ("refuse", _yes),
 }

@@ -82,6 +82,33 @@ def unsupported_default_only(param: str, value: object, default: object) -> ApiE
     )
 
 
+def unsupported_value(param: str, value: object, supported: tuple[str, ...]) -> ApiError:
+    """The 400 for a value the API knows but the chosen model does not take."""
+    listed = ", ".join(f"'{s}'" for s in supported[:-1])
+    listed = f"{listed}, and '{supported[-1]}'" if listed else f"'{supported[-1]}'"
+    return invalid_request(
+        f"Unsupported value: '{param}' does not support '{value}' with this model. "
+        f"Supported values are: {listed}.",
+        param=param,
+        code="unsupported_value",
+    )
+
+
+def output_cap_too_large(param: str, value: int, maximum: int) -> ApiError:
+    """The 400 for `max_tokens`/`max_completion_tokens` above the model's maximum output."""
+    return invalid_request(
+        f"{param} is too large: {value}. This model supports at most {maximum} completion "
+        f"tokens, whereas you provided {value}.",
+        param=param,
+        code="invalid_value",
+    )
+
+
+def stream_server_error() -> ApiError:
+    """The error the API sends as an event when a stream fails after it has started."""
+    return _DEFAULT_FAULTS[500]("")
+
+
 def context_length_exceeded(window: int, prompt_tokens: int, output_tokens: int) -> ApiError:
     """The 400 for a request that does not fit the model's context window."""
     if output_tokens:

@@ -23,12 +23,14 @@ MAX_TRACKED_BODIES = 100_000  # bodies whose `times=` count is kept; oldest forg
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A fault to inject: an error answer, a hang past the client's timeout, or a hang-up."""
+    """A fault to inject: an error answer, a hang past the client's timeout, a hang-up, or a
+    stream that fails after `after` chunks."""
 
-    kind: Literal["error", "timeout", "disconnect"]
+    kind: Literal["error", "timeout", "disconnect", "stream_cut", "stream_error"]
     label: str  # what the request records show: "500", "insufficient_quota", "timeout"...
     error: ApiError | None = None
     delay_seconds: float = 0.0
+    after: int = 0  # chunks a stream sends before a stream fault
 
 
 class FaultInjector:
@@ -54,6 +56,7 @@ class FaultInjector:
                 directives.delay_seconds,
                 model,
                 config,
+                after=directives.after or 0,
             )
         if config.fail_rates:
             draw, threshold = self._rng.random(), 0.0
@@ -82,12 +85,18 @@ def _fault(
     delay_seconds: float | None,
     model: str,
     config: SimulatorConfig,
+    *,
+    after: int = 0,
 ) -> Fault:
     if kind == "timeout":
         delay = config.timeout_fault_seconds if delay_seconds is None else delay_seconds
         return Fault("timeout", "timeout", delay_seconds=delay)
     if kind == "disconnect":
         return Fault("disconnect", "disconnect")
+    if kind == "stream_cut":
+        return Fault("stream_cut", "stream_cut", after=after)
+    if kind == "stream_error":
+        return Fault("stream_error", "stream_error", errors.stream_server_error(), after=after)
     status = int(kind) if kind is not None else errors.STATUS_BY_CODE.get(code or "", 400)
     error = errors.fault(
         status,

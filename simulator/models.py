@@ -1,7 +1,7 @@
 """`GET /v1/models` and `GET /v1/models/{model}`, so clients that list models first work.
 
-The simulator answers for any model name; the list only names the aliases and snapshots it
-reports specially.
+The simulator answers for any model name; the list names the aliases and snapshots of its model
+table (`simulator.catalog`).
 """
 
 from typing import Any
@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tierq_simulator import errors
+from tierq_simulator.catalog import listed_names
 from tierq_simulator.chat import has_bearer_token
-from tierq_simulator.render import MODEL_SNAPSHOTS
 from tierq_simulator.responses import error_response, json_response
 
 MODEL_CREATED = 1_715_367_049  # a fixed `created` timestamp for every listed model
@@ -25,8 +25,7 @@ async def list_models(request: Request) -> Response:
     """`GET /v1/models`."""
     if not has_bearer_token(request.headers.get("authorization")):
         return error_response(errors.missing_api_key(), {})
-    names = sorted({*MODEL_SNAPSHOTS, *MODEL_SNAPSHOTS.values()})
-    return json_response({"object": "list", "data": [_model(name) for name in names]})
+    return json_response({"object": "list", "data": [_model(name) for name in listed_names()]})
 
 
 async def retrieve_model(request: Request) -> Response:

@@ -1,21 +1,34 @@
-"""Per-model request and token limits, enforced the way the OpenAI API enforces them.
+"""Per-model request and token limits, enforced and reported the way the OpenAI API does.
 
-The API does not count fixed minutes: each limit is a bucket that refills continuously at
-limit/60 per second and holds at most limit x window_seconds / 60 (so with the default 1 s
-window a 600 RPM limit admits a burst of 10, then 10 per second). A request needs one
-request and its token cost; it is refused with a 429, consuming nothing, when either bucket
-is short. A request costing more tokens than the bucket can ever hold is admitted once the
-bucket is full, taking the level below zero, so large prompts are slowed, not starved.
+Enforcement: the API does not count fixed minutes. Each limit is a bucket that refills
+continuously at limit/60 per second and holds at most limit x window_seconds / 60 (so with
+the default 1 s window a 600 RPM limit admits a burst of 10, then 10 per second). A request
+needs one request and its token cost (`ChatRequest.token_cost`, the API's estimate: the
+larger of its output cap and its characters / 4); once its answer is generated the token
+bucket is settled with the real usage (`Admission.settle`): it gets back, or is charged, the
+difference with prompt + completion tokens. A request costing more tokens than the bucket can
+ever hold is admitted once the bucket is full, taking the level below zero, so large prompts
+are slowed, not starved.
 
-Every answer to an admitted or refused request carries `x-ratelimit-*` headers describing
-the buckets: `remaining` is what could be admitted right now and `reset` is how long the
-bucket takes to refill completely.
+Refused requests count, as the API's guide says unsuccessful requests do: a 429, or a 400
+for a named model, takes its one request, so a client that retries before the `retry-after`
+it was given only pushes its wait further (by at most one window: the debt refusals can run
+up stops at the bucket's capacity below zero). It takes no tokens: nothing was processed,
+and a refused request charged its tokens would refuse its own retries for as long as a
+large request takes to fit, the starvation the admission rule above exists to prevent.
+
+Reporting: every answer for a model with a limit carries `x-ratelimit-*` headers about the
+per-minute budget, as the API's do: `limit` is the per-minute limit, `remaining` the limit
+minus what the last minute's charges still weigh, and `reset` how long until the whole
+per-minute budget is back. Charges weigh as the budget refills, continuously (one request of
+a 60 RPM limit is back after 1 s: the API's documented sample reads 59 remaining, reset
+`1s`). Since both views refill at the same rate from the same charges, what is used is one
+number per bucket: the enforcement bucket's capacity minus its level.
 """
 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tierq_simulator.errors import ApiError, rate_limit_message
 
@@ -42,9 +55,10 @@ def format_duration(seconds: float) -> str:
 class TokenBucket:
     """A continuously refilling bucket; `level` may go negative after an oversized request."""
 
-    __slots__ = ("capacity", "level", "rate_per_second", "updated_at")
+    __slots__ = ("capacity", "level", "limit_per_minute", "rate_per_second", "updated_at")
 
     def __init__(self, limit_per_minute: int, window_seconds: float, now: float) -> None:
+        self.limit_per_minute = limit_per_minute
         self.rate_per_second = limit_per_minute / 60.0
         self.capacity = max(1.0, limit_per_minute * window_seconds / 60.0)
         self.level = self.capacity
@@ -64,25 +78,54 @@ class TokenBucket:
             return 0.0
         return (needed - self.level) / self.rate_per_second
 
-    def used_of(self, limit_per_minute: int) -> int:
-        """How much of the per-minute limit counts as used, for the 429 message."""
-        share_left = max(0.0, self.level) / self.capacity
-        return limit_per_minute - math.floor(share_left * limit_per_minute)
+    def take_refused(self, amount: float) -> None:
+        """Charge a refused request, running up at most one bucket of debt."""
+        self.level = max(self.level - amount, min(self.level, -self.capacity))
+
+    def settle(self, difference: float, now: float) -> None:
+        """Give back (positive) or charge (negative) what a reservation got wrong."""
+        self.refill(now)
+        self.level = min(self.capacity, self.level + difference)
+
+    @property
+    def used(self) -> float:
+        """What the charges of the last minute still weigh (they fade as the bucket refills)."""
+        return max(0.0, self.capacity - self.level)
+
+    def remaining_this_minute(self) -> int:
+        """The per-minute limit minus what is used: the API's `x-ratelimit-remaining-*`."""
+        return max(0, math.floor(self.limit_per_minute - self.used + _EPSILON))
 
     def seconds_to_full(self) -> float:
-        """How long until the bucket is back to capacity."""
-        return max(0.0, (self.capacity - self.level) / self.rate_per_second)
+        """How long until nothing is used: the API's `x-ratelimit-reset-*`."""
+        return self.used / self.rate_per_second
 
 
-@dataclass(frozen=True, slots=True)
 class Admission:
-    """The limiter's verdict: headers for the answer and, if refused, the 429 to send."""
+    """The limiter's verdict: headers for the answer, the 429 to send if refused, and the
+    token reservation to settle once the real usage is known."""
 
-    headers: dict[str, str]
-    refusal: ApiError | None = None
+    __slots__ = ("_charged", "_clock", "_tokens", "headers", "refusal")
 
+    def __init__(
+        self,
+        headers: dict[str, str],
+        refusal: ApiError | None = None,
+        tokens: TokenBucket | None = None,
+        charged: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.headers = headers
+        self.refusal = refusal
+        self._tokens = tokens
+        self._charged = charged
+        self._clock = clock
 
-_UNLIMITED = Admission(headers={})
+    def settle(self, used_tokens: int) -> None:
+        """Correct the token bucket from the estimate charged to `used_tokens` (once)."""
+        if self._tokens is not None:
+            self._tokens.settle(self._charged - used_tokens, self._clock())
+            self._tokens = None
 
 
 class RateLimiter:
@@ -106,7 +149,8 @@ class RateLimiter:
         """Whether any limit is set."""
         return self.rpm > 0 or self.tpm > 0
 
-    def _buckets_for(self, model: str, now: float) -> tuple[TokenBucket | None, TokenBucket | None]:
+    def _buckets_for(self, model: str) -> tuple[TokenBucket | None, TokenBucket | None]:
+        now = self._clock()
         buckets = self._buckets.get(model)
         if buckets is None:
             buckets = (
@@ -114,43 +158,64 @@ class RateLimiter:
                 TokenBucket(self.tpm, self.window_seconds, now) if self.tpm else None,
             )
             self._buckets[model] = buckets
+        for bucket in buckets:
+            if bucket is not None:
+                bucket.refill(now)
         return buckets
 
     def admit(self, model: str, token_cost: int) -> Admission:
         """Take one request and `token_cost` tokens for `model`, or refuse with a 429."""
         if not self.enabled:
-            return _UNLIMITED
-        now = self._clock()
-        requests, tokens = self._buckets_for(model, now)
-        if requests is not None:
-            requests.refill(now)
-        if tokens is not None:
-            tokens.refill(now)
-
+            return Admission(headers={})
+        requests, tokens = self._buckets_for(model)
         refusal: ApiError | None = None
-        if requests is not None and (wait := requests.shortfall_seconds(1)) > 0:
-            refusal = _refusal(model, "requests", self.rpm, requests.used_of(self.rpm), 1, wait)
-        elif tokens is not None and (wait := tokens.shortfall_seconds(token_cost)) > 0:
-            used = tokens.used_of(self.tpm)
-            refusal = _refusal(model, "tokens", self.tpm, used, token_cost, wait)
+        if requests is not None and requests.shortfall_seconds(1) > 0:
+            used = round(requests.used)
+            requests.take_refused(1)
+            refusal = _refusal(model, "requests", self.rpm, used, 1, _wait(requests, tokens, 0))
+        elif tokens is not None and tokens.shortfall_seconds(token_cost) > 0:
+            if requests is not None:
+                requests.take_refused(1)
+            wait = _wait(requests, tokens, token_cost)
+            refusal = _refusal(model, "tokens", self.tpm, round(tokens.used), token_cost, wait)
         else:
             if requests is not None:
                 requests.level -= 1
             if tokens is not None:
                 tokens.level -= token_cost
-
-        headers: dict[str, str] = {}
-        if requests is not None:
-            headers["x-ratelimit-limit-requests"] = str(self.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(0, math.floor(requests.level)))
-            headers["x-ratelimit-reset-requests"] = format_duration(requests.seconds_to_full())
-        if tokens is not None:
-            headers["x-ratelimit-limit-tokens"] = str(self.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(max(0, math.floor(tokens.level)))
-            headers["x-ratelimit-reset-tokens"] = format_duration(tokens.seconds_to_full())
+        headers = _headers(requests, tokens)
         if refusal is not None:
             refusal.headers.update(headers)
-        return Admission(headers=headers, refusal=refusal)
+            return Admission(headers, refusal)
+        return Admission(headers, tokens=tokens, charged=token_cost, clock=self._clock)
+
+    def count_refused(self, model: str) -> dict[str, str]:
+        """Take the one request of a request refused before admission (a 400 naming `model`);
+        return the headers its answer carries."""
+        if not self.enabled:
+            return {}
+        requests, tokens = self._buckets_for(model)
+        if requests is not None:
+            requests.take_refused(1)
+        return _headers(requests, tokens)
+
+
+def _wait(requests: TokenBucket | None, tokens: TokenBucket | None, token_cost: int) -> float:
+    """How long until both buckets hold what a request needs."""
+    return max(
+        requests.shortfall_seconds(1) if requests is not None else 0.0,
+        tokens.shortfall_seconds(token_cost) if tokens is not None else 0.0,
+    )
+
+
+def _headers(requests: TokenBucket | None, tokens: TokenBucket | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for kind, bucket in (("requests", requests), ("tokens", tokens)):
+        if bucket is not None:
+            headers[f"x-ratelimit-limit-{kind}"] = str(bucket.limit_per_minute)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(bucket.remaining_this_minute())
+            headers[f"x-ratelimit-reset-{kind}"] = format_duration(bucket.seconds_to_full())
+    return headers
 
 
 def retry_after_headers(seconds: float) -> dict[str, str]:

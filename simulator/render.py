@@ -2,47 +2,36 @@
 
 Shapes follow `openai.types.chat.ChatCompletion` and `ChatCompletionChunk` field by field,
 so the SDK parses them into its types exactly as it parses the real API. The stream is
-built in one pass into one byte string: every chunk shares a pre-encoded prefix and only
-its `choices` entry is encoded, which keeps the per-request CPU small.
+built in one pass into a list of SSE events (sent one by one, or joined into one write when
+no delay separates them): every chunk shares a pre-encoded prefix and only its `choices`
+entry is encoded, which keeps the per-request CPU small.
 """
 
 from typing import Any
 
 from pydantic_core import to_json
 
+from tierq_simulator.catalog import snapshot_for
+from tierq_simulator.errors import ApiError
 from tierq_simulator.generation import GeneratedChoice, ToolCall
 from tierq_simulator.request import ChatRequest
 
 SYSTEM_FINGERPRINT = "fp_51d2f7c4a9"  # constant: one simulated backend configuration
-SERVICE_TIER = "default"
-
-# The dated snapshot that answers for an alias, as the API reports it in `model`.
-MODEL_SNAPSHOTS = {
-    "gpt-4o": "gpt-4o-2024-08-06",
-    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
-    "gpt-4.1": "gpt-4.1-2025-04-14",
-    "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
-    "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
-    "o1": "o1-2024-12-17",
-    "o3": "o3-2025-04-16",
-    "o3-mini": "o3-mini-2025-01-31",
-    "o4-mini": "o4-mini-2025-04-16",
-}
 
 
-def snapshot_for(model: str) -> str:
-    """The model name the answer reports: the dated snapshot of a known alias."""
-    return MODEL_SNAPSHOTS.get(model, model)
+DONE_EVENT = b"data: [DONE]\n\n"
 
 
-def usage(request: ChatRequest, choices: list[GeneratedChoice]) -> dict[str, Any]:
+def usage(
+    request: ChatRequest, choices: list[GeneratedChoice], cached_tokens: int = 0
+) -> dict[str, Any]:
     """The `usage` object: prompt and completion tokens with their details."""
     completion = sum(choice.completion_tokens for choice in choices)
     return {
         "prompt_tokens": request.prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": request.prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": sum(choice.reasoning_tokens for choice in choices),
             "audio_tokens": 0,
@@ -73,7 +62,11 @@ def _message(choice: GeneratedChoice) -> dict[str, Any]:
 
 
 def completion_body(
-    request: ChatRequest, choices: list[GeneratedChoice], completion_id: str, created: int
+    request: ChatRequest,
+    choices: list[GeneratedChoice],
+    completion_id: str,
+    created: int,
+    cached_tokens: int = 0,
 ) -> bytes:
     """The JSON body of a non-streamed answer."""
     return to_json(
@@ -93,17 +86,22 @@ def completion_body(
                 }
                 for choice in choices
             ],
-            "usage": usage(request, choices),
-            "service_tier": SERVICE_TIER,
+            "usage": usage(request, choices, cached_tokens),
+            "service_tier": request.service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
     )
 
 
-def event_stream(
-    request: ChatRequest, choices: list[GeneratedChoice], completion_id: str, created: int
-) -> bytes:
-    """The whole SSE body of a streamed answer, `data: [DONE]` included."""
+def stream_events(
+    request: ChatRequest,
+    choices: list[GeneratedChoice],
+    completion_id: str,
+    created: int,
+    cached_tokens: int = 0,
+) -> list[bytes]:
+    """The SSE events of a streamed answer, in order: the role chunk, one chunk per content
+    token, the finish chunk of each choice, the usage chunk if asked, then `data: [DONE]`."""
     prefix = b"".join(
         (
             b'data: {"id":',
@@ -112,26 +110,30 @@ def event_stream(
             str(created).encode(),
             b',"model":',
             to_json(snapshot_for(request.model)),
-            b',"service_tier":"',
-            SERVICE_TIER.encode(),
-            b'","system_fingerprint":"',
+            b',"service_tier":',
+            to_json(request.service_tier),
+            b',"system_fingerprint":"',
             SYSTEM_FINGERPRINT.encode(),
             b'","choices":[',
         )
     )
     suffix = b'],"usage":null}\n\n' if request.include_usage else b"]}\n\n"
-    out: list[bytes] = []
-
-    def chunk(entry: dict[str, Any]) -> None:
-        out.extend((prefix, to_json(entry), suffix))
-
-    for choice in choices:
-        for entry in _choice_chunks(request, choice):
-            chunk(entry)
+    events = [
+        b"".join((prefix, to_json(entry), suffix))
+        for choice in choices
+        for entry in _choice_chunks(request, choice)
+    ]
     if request.include_usage:
-        out.extend((prefix, b'],"usage":', to_json(usage(request, choices)), b"}\n\n"))
-    out.append(b"data: [DONE]\n\n")
-    return b"".join(out)
+        totals = to_json(usage(request, choices, cached_tokens))
+        events.append(b"".join((prefix, b'],"usage":', totals, b"}\n\n")))
+    events.append(DONE_EVENT)
+    return events
+
+
+def error_event(error: ApiError) -> bytes:
+    """An error sent inside a stream that has already started, in the API's shape: a data
+    event whose JSON holds `error` (the openai SDK raises `APIError` when it reads one)."""
+    return b"".join((b"data: ", to_json(error.body()), b"\n\n"))
 
 
 def _choice_chunks(request: ChatRequest, choice: GeneratedChoice) -> list[dict[str, Any]]:

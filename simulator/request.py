@@ -11,12 +11,36 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tierq_simulator import errors
+from tierq_simulator.catalog import spec_for
 from tierq_simulator.config import SimulatorConfig
 from tierq_simulator.directives import DirectiveError, Directives, parse_messages
 from tierq_simulator.errors import ApiError, invalid_request
-from tierq_simulator.tokens import count_prompt_tokens
+from tierq_simulator.tokens import count_prompt_tokens, estimate_tokens_from_characters
 
-DEFAULT_OUTPUT_TOKENS_FOR_COST = 16  # assumed output when none is requested (rate-limit cost)
+DEFAULT_OUTPUT_TOKENS_FOR_COST = 16  # output reserved when none is capped (rate-limit cost)
+# Every top-level field of a Chat Completions request (the openai SDK's create() parameters);
+# anything else is refused as the API refuses it.
+KNOWN_PARAMETERS = frozenset(
+    {
+        "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+        "max_completion_tokens", "max_tokens", "messages", "metadata", "modalities", "model",
+        "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty",
+        "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
+        "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier",
+        "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+        "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+    }
+)  # fmt: skip
+# `service_tier` as requested -> the tier that serves it (and that the answer reports): a
+# project without Scale Tier is served at `default` for auto and scale; `fast` is priority.
+SERVED_TIERS = {
+    "auto": "default",
+    "default": "default",
+    "flex": "flex",
+    "scale": "default",
+    "priority": "priority",
+    "fast": "priority",
+}
 MAX_CHOICES = 128
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 4
@@ -28,10 +52,12 @@ DEFAULT_REASONING_EFFORT = "medium"
 REASONING_DEFAULT_ONLY = {"temperature": 1, "top_p": 1}
 # Parameters reasoning models refuse whatever the value, in the order the checks run.
 REASONING_UNSUPPORTED = (
+    "stop",
     "frequency_penalty",
     "presence_penalty",
     "logprobs",
     "top_logprobs",
+    "logit_bias",
 )
 _JSON_TYPE_NAMES = {
     str: "a string",
@@ -84,14 +110,22 @@ class ChatRequest:
     tool_choice: ToolChoice
     parallel_tool_calls: bool
     reasoning_effort: str | None  # None: not a reasoning model
+    service_tier: str  # the tier that serves the request: default, flex or priority
     prompt_tokens: int
+    estimated_prompt_tokens: int  # from the characters, as the rate limiter estimates
     directives: Directives
 
     @property
     def token_cost(self) -> int:
-        """Tokens the request is charged against a TPM limit before it runs."""
+        """Tokens charged against a TPM limit at admission, before the answer is known.
+
+        As OpenAI's rate-limit guide describes: the larger of the output the request may
+        produce (its cap, or `DEFAULT_OUTPUT_TOKENS_FOR_COST`, for each of its `n` choices)
+        and its size estimated from its characters. The limiter settles the difference with
+        the real usage once the answer is generated.
+        """
         per_choice = self.max_output_tokens or DEFAULT_OUTPUT_TOKENS_FOR_COST
-        return self.prompt_tokens + self.n * per_choice
+        return max(self.n * per_choice, self.estimated_prompt_tokens)
 
 
 def _type_error(param: str, expected: str, value: object) -> ApiError:
@@ -291,7 +325,15 @@ def _tool_choice(body: Mapping[str, Any], tools: tuple[FunctionTool, ...]) -> To
     raise _invalid_value("tool_choice", choice, ("none", "auto", "required"))
 
 
-def _reasoning_effort(body: Mapping[str, Any], reasoning: bool) -> str | None:
+def _unknown_parameters(body: Mapping[str, Any]) -> None:
+    unknown = [name for name in body if name not in KNOWN_PARAMETERS]
+    if len(unknown) == 1:
+        raise invalid_request(f"Unrecognized request argument supplied: {unknown[0]}")
+    if unknown:
+        raise invalid_request(f"Unrecognized request arguments supplied: {', '.join(unknown)}")
+
+
+def _reasoning_effort(body: Mapping[str, Any], model: str, reasoning: bool) -> str | None:
     effort = body.get("reasoning_effort")
     if not reasoning:
         if effort is not None:
@@ -301,7 +343,28 @@ def _reasoning_effort(body: Mapping[str, Any], reasoning: bool) -> str | None:
         return DEFAULT_REASONING_EFFORT
     if effort not in REASONING_EFFORTS:
         raise _invalid_value("reasoning_effort", effort, REASONING_EFFORTS)
+    spec = spec_for(model)
+    if spec is not None and effort not in spec.reasoning_efforts:
+        raise errors.unsupported_value("reasoning_effort", effort, spec.reasoning_efforts)
     return str(effort)
+
+
+def _service_tier(body: Mapping[str, Any]) -> str:
+    tier = body.get("service_tier")
+    if tier is None:
+        return SERVED_TIERS["auto"]
+    if not isinstance(tier, str):
+        raise _type_error("service_tier", "a string", tier)
+    if tier not in SERVED_TIERS:
+        raise _invalid_value("service_tier", tier, tuple(SERVED_TIERS))
+    return SERVED_TIERS[tier]
+
+
+def _check_output_cap(model: str, param: str, value: int | None) -> None:
+    """The API refuses an output cap above what the model can ever produce."""
+    spec = spec_for(model)
+    if spec is not None and value is not None and value > spec.max_output_tokens:
+        raise errors.output_cap_too_large(param, value, spec.max_output_tokens)
 
 
 def _check_reasoning_parameters(body: Mapping[str, Any]) -> None:
@@ -322,6 +385,7 @@ def parse_chat_request(body: object, config: SimulatorConfig) -> ChatRequest:
     """Validate a request body like the API does; raise its 400 on the first problem."""
     if not isinstance(body, dict):
         raise _type_error("body", "an object", body)
+    _unknown_parameters(body)
     model = body.get("model")
     if model is None:
         raise invalid_request("you must provide a model parameter")
@@ -331,7 +395,8 @@ def parse_chat_request(body: object, config: SimulatorConfig) -> ChatRequest:
     reasoning = config.is_reasoning_model(model)
     if reasoning:
         _check_reasoning_parameters(body)
-    effort = _reasoning_effort(body, reasoning)
+    effort = _reasoning_effort(body, model, reasoning)
+    service_tier = _service_tier(body)
 
     stream = _bool(body, "stream", False)
     stream_options = body.get("stream_options")
@@ -349,6 +414,8 @@ def parse_chat_request(body: object, config: SimulatorConfig) -> ChatRequest:
     n = _number(body, "n", 1, MAX_CHOICES, integer=True) or 1
     max_completion = _number(body, "max_completion_tokens", 1, None, integer=True)
     max_tokens = _number(body, "max_tokens", 1, None, integer=True)
+    _check_output_cap(model, "max_completion_tokens", max_completion)
+    _check_output_cap(model, "max_tokens", max_tokens)
     seed = _number(body, "seed", -(2**63), 2**63 - 1, integer=True)
     logprobs = _bool(body, "logprobs", False)
     top_logprobs = _number(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, integer=True)
@@ -391,6 +458,8 @@ def parse_chat_request(body: object, config: SimulatorConfig) -> ChatRequest:
         tool_choice=tool_choice,
         parallel_tool_calls=_bool(body, "parallel_tool_calls", True),
         reasoning_effort=effort,
+        service_tier=service_tier,
         prompt_tokens=prompt_tokens,
+        estimated_prompt_tokens=estimate_tokens_from_characters(messages, body.get("tools")),
         directives=directives,
     )

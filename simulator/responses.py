@@ -1,8 +1,7 @@
 """The few Starlette responses the simulator sends, tuned for low per-request CPU.
 
-JSON is encoded with pydantic-core (Rust) rather than `json.dumps`, and a stream is sent as
-one pre-built body with chunked transfer encoding, skipping `StreamingResponse`'s per-request
-task group.
+JSON is encoded with pydantic-core (Rust) rather than `json.dumps`. Streams, and answers cut
+short, are sent by `simulator.streaming`.
 """
 
 from collections.abc import Mapping
@@ -24,15 +23,6 @@ def json_response(
 def error_response(error: ApiError, headers: Mapping[str, str]) -> Response:
     """An `ApiError` as the API sends it: its status, JSON body and headers."""
     return json_response(error.body(), error.status, {**headers, **error.headers})
-
-
-class EventStreamResponse(Response):
-    """A `text/event-stream` body sent with chunked encoding, as the API streams."""
-
-    def __init__(self, body: bytes, headers: Mapping[str, str]) -> None:
-        super().__init__(body, 200, headers, media_type="text/event-stream")
-        # Without content-length, uvicorn uses `transfer-encoding: chunked`.
-        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
 
 
 class NoResponse(Response):

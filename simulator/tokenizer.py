@@ -17,6 +17,8 @@ from importlib import resources
 
 import tiktoken
 
+from tierq_simulator.catalog import spec_for
+
 # The file tiktoken would download for each encoding the simulator can load (its cache key).
 ENCODING_FILES = {
     "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
@@ -31,7 +33,11 @@ class TokenizerUnavailableError(RuntimeError):
 
 
 def encoding_name_for_model(model: str) -> str:
-    """The encoding tiktoken's own model table gives `model`, if its file is shipped."""
+    """The simulator's model table's encoding for `model`; else the one tiktoken's own model
+    table gives, if its file is shipped."""
+    spec = spec_for(model)
+    if spec is not None and spec.encoding in ENCODING_FILES:
+        return spec.encoding
     try:
         name = tiktoken.encoding_name_for_model(model)
     except KeyError:

@@ -27,6 +27,8 @@ from tierq_simulator.ratelimit import format_duration
 
 DEFAULT_RUNTIME_CONFIG = {
     "latency_ms": 0,
+    "chunk_delay_ms": 0,
+    "prompt_cache_ttl_seconds": 300,
     "rpm": 0,
     "tpm": 0,
     "window_seconds": 1.0,
@@ -525,13 +527,25 @@ def test_context_window_overflow_is_a_400(client: openai.OpenAI, sim_client: htt
     ) in with_output.value.message
 
 
-def test_default_context_window_is_wider_for_reasoning_models(client: openai.OpenAI) -> None:
-    client.chat.completions.create(
-        model="o4-mini", messages=USER_HELLO, max_completion_tokens=150_000
-    )
+@pytest.mark.parametrize(
+    ("model", "window"),
+    [("gpt-4o", 128_000), ("o3", 200_000), ("gpt-4.1", None), ("gpt-5", None)],
+)
+def test_each_model_has_its_own_context_window(
+    client: openai.OpenAI, model: str, window: int | None
+) -> None:
+    # Given a prompt of about 120,000 tokens and each model's largest output cap
+    long_prompt = ask("word " * 120_000)
+    cap = {"gpt-4o": 16_384, "o3": 100_000, "gpt-4.1": 32_768, "gpt-5": 128_000}[model]
+    create = client.with_options(timeout=60.0).chat.completions.create
 
-    with pytest.raises(openai.BadRequestError, match="maximum context length is 128000"):
-        client.chat.completions.create(model="gpt-4o", messages=USER_HELLO, max_tokens=150_000)
+    if window is None:  # gpt-4.1 (1,047,576) and gpt-5 (400,000) take it
+        create(model=model, messages=long_prompt, max_completion_tokens=cap)
+        return
+    with pytest.raises(openai.BadRequestError) as raised:
+        create(model=model, messages=long_prompt, max_completion_tokens=cap)
+    assert raised.value.code == "context_length_exceeded"
+    assert f"This model's maximum context length is {window} tokens." in raised.value.message
 
 
 def test_json_object_requires_the_word_json_in_the_messages(client: openai.OpenAI) -> None:
@@ -758,18 +772,21 @@ def test_rpm_limit_answers_429_with_retry_after_and_ratelimit_headers(
             admitted.append(raw.create(model="gpt-4o", messages=USER_HELLO))
 
     assert len(admitted) >= 10
+    # The headers count the per-minute budget: one request of 600 is back after 100 ms.
     assert admitted[0].headers["x-ratelimit-limit-requests"] == "600"
-    assert admitted[0].headers["x-ratelimit-remaining-requests"] == "9"
-    assert admitted[-1].headers["x-ratelimit-remaining-requests"] == "0"
-    assert re.fullmatch(r"\d+ms|1s", admitted[-1].headers["x-ratelimit-reset-requests"])
+    assert admitted[0].headers["x-ratelimit-remaining-requests"] == "599"
+    assert re.fullmatch(r"\d+ms", admitted[0].headers["x-ratelimit-reset-requests"])
+    assert 590 - 5 <= int(admitted[-1].headers["x-ratelimit-remaining-requests"]) <= 590
+    assert re.fullmatch(r"\d+ms|1(\.\d+)?s", admitted[-1].headers["x-ratelimit-reset-requests"])
     assert "x-ratelimit-limit-tokens" not in admitted[0].headers
     refusal = raised.value
     assert refusal.code == "rate_limit_exceeded"
     assert refusal.type == "requests"
     headers = refusal.response.headers
-    assert 0 < int(headers["retry-after-ms"]) <= 100
+    # The refusal took its own request too, so the wait is up to two requests' refill.
+    assert 0 < int(headers["retry-after-ms"]) <= 200
     assert float(headers["retry-after"]) == int(headers["retry-after-ms"]) / 1000
-    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(headers["x-ratelimit-remaining-requests"]) < 590
     assert "Rate limit reached for gpt-4o in organization org-simulator on requests per min " in (
         refusal.message
     )
@@ -785,29 +802,32 @@ def test_rpm_limit_answers_429_with_retry_after_and_ratelimit_headers(
     client.chat.completions.create(model="gpt-4o", messages=USER_HELLO)
 
 
-def test_tpm_limit_admits_an_oversized_request_when_full_and_refusals_cost_nothing(
+def test_tpm_limit_admits_an_oversized_request_when_full_and_refusals_cost_no_tokens(
     client: openai.OpenAI, sim_client: httpx2.Client
 ) -> None:
     # Given 6000 TPM in a 0.2 s window: a bucket of 20 tokens refilling at 100/s.
     configure(sim_client, tpm=6000, window_seconds=0.2)
-    # A request costing 9 prompt + 50 completion tokens is admitted when the bucket is full.
+    # A request reserving 50 output tokens (more than its 4 characters-per-token estimate) is
+    # admitted when the bucket is full.
     big = client.chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=USER_HELLO, max_tokens=50
+        model="gpt-4o", messages=ask("hi [sim tokens=50]"), max_tokens=50
     )
-    assert big.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert big.headers["x-ratelimit-remaining-tokens"] == str(6000 - 50)
     assert big.headers["x-ratelimit-limit-tokens"] == "6000"
+    assert big.headers["x-ratelimit-reset-tokens"] == "500ms"  # 50 tokens at 100/s
 
+    # Its real usage (prompt + 50) is charged once answered: the bucket is further below.
     with pytest.raises(openai.RateLimitError) as raised:
-        client.chat.completions.create(model="gpt-4o", messages=USER_HELLO, max_tokens=1)
+        client.chat.completions.create(model="gpt-4o", messages=USER_HELLO, max_tokens=10)
 
     assert raised.value.type == "tokens"
     assert "tokens per min (TPM): Limit 6000" in raised.value.message
     assert "Requested 10." in raised.value.message
     wait_ms = int(raised.value.response.headers["retry-after-ms"])
-    assert 300 < wait_ms <= 600  # back from -39 tokens to 10
-    # Then after waiting as told, the same request is admitted: the refusal took nothing.
+    assert 500 < wait_ms <= 800  # back from about -(prompt + 50 - 20) tokens to 10
+    # Then after waiting as told, the same request is admitted: the refusal took no tokens.
     time.sleep(wait_ms / 1000)
-    client.chat.completions.create(model="gpt-4o", messages=USER_HELLO, max_tokens=1)
+    client.chat.completions.create(model="gpt-4o", messages=USER_HELLO, max_tokens=10)
 
 
 @pytest.mark.parametrize(
