@@ -30,6 +30,9 @@ log = structlog.get_logger("tierq.worker")
 
 # How long to hold a group after a 429 that says nothing of when to come back.
 DEFAULT_PAUSE_AFTER_429_SECONDS = 1.0
+# Slots one call may take in a row, each replaced because a pause came while it waited; then
+# the job goes back to the queue instead.
+MAX_RESERVATIONS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +58,28 @@ class AdmissionGate:
         if self.limiter is None:
             return Admitted(cost)
         group = self.settings.limit_group_for(request.model)
-        admission = self.limiter.acquire(group, cost.total)
-        if admission.too_large:
-            raise too_large_for_tpm(request, cost, admission.tpm, group)
-        if not admission.reserved:
-            log.info("job.deferred", wait_seconds=round(admission.wait_seconds, 3), group=group)
-            raise AdmissionDeferred(admission.wait_seconds)
-        LIMITER_WAIT.labels(envelope.tier, group).observe(admission.wait_seconds)
-        if admission.wait_seconds > 0:
+        waited = 0.0
+        for _ in range(MAX_RESERVATIONS):
+            admission = self.limiter.acquire(group, cost.total)
+            if admission.too_large:
+                raise too_large_for_tpm(request, cost, admission.tpm, group)
+            if not admission.reserved:
+                log.info("job.deferred", wait_seconds=round(admission.wait_seconds, 3), group=group)
+                raise AdmissionDeferred(admission.wait_seconds)
+            if admission.wait_seconds <= 0:
+                break
             time.sleep(admission.wait_seconds)
-        return Admitted(cost, admission.wait_seconds)
+            waited += admission.wait_seconds
+            # A 429 that came back while this call slept paused the group: its slot, reserved
+            # before the pause, would go out into the API's empty budget (and every refused
+            # call counts against the limit), so it takes a new one after the pause.
+            if self.limiter.paused_for(group) <= 0:
+                break
+            log.info("job.slot_replaced_after_pause", group=group)
+        else:
+            raise AdmissionDeferred(self.settings.limiter.max_wait_in_slot_seconds)
+        LIMITER_WAIT.labels(envelope.tier, group).observe(waited)
+        return Admitted(cost, waited)
 
     def release(self, model: str, cost: JobCost) -> None:
         """Give back the tokens of an admitted call that was not made (its job was cancelled).

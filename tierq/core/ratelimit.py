@@ -214,9 +214,24 @@ class SharedRateLimiter:
                 self._schedule_flush()
 
     def pause(self, group: str, seconds: float) -> float:
-        """Hold every worker's calls in `group` for `seconds` (a 429, or the API says "spent")."""
+        """Hold every worker's calls in `group` for `seconds` (a 429, or the API says "spent"),
+        then let them resume at the steady rate, not in a burst."""
         self._open_until.pop(group, None)
-        return float(self._pause(keys=[self._keys.ratelimit(group)], args=[max(0.0, seconds)]))
+        rpm, tpm = self._limits(group)
+        paused = self._pause(
+            keys=[self._keys.ratelimit(group)],
+            args=[max(0.0, seconds), rpm, tpm, self._config.burst_seconds, self._config.headroom],
+        )
+        return float(paused)
+
+    def paused_for(self, group: str) -> float:
+        """Seconds `group` stays paused, by Redis's clock (the scripts'); 0 when it is not."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hget(self._keys.ratelimit(group), "pause_until")
+        (seconds, micros), until = pipe.execute()
+        now = float(seconds) + float(micros) / 1_000_000
+        return max(0.0, float(until or 0) - now)
 
     def learn(self, group: str, headers: RateLimitHeaders) -> None:
         """Remember the API's per-minute limits; written only when they change."""
