@@ -16,16 +16,17 @@ IN_FLIGHT = 300
 def test_one_worker_process_holds_hundreds_of_calls_in_flight(
     start_worker_with: WorkerFactory, simulator: Simulator
 ) -> None:
-    # Given one fast-tier worker process at concurrency 300, and calls that take 3 s each
+    # Given one fast-tier worker process at concurrency 300, and calls that take 6 s each (long
+    # enough that a loaded 2-core machine starts all 300 before the first ends)
     _, settings = start_worker_with(
         "fast",
         TIERQ_TIERS__FAST__CONCURRENCY=str(IN_FLIGHT),
-        # The test workers' 3 s call timeout is too close to these 3 s calls under load.
+        # The test workers' 3 s call timeout would cut these 6 s calls.
         TIERQ_REQUEST_TIMEOUT_SECONDS="30",
     )
     simulator.http.delete("/sim/stats").raise_for_status()
     marker = nonce()
-    requests = slow_jobs(marker, IN_FLIGHT, latency_ms=3000)
+    requests = slow_jobs(marker, IN_FLIGHT, latency_ms=6000)
 
     # When 300 jobs are submitted at once
     with TierqClient(settings) as tierq:

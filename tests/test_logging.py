@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support import API_KEY, WorkerFactory, nonce, user
+from tests.support import API_KEY, WorkerFactory, eventually, nonce, user
 from tierq.core.results import JobStatus
 from tierq.devkit.processes import ManagedProcess, log_events
 from tierq.producers.client import TierqClient
@@ -40,11 +40,16 @@ def test_each_job_ends_in_one_canonical_json_line_with_latency_and_tokens(
     job_id = client.submit(model="gpt-4o-mini", messages=user("hi"))
     result = client.wait(job_id, timeout=30)
 
-    finished = [
-        event
-        for event in log_events(workers["fast"].log_path)
-        if event.get("event") == "job.finished" and event.get("job_id") == job_id
-    ]
+    # The worker writes the line just after recording the result the client waited for.
+    finished = eventually(
+        lambda: [
+            event
+            for event in log_events(workers["fast"].log_path)
+            if event.get("event") == "job.finished" and event.get("job_id") == job_id
+        ],
+        what="the job's job.finished line",
+        timeout=10,
+    )
 
     assert len(finished) == 1
     line = finished[0]
