@@ -1,4 +1,5 @@
-"""The gateway's ASGI app: tierq's job API and the OpenAI Files and Batches API over HTTP.
+"""The gateway's ASGI app: tierq's job API, and the OpenAI Chat Completions, Models, Files and
+Batches API over HTTP.
 
     tierq gateway --host 0.0.0.0 --port 8700
 
@@ -9,6 +10,10 @@ Routes (all but the health checks need `Authorization: Bearer <key>`; `tierq key
     GET    /v1/jobs/{id}[?wait=S]    the job's record, optionally long-polled
     DELETE /v1/jobs/{id}             cancel
     GET    /v1/jobs/{id}/events      Server-Sent Events: status changes and streamed deltas
+    POST   /v1/chat/completions      the API's route, run as a job and held until it ends: its
+                                     ChatCompletion (stream=true: the API's chunks); the job id
+                                     in the Tierq-Job-Id header (chat_completions.py)
+    GET    /v1/models[/{model}]      the models a tier serves, as the API lists them
     POST   /v1/files, GET /v1/files[/{id}[/content]], DELETE /v1/files/{id}  (Files API)
     POST   /v1/batches, GET /v1/batches[/{id}], POST /v1/batches/{id}/cancel  (Batches API)
     GET    /healthz, /readyz         liveness, and readiness (Redis reachable)
@@ -31,7 +36,15 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from tierq.core.settings import Settings, get_settings
-from tierq.producers.gateway import batches, events, files, jobs, observability
+from tierq.producers.gateway import (
+    batches,
+    chat_completions,
+    events,
+    files,
+    jobs,
+    models,
+    observability,
+)
 from tierq.producers.gateway.deps import Gateway, GatewayState, RequireKey
 from tierq.producers.gateway.errors import install_error_handlers
 from tierq.producers.gateway.limits import BodyLimit
@@ -65,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(jobs.router)
     app.include_router(events.router)
+    app.include_router(chat_completions.router)
+    app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(observability.router)

@@ -95,12 +95,10 @@ async def job_events(
     secret = request.headers.get("authorization", "")[len("bearer ") :].strip()
     events = _events(gateway, record, last_event_id or "0-0", secret)
     gateway.waiters.take(tenant)
-    return _HeldStream(
-        events, ping=PING_SECONDS, on_close=lambda: gateway.waiters.give_back(tenant)
-    )
+    return HeldStream(events, ping=PING_SECONDS, on_close=lambda: gateway.waiters.give_back(tenant))
 
 
-class _HeldStream(EventSourceResponse):
+class HeldStream(EventSourceResponse):
     """An event stream that gives its tenant's waiting slot back however it ends."""
 
     def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
@@ -121,7 +119,7 @@ async def _events(
     so does the revocation of the key that opened it (checked every KEY_CHECK_SECONDS)."""
     key_checked = time.monotonic()
     try:
-        async for event in _follow(gateway, record, cursor):
+        async for event in follow_job_events(gateway, record, cursor):
             if time.monotonic() - key_checked >= KEY_CHECK_SECONDS:
                 if await gateway.key_store.authenticate(secret) is None:
                     log.info("events.key_revoked", job_id=record.job_id)
@@ -133,7 +131,7 @@ async def _events(
         log.warning("events.redis_unavailable", job_id=record.job_id, error=str(error))
 
 
-async def _follow(
+async def follow_job_events(
     gateway: Gateway, record: JobResult, cursor: str
 ) -> AsyncIterator[ServerSentEvent]:
     client = gateway.client.redis

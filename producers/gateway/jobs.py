@@ -52,7 +52,7 @@ class JobBatch(BaseModel):
     idempotency_keys: list[Annotated[str, Field(min_length=1, max_length=255)] | None] | None = None
 
 
-def _tenant_key(tenant: str, key: str | None) -> str | None:
+def tenant_scoped_key(tenant: str, key: str | None) -> str | None:
     # Keys are per tenant: two tenants using "order-42" get two jobs.
     return None if key is None else f"tenant:{tenant}:{key}"
 
@@ -61,7 +61,7 @@ async def _submit(
     gateway: Gateway, tenant: str, jobs: list[JobSubmission], keys: list[str | None] | None
 ) -> list[JobAccepted]:
     await gateway.quota.check(tenant, len(jobs))
-    scoped = [_tenant_key(tenant, key) for key in keys] if keys is not None else None
+    scoped = [tenant_scoped_key(tenant, key) for key in keys] if keys is not None else None
     job_ids = await gateway.client.submit_many(
         [job.request() for job in jobs],
         scoped,
