@@ -1,10 +1,15 @@
-"""The other reference: a bare Celery task making the same SDK call, on the threads pool.
+"""The framework reference: a bare Celery task making the same SDK call as tierq, the same way.
 
-No tiers, limiter, job records, claims or retries: Celery's Redis broker and result backend,
-JSON, and a task that calls `chat.completions.create` with one pooled client per process and
-returns the completion. Started by benchmarks/throughput.py as
+Same as tierq's worker: Celery's Redis broker, JSON, the threads pool at the same concurrency,
+`task_acks_late` with a prefetch of 1, task events on (worker and producer, as compose runs
+tierq), jobs published in kombu batches of 500 (`publish_many`, as `TierqClient.submit_many`
+does), and the call made with the SDK's `post` on one client per process whose connection pool
+is as large as the concurrency, with retries off (worker/completions.py). What it does not do:
+no limiter, job records, claims, leases, retries, metrics or log line; its answer comes back as
+a Celery result (the answer's JSON) in Celery's Redis result backend, where tierq keeps its own
+record and announces the end. Started by benchmarks/throughput.py as
 
-    celery -A benchmarks.bare_celery worker -P threads -c N -Q QUEUE
+    celery -A benchmarks.bare_celery worker -P threads -c N -Q QUEUE -E
 
 with BARE_REDIS_URL and BARE_BASE_URL in the environment.
 """
@@ -12,12 +17,18 @@ with BARE_REDIS_URL and BARE_BASE_URL in the environment.
 from __future__ import annotations
 
 import functools
+import json
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import httpx2
 import openai
 from celery import Celery
+from celery.result import AsyncResult
+
+TASK = "bare.complete"
+PUBLISH_BATCH = 500  # as producers/client.py
 
 app = Celery(
     "bare",
@@ -32,6 +43,8 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     result_expires=3600,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
 )
 
 
@@ -48,7 +61,22 @@ def client() -> openai.OpenAI:
     )
 
 
-@app.task(name="bare.complete")
-def complete(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    completion = client().chat.completions.create(model="gpt-4o-mini", messages=messages)
-    return completion.model_dump(mode="json")
+@app.task(name=TASK)
+def complete(request: dict[str, Any]) -> Any:
+    response = client().post("/chat/completions", cast_to=httpx2.Response, body=request)
+    return json.loads(response.content)
+
+
+def publish_many(requests: Iterable[dict[str, Any]], queue: str) -> list[AsyncResult[Any]]:
+    """Send one task per request in pipelined batches, as tierq's producer does."""
+    pending = list(requests)
+    results: list[AsyncResult[Any]] = []
+    with app.producer_or_acquire() as producer:
+        for start in range(0, len(pending), PUBLISH_BATCH):
+            with producer.batch(max_size=PUBLISH_BATCH + 1):
+                for request in pending[start : start + PUBLISH_BATCH]:
+                    results.append(
+                        app.send_task(TASK, args=[request], queue=queue, producer=producer,
+                                      argsrepr="(job)", kwargsrepr="{}")
+                    )  # fmt: skip
+    return results

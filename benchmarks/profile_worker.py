@@ -4,11 +4,13 @@
     .venv/bin/python -m benchmarks.profile_worker --latency-ms 0   # the overhead-limit case
 
 Each worker runs under load exactly as in benchmarks/throughput.py (one process, threads pool,
-concurrency 100, the simulator at the given latency); py-spy samples the thread holding the
-GIL, which is where a CPU-bound Python process spends its time. Samples are sorted into a few
-shares by the frames on their stack, the first rule that matches winning, and printed side by
-side with milliseconds of GIL time per job, so the two workers compare in absolute terms too.
-The raw stacks (py-spy's collapsed format, for a flame graph) go to benchmarks/results/.
+concurrency 100, the simulator at the given latency; tierq's with the limiter on every job,
+metrics served and Celery events on, the bare task with events on); py-spy samples the thread
+holding the GIL, which is where a CPU-bound Python process spends its time. Samples are sorted
+into a few shares by the frames on their stack, the first rule that matches winning, and
+printed side by side with milliseconds of GIL time per job, so the two workers compare in
+absolute terms too. The table goes to benchmarks/results/profile-<latency>ms.json with its
+set-up, and the raw stacks (py-spy's collapsed format, for a flame graph) beside it.
 
 py-spy reads another process's memory: it needs ptrace rights over the worker (root, or
 kernel.yama.ptrace_scope 0), which the workers started here, as children, normally grant.
@@ -25,18 +27,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from benchmarks.throughput import Bench
+from benchmarks.record import Run, print_table, setup_record, write_results
+from benchmarks.throughput import IO_IN_FLIGHT, SIMULATOR_RPM, SIMULATOR_TPM, Bench
+from benchmarks.workers import AS_COMPOSE
 from tierq.devkit.local_redis import ensure_redis
 
 SAMPLES_PER_SECOND = 250
 ATTACH_SECONDS = 1.0
 RESULTS = Path("benchmarks/results")
+FULL_JOBS = 2000  # measured jobs per worker in the full run
 
 # (share, frame fragments): a sample goes to the first share with a fragment on its stack.
 # py-spy names frames "function (package/module.py:line)".
@@ -44,6 +48,10 @@ SHARES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("the SDK call (request, httpx2, the answer read)", ("openai/", "httpx2/", "httpcore2/")),
     ("tierq's Redis scripts (claim; settle and announce)", ("JobStore.claim", "JobStore.settle")),
     ("Celery's result backend (the bare task's result)", ("celery/backends/",)),
+    (
+        "tierq's limiter (admission; token correction and headers)",
+        ("(worker/admission.py", "(tierq/core/ratelimit.py"),
+    ),
     (
         "the task's own code (tierq: validation, records, log line, metrics)",
         ("(worker/execution.py", "(worker/tasks.py", "(benchmarks/bare_celery.py"),
@@ -120,9 +128,9 @@ class Spy:
 
 def profile(bench: Bench, kind: str, base_url: str, jobs: int, spy: Spy) -> Profile:
     if kind == "tierq":
-        bench.tierq_run(base_url, jobs, 1, on_measure=spy.attach)
+        bench.tierq_run(base_url, jobs, 1, IO_IN_FLIGHT, on_measure=spy.attach)
     else:
-        bench.bare_celery_run(base_url, jobs, on_measure=spy.attach)
+        bench.bare_celery_run(base_url, jobs, IO_IN_FLIGHT, on_measure=spy.attach)
     spy.detach()
     result = read_profile(spy.raw, jobs)
     if not result.samples:
@@ -130,30 +138,28 @@ def profile(bench: Bench, kind: str, base_url: str, jobs: int, spy: Spy) -> Prof
     return result
 
 
-def render(profiles: dict[str, Profile], latency_ms: int, console: Console) -> None:
-    table = Table(
-        title=f"Worker CPU by share (GIL held; {latency_ms} ms latency, 100 in flight)",
-    )
-    table.add_column("share")
+def share_table(profiles: dict[str, Profile]) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows: each share's part of the GIL time and its milliseconds per job."""
+    columns = ["share"]
     for kind in profiles:
-        table.add_column(f"{kind}: %", justify="right")
-        table.add_column(f"{kind}: ms/job", justify="right")
+        columns += [f"{kind}: %", f"{kind}: ms/job"]
+    rows = []
     for share in [name for name, _ in SHARES] + [OTHER, "total"]:
-        cells = []
+        cells = [share]
         for p in profiles.values():
             if share == "total":
                 cells += ["100%", f"{p.gil_ms_per_job():.2f}"]
             else:
                 count = p.shares.get(share, 0)
                 cells += [f"{count / p.samples:.0%}", f"{p.gil_ms_per_job(share):.2f}"]
-        table.add_row(share, *cells)
-    console.print(table)
+        rows.append(cells)
+    return columns, rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency-ms", type=int, default=200, help="the simulator's latency")
-    parser.add_argument("--jobs", type=int, default=2000, help="measured jobs per worker")
+    parser.add_argument("--jobs", type=int, default=FULL_JOBS, help="measured jobs per worker")
     parser.add_argument(
         "--only", choices=("tierq", "bare"), help="profile one worker instead of both"
     )
@@ -183,8 +189,25 @@ def main() -> int:
         simulator.stop()
         if embedded is not None:
             embedded.stop()
-    render(profiles, args.latency_ms, console)
-    console.print(f"[dim]Raw stacks (py-spy's collapsed format): {args.out_dir}/profile-*.txt[/]")
+    columns, rows = share_table(profiles)
+    title = f"Worker CPU by share (GIL held; {args.latency_ms} ms latency, 100 in flight)"
+    print_table(columns, rows, console, title)
+    name = f"profile-{args.latency_ms}ms"
+    setup = setup_record(
+        latency_ms=args.latency_ms,
+        in_flight=IO_IN_FLIGHT,
+        jobs=args.jobs,
+        workers=kinds,
+        samples_per_second=SAMPLES_PER_SECOND,
+        simulator_limits={"rpm": SIMULATOR_RPM, "tpm": SIMULATOR_TPM},
+        tierq_ran_with=f"the shared limiter on every job (limits learned), {AS_COMPOSE}",
+    )
+    figures = {kind: asdict(p) for kind, p in profiles.items()}
+    out = args.out_dir / f"{name}.json"
+    run: Run = "full" if args.jobs >= FULL_JOBS else "reduced" if args.jobs >= 1000 else "quick"
+    write_results(out, name, run, setup, (columns, rows), [], figures)
+    console.print(f"[dim]Figures: {out}; raw stacks (py-spy's collapsed format): "
+                  f"{args.out_dir}/profile-*.txt[/]")  # fmt: skip
     return 0
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.profile_worker import OTHER, SAMPLES_PER_SECOND, classify, read_profile
+from benchmarks.profile_worker import (
+    OTHER,
+    SAMPLES_PER_SECOND,
+    SHARES,
+    classify,
+    read_profile,
+    share_table,
+)
 
 TASK = (
     "_worker (concurrent/futures/thread.py:83);apply_target (celery/concurrency/base.py:30);"
@@ -55,3 +62,24 @@ def test_a_profile_sums_its_samples_and_converts_them_to_gil_time_per_job(tmp_pa
     assert profile.samples == 500
     assert profile.gil_ms_per_job() == 500 / SAMPLES_PER_SECOND / 100 * 1000
     assert sum(profile.shares.values()) == profile.samples
+
+
+def test_the_share_table_has_every_share_and_a_total_per_worker(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    raw.write_text(f"{TASK};post (openai/_base_client.py:1) 300\n{CONSUMER} 200\n")
+    profile = read_profile(raw, jobs=100)
+
+    columns, rows = share_table({"tierq": profile})
+
+    assert columns == ["share", "tierq: %", "tierq: ms/job"]
+    assert [row[0] for row in rows] == [name for name, _ in SHARES] + [OTHER, "total"]
+    assert rows[-1] == ["total", "100%", f"{profile.gil_ms_per_job():.2f}"]
+
+
+def test_the_limiters_work_inside_the_task_counts_as_the_limiter() -> None:
+    stack = (
+        f"{TASK};AdmissionGate.before_call (worker/admission.py:63);"
+        "SharedRateLimiter.acquire (tierq/core/ratelimit.py:127);evalsha (redis/commands/core.py:1)"
+    )
+
+    assert classify(stack).startswith("tierq's limiter")
