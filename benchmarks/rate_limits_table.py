@@ -75,7 +75,7 @@ def rows_and_targets(
                 f"{o.fraction_of_limit:.1%} over {o.burst_seconds:.0f} s",
                 f"{o.responses_429_after_learning} ({o.responses_429})",
                 str(o.retries),
-                str(o.failed),
+                f"{o.failed} ({o.unfinished} unfinished)" if o.unfinished else str(o.failed),
                 f"{o.latency_p50_s:.1f} s / {o.latency_p99_s:.1f} s",
                 f"{o.worker_cpu_ms_per_job:.1f} ms",
                 verdict,
