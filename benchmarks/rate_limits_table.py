@@ -20,6 +20,9 @@ COLUMNS = (
     "worker CPU per job",
     "target",
 )
+# Fewer answers than this make no rate worth printing (two answers a moment apart would read
+# as thousands of percent).
+MIN_ANSWERS_FOR_A_SHARE = 10
 # The targets for the 150 RPM burst: (share of the limit at least, by mode).
 RPM_TARGETS = {"configured": 0.97, "learned": 0.95, "too high": 0.95}
 
@@ -72,7 +75,11 @@ def rows_and_targets(
             [
                 f"{o.limit:,} {o.limit_kind.upper()}, {o.jobs} jobs at once",
                 ran_with(o),
-                f"{o.fraction_of_limit:.1%} over {o.burst_seconds:.0f} s",
+                (
+                    f"{o.fraction_of_limit:.1%} over {o.burst_seconds:.0f} s"
+                    if o.succeeded >= MIN_ANSWERS_FOR_A_SHARE
+                    else f"n/a: {o.succeeded} of {o.jobs} answered"
+                ),
                 f"{o.responses_429_after_learning} ({o.responses_429})",
                 str(o.retries),
                 f"{o.failed} ({o.unfinished} unfinished)" if o.unfinished else str(o.failed),
