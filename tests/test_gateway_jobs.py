@@ -37,7 +37,8 @@ def test_a_job_submitted_over_http_is_run_by_a_worker_and_read_back(
         accepted = http.post("/v1/jobs", json=job())
         assert accepted.status_code == 202
         body = accepted.json()
-        assert body["status"] == "queued"
+        # The status read just after enqueueing: a free worker may already have taken the job.
+        assert body["status"] in ("queued", "running", "succeeded")
         assert accepted.headers["location"] == body["status_url"] == f"/v1/jobs/{body['id']}"
         record = http.get(body["status_url"], params={"wait": 30}, timeout=40).json()
     assert record["status"] == "succeeded"
