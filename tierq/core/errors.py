@@ -113,6 +113,37 @@ class TenantQuotaExceededError(TierqError):
         self.limit = limit
 
 
+class StorageQuotaExceededError(TierqError):
+    """Raised when a gateway tenant's uploaded files would pass its storage quota (files kept,
+    or their bytes); nothing was kept. Delete files, or wait for some to expire, and retry."""
+
+    def __init__(self, tenant: str, what: str, used: int, limit: int, setting: str) -> None:
+        super().__init__(
+            f"tenant {tenant!r} would keep more than {limit} {what} (it keeps {used}; "
+            f"{setting}); delete some files or wait for them to expire"
+        )
+        self.tenant = tenant
+        self.what = what
+        self.used = used
+        self.limit = limit
+
+
+class StoreFullError(TierqError):
+    """Raised when Redis is near its `maxmemory` (TIERQ_REDIS_MEMORY_GUARD_FRACTION): new
+    submissions and uploads are refused so the jobs already queued can run and store their
+    results. Nothing was enqueued; submit again later."""
+
+    def __init__(self, used_bytes: int, max_bytes: int, fraction: float) -> None:
+        super().__init__(
+            f"the job store is nearly full: Redis uses {used_bytes} of its {max_bytes} bytes "
+            f"(refusing new work from {fraction:.0%}, TIERQ_REDIS_MEMORY_GUARD_FRACTION); "
+            "submit again later"
+        )
+        self.used_bytes = used_bytes
+        self.max_bytes = max_bytes
+        self.fraction = fraction
+
+
 class AdmissionDeferred(TierqError):
     """Raised inside a worker when the shared rate limit cannot admit a job soon.
 
@@ -135,6 +166,12 @@ class BrokerUnavailableError(TierqError, ConnectionError):
     def __init__(self, message: str, job_ids: list[str] | None = None) -> None:
         super().__init__(message)
         self.job_ids = job_ids or []
+
+
+class NotDurableError(BrokerUnavailableError):
+    """Raised when jobs were queued but Redis did not confirm them durable (TIERQ_DURABILITY)
+    in time: they will most likely run, but may be lost if the primary fails now. `job_ids`
+    names them; submitting again with the same idempotency keys is safe either way."""
 
 
 class JobNotFoundError(TierqError, LookupError):

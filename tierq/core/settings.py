@@ -183,6 +183,19 @@ class GatewaySettings(BaseModel):
     """Longest long-poll of `GET /v1/jobs/{id}?wait=SECONDS`."""
     file_ttl_seconds: Annotated[int, Field(ge=60)] = 30 * 86_400
     """How long uploaded and result files are kept (the API keeps batch output 30 days)."""
+    tenant_max_files: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
+    """Uploaded files one tenant may keep at once (live, not expired or deleted); an upload
+    beyond answers 429. Batch output files are the gateway's and do not count."""
+    tenant_max_file_bytes: Annotated[int, Field(ge=1_024)] = 2 * 1024 * 1024 * 1024
+    """Bytes of uploaded files one tenant may keep at once; an upload that would pass it is
+    refused with 429 as soon as it does, and what it wrote is removed."""
+    max_concurrent_uploads: Annotated[int, Field(ge=1, le=1_000)] = 8
+    """Uploads one gateway process receives at once; one more answers 429 at once. Uploads
+    are streamed into Redis as they arrive, so each holds at most one part in memory."""
+    metrics_key: SecretStr | None = None
+    """Bearer key that `GET /metrics` requires (`Authorization: Bearer <key>`); unset, the
+    gateway does not serve `/metrics` (404), so its figures are never open to whoever reaches
+    the port."""
 
 
 class Settings(BaseSettings):
@@ -205,6 +218,34 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     """Broker and job records live here (by default database 0 of a local server); a password
     goes in the URL (`redis://:pw@host:6379/0`). A `redis://`, `rediss://` or `unix://` URL."""
+    redis_sentinels: list[str] = []
+    """Sentinels as `host:port` (`TIERQ_REDIS_SENTINELS='["s1:26379","s2:26379"]'`). When
+    set, producers, workers and the gateway ask them for the current primary of
+    `TIERQ_REDIS_SENTINEL_MASTER` and follow it through a failover; `TIERQ_REDIS_URL` then
+    gives only the password and database number (its host is not used)."""
+    redis_sentinel_master: str = "tierq"
+    """The primary's name as the Sentinels know it (`sentinel monitor <name> ...`)."""
+    redis_sentinel_password: SecretStr | None = None
+    """Password of the Sentinels themselves (`requirepass` in sentinel.conf), if they have one;
+    the primary's password stays in `TIERQ_REDIS_URL`."""
+    durability: str = Field(default="memory", pattern="^(memory|replica|aof)$")
+    """When a submission returns, and a worker trusts its own writes. `memory`: once Redis has
+    the job in memory (a crash loses what its persistence had not written: about a second with
+    `appendfsync everysec`; a failover loses what the replica had not received). `replica`:
+    once `TIERQ_DURABILITY_REPLICAS` replicas have it (Redis `WAIT`); a worker waits the same
+    for its claim before calling the API and for the result before acknowledging the message.
+    `aof`: once the primary's append-only file has it on disk and as many replicas' files
+    (Redis `WAITAOF`, Redis 7.2 or newer). docs/reliability.md says what each can lose."""
+    durability_replicas: Annotated[int, Field(ge=0, le=16)] = 1
+    """Replicas that must confirm a write under `TIERQ_DURABILITY=replica` (at least 1) or
+    `aof` (0: the primary's own disk only)."""
+    durability_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    """Longest wait for those confirmations; a submission not confirmed in time raises
+    `NotDurableError` (HTTP 503): the job may run, and may be lost if the primary fails now."""
+    redis_memory_guard_fraction: Annotated[float, Field(gt=0, le=1)] = 0.9
+    """Submissions and uploads are refused (HTTP 507) once Redis uses this fraction of its
+    `maxmemory`, so queued jobs, results and acknowledgements still fit; 1 turns the guard
+    off. A Redis without `maxmemory` is not guarded (set one in production)."""
     openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "TIERQ_OPENAI_API_KEY")
     )
