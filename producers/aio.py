@@ -19,6 +19,7 @@ import redis.asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio.client import PubSub as AsyncPubSub
 
+from tierq.core.redis_clients import async_client
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
 from tierq.core.sliding_window import ContextOverflow
@@ -40,8 +41,8 @@ class AsyncTierqClient(BaseClient):
     def __init__(self, settings: Settings | None = None) -> None:
         super().__init__(settings)
         self._sync = TierqClient(self.settings)
-        self._redis = redis.asyncio.Redis.from_url(
-            self.settings.redis_url.get_secret_value(),
+        self._redis = async_client(
+            self.settings,
             socket_keepalive=True,
             socket_connect_timeout=PRODUCER_SOCKET_TIMEOUT_SECONDS,
             socket_timeout=PRODUCER_SOCKET_TIMEOUT_SECONDS,

@@ -27,6 +27,8 @@ from redis.client import PubSub
 
 from tierq.core.celery_app import TASK_NAME, create_app, job_reprs
 from tierq.core.contract import JobEnvelope
+from tierq.core.durability import Confirmation
+from tierq.core.errors import NotDurableError
 from tierq.core.jobcontrol import JobControl
 from tierq.core.jobstore import JobStore, connect
 from tierq.core.results import JobResult
@@ -151,6 +153,8 @@ class TierqClient(BaseClient):
             raise redis_unreachable(error, " to record the job") from None
         published: list[str] = []
         batch: list[JobEnvelope] = []
+        # The last batch's wait vouches for every earlier one: replication is one ordered log.
+        confirmation: Confirmation | None = None
         try:
             with self._app.producer_or_acquire() as producer:
                 for start in range(0, len(envelopes), PUBLISH_BATCH):
@@ -160,8 +164,12 @@ class TierqClient(BaseClient):
                         for envelope in batch:
                             self._publish(envelope, producer)
                     published.extend(envelope.job_id for envelope in batch)
-                    with contextlib.suppress(redis.RedisError):  # else reaped: a stale copy
-                        self._store.unwatch_published([e.job_id for e in batch], watch_until)
+                    try:
+                        confirmation = self._store.unwatch_published(
+                            [e.job_id for e in batch], watch_until
+                        )
+                    except redis.RedisError:  # the reaper then finds a stale copy, no harm
+                        confirmation = None
         except PUBLISH_FAULTS as error:
             # The failed batch may or may not have reached Redis. Its jobs keep their records
             # and idempotency keys and go on the watch list: a worker's reaper enqueues any of
@@ -175,6 +183,16 @@ class TierqClient(BaseClient):
             if isinstance(error, KeyboardInterrupt):
                 raise  # interrupted (Ctrl-C): cleaned up as for a broker fault, then passed on
             raise submission.publish_failed(published, batch, unsent, error) from None
+        if self._store.durability.waits and (confirmation is None or not confirmation.durable):
+            said = confirmation.describe() if confirmation else "Redis did not answer the wait"
+            raise NotDurableError(
+                f"{len(published)} jobs were queued but not confirmed durable "
+                f"(TIERQ_DURABILITY={self._store.durability.mode}: {said} within "
+                f"{self._store.durability.timeout_seconds:g}s); they will most likely run, "
+                "but a failover now could lose them: submit again with the same idempotency "
+                "keys to be sure",
+                job_ids=published,
+            )
         return submission.job_ids
 
     def _reserve_keys(self, submission: Submission) -> None:

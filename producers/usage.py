@@ -20,6 +20,7 @@ from tierq.core.accounting import NO_TENANT, SEP, hour_of
 from tierq.core.cli_output import echo_json, print_table
 from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.keys import Keys, as_text
+from tierq.core.redis_clients import sync_client
 from tierq.core.settings import Settings, get_settings
 
 METRICS = (
@@ -113,7 +114,7 @@ def usage_command(since: str, until: str | None, tenant: str | None, as_json: bo
         end = parse_moment(until, now) if until else now
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+    client = sync_client(settings, socket_timeout=5)
     try:
         rows = usage_report(client, Keys(settings.key_prefix), start, end, tenant)
     except redis.RedisError as error:

@@ -14,6 +14,7 @@ import structlog
 from tierq.core.cli_output import echo_json
 from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.keys import Keys
+from tierq.core.redis_clients import async_client
 from tierq.core.settings import get_settings
 from tierq.producers.gateway.auth import ApiKey, InvalidTenantError, KeyStore, UnknownKeyError
 
@@ -86,7 +87,7 @@ def _with_store(action: Callable[[KeyStore], Awaitable[T]]) -> T:
     settings = get_settings()
 
     async def run() -> T:
-        client = redis.asyncio.Redis.from_url(settings.redis_url.get_secret_value())
+        client = async_client(settings)
         try:
             return await action(KeyStore(client, Keys(settings.key_prefix)))
         finally:

@@ -11,7 +11,8 @@ in that state lets Celery ignore it and reconnect as it means to; the unacknowle
 stay in Redis and are restored later by the transport, and tierq's job claims keep a job that
 comes back while it is still running from being called twice.
 
-Selected with Celery's `broker_transport` setting; URLs stay `redis://`.
+Selected with Celery's `broker_transport` setting; URLs stay `redis://` (or `sentinel://`, with
+`SentinelTransport`, when tierq is configured with Sentinels).
 """
 
 from __future__ import annotations
@@ -31,3 +32,19 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (the primary looked up through Sentinels, again after a
+    failover), with the same fix: a failover is exactly when the transport gets detached."""
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """Selected for `sentinel://` broker URLs (tierq.core.redis_clients.broker_connection)."""
+
+    Channel = SentinelChannel

@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 
 from celery import Celery
 
+from tierq.core.redis_clients import broker_connection
 from tierq.core.settings import Settings
 
 TASK_NAME = "tierq.complete"
@@ -37,11 +38,12 @@ BROKER_HEALTH_CHECK_SECONDS = 25
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    broker_url = settings.redis_url.get_secret_value()
+    broker = broker_connection(settings)
     return {
-        "broker_url": broker_url,
-        # kombu's Redis transport with a fix that keeps a worker alive through a Redis restart.
-        "broker_transport": "tierq.core.broker:Transport",
+        "broker_url": broker.url,
+        # kombu's Redis transport (or its Sentinel variant) with a fix that keeps a worker
+        # alive through a Redis restart or failover.
+        "broker_transport": broker.transport,
         # Job records and results are tierq's own (tierq.core.jobstore): Celery stores nothing.
         # The job store's client retries on connection errors and expires records after
         # result_ttl_seconds, the two things result_backend_always_retry/result_expires give.
@@ -76,6 +78,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # and kombu batches publishes (one round trip for many) only without it. Lost
             # connections are retried by Celery (below, and broker_connection_retry).
             "retry_on_timeout": False,
+            # With Sentinels: the primary's name, and the Sentinels' own password if any.
+            **broker.transport_options,
         },
         # A publish (a submission, or a retry re-queued with its countdown) that meets a broker
         # blip is retried for about 30 s before it fails loudly; it is never dropped silently.

@@ -19,15 +19,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
+import structlog
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from tierq.core import accounting, scripts
+from tierq.core.durability import MEMORY, Confirmation, Durability
 from tierq.core.keys import Keys
+from tierq.core.redis_clients import sync_client
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
+
+log = structlog.get_logger("tierq.jobstore")
 
 # Seconds between pings on an idle pooled connection, so a dead one is noticed before use.
 HEALTH_CHECK_INTERVAL_SECONDS = 25
@@ -57,8 +64,8 @@ def connect(
     Workers ride out an outage of several seconds; producers pass shorter timeouts, so a
     caller with a deadline (`wait(timeout=...)`) hears of a hung Redis in seconds.
     """
-    return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
+    return sync_client(
+        settings,
         socket_keepalive=True,
         socket_connect_timeout=min(5.0, socket_timeout_seconds),
         socket_timeout=socket_timeout_seconds,
@@ -79,8 +86,10 @@ class JobStore:
         key_prefix: str,
         ttl_seconds: int,
         usage_ttl_seconds: int = 90 * 86_400,
+        durability: Durability = MEMORY,
     ) -> None:
         self._redis = client
+        self.durability = durability
         self.keys = Keys(key_prefix)
         self._ttl_seconds = ttl_seconds
         self._usage_ttl_seconds = usage_ttl_seconds
@@ -95,6 +104,7 @@ class JobStore:
             key_prefix=settings.key_prefix,
             ttl_seconds=settings.result_ttl_seconds,
             usage_ttl_seconds=settings.usage_ttl_seconds,
+            durability=Durability.from_settings(settings),
         )
 
     @property
@@ -132,11 +142,43 @@ class JobStore:
             pipe.expire(key, self._ttl_seconds)
         pipe.execute()
 
-    def unwatch_published(self, job_ids: Sequence[str], watch_until: float) -> None:
+    def unwatch_published(self, job_ids: Sequence[str], watch_until: float) -> Confirmation | None:
         """Take published jobs off the watch list, unless a worker has put them there since
-        (a claim or a retry sets another due time): a queue's backlog is not the reaper's."""
-        if job_ids:
-            self._unwatch_script(keys=[self.keys.watch], args=[repr(watch_until), *job_ids])
+        (a claim or a retry sets another due time): a queue's backlog is not the reaper's.
+
+        Written after the publish, so under `TIERQ_DURABILITY` its wait vouches for the jobs'
+        records and messages too; the confirmation is returned (None: no wait was asked for).
+        """
+        if not job_ids:
+            return None
+        _, confirmation = self._write(
+            "submission", self._unwatch_script, [self.keys.watch], [repr(watch_until), *job_ids]
+        )
+        return confirmation
+
+    def _write(
+        self, what: str, script: Script, keys: list[str], args: list[Any]
+    ) -> tuple[Any, Confirmation | None]:
+        """Run a writing script; under `TIERQ_DURABILITY`, followed in the same pipeline (the
+        same connection) by the wait for it. A worker's writes go on when the wait falls short,
+        logged: the claim or the answer is already made, and withholding it helps nobody."""
+        if not self.durability.waits:
+            return script(keys=keys, args=args), None
+        with self._redis.pipeline(transaction=False) as pipe:
+            script(keys=keys, args=args, client=pipe)
+            self.durability.queue_wait(pipe)
+            written, reply = pipe.execute(raise_on_error=False)
+        if isinstance(written, Exception):
+            raise written
+        confirmation = self.durability.read(reply)
+        if not confirmation.durable:
+            log.warning(
+                "durability.unconfirmed",
+                write=what,
+                confirmed=confirmation.describe(),
+                timeout_seconds=self.durability.timeout_seconds,
+            )
+        return written, confirmation
 
     def watch(self, job_ids: Sequence[str], due_in_seconds: float) -> None:
         """Put jobs on the watch list: a reaper re-queues them unless they move on in time."""
@@ -150,9 +192,11 @@ class JobStore:
         """Make the job this attempt's (status running), unless it ended, the message is stale,
         or another attempt holds a live lease on it. `message` (JSON) is kept for a re-queue.
         One script, lua/claim.lua, says each case."""
-        outcome, detail = self._claim_script(
-            keys=[self.key(result.job_id), self.keys.watch],
-            args=[
+        (outcome, detail), _ = self._write(
+            "claim",
+            self._claim_script,
+            [self.key(result.job_id), self.keys.watch],
+            [
                 token,
                 result.to_json(),
                 lease_seconds,
@@ -191,15 +235,18 @@ class JobStore:
         moment = result.finished_at or datetime.now(UTC)
         billed = accounting.bill(result) if account and result.status is JobStatus.SUCCEEDED else {}
         counted = accounting.counts(result) if account else {}
-        written = self._settle_script(
-            keys=[
+        written, _ = self._write(
+            "outcome",
+            self._settle_script,
+            [
                 self.key(result.job_id),
                 self.keys.watch,
                 self.keys.dead,
                 self.keys.usage(accounting.hour_of(moment)),
                 self.keys.stats(accounting.minute_of(moment)),
+                *self.keys.tenant_in_flight_of(result.tenant),
             ],
-            args=[
+            [
                 token or "",
                 result.status.value,
                 result.to_json(),

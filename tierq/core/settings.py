@@ -457,6 +457,25 @@ class Settings(BaseSettings):
             )
         return filled
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_are_host_port(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            host, _, port = entry.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+                raise ValueError(f"{entry!r} is not host:port (e.g. 'sentinel-1:26379')")
+        return [entry.strip() for entry in value]
+
+    @model_validator(mode="after")
+    def _durability_names_its_witnesses(self) -> Settings:
+        if self.durability == "replica" and self.durability_replicas < 1:
+            raise ValueError(
+                "TIERQ_DURABILITY=replica needs TIERQ_DURABILITY_REPLICAS of 1 or more (the "
+                "replicas that must confirm each write); use 'aof' with 0 for the primary's "
+                "own disk"
+            )
+        return self
+
     @model_validator(mode="after")
     def _redelivery_cannot_overlap_a_live_job(self) -> Settings:
         # Redis hands an unacked message to another worker after the visibility timeout; a

@@ -65,6 +65,8 @@ class EmbeddedRedis:
     directory: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="tierq-redis-"))
     # Append-only persistence, so a restart keeps queues and job records (as in production).
     appendonly: bool = False
+    # More redis-server arguments (`--replicaof 127.0.0.1 6380`, say).
+    arguments: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -79,6 +81,7 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always",
             "--dir", self.directory,
+            *self.arguments,
         ]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
