@@ -31,6 +31,7 @@ from tierq.core.durability import Confirmation
 from tierq.core.errors import NotDurableError
 from tierq.core.jobcontrol import JobControl
 from tierq.core.jobstore import JobStore, connect
+from tierq.core.memory_guard import MemoryGuard
 from tierq.core.results import JobResult
 from tierq.core.settings import Settings
 from tierq.core.sliding_window import CONTEXT_OVERFLOW_DEFAULT, ContextOverflow
@@ -71,6 +72,9 @@ class TierqClient(BaseClient):
             ),
         )
         self._control = JobControl(self._store)
+        self._memory_guard = MemoryGuard(
+            self._store.redis, self.settings.redis_memory_guard_fraction
+        )
 
     @property
     def redis(self) -> redis.Redis:
@@ -129,10 +133,17 @@ class TierqClient(BaseClient):
         so does `labels`, one mapping (or None) per request. `context_overflow`, as for
         `submit`, is one choice for every request or one (or None) per request. `tenant` marks
         the jobs with the gateway tenant that owns them.
+
+        Nothing is enqueued when Redis is nearly full (`StoreFullError`). Under
+        `TIERQ_DURABILITY`, the call returns once Redis confirms the jobs durable, or raises
+        `NotDurableError` naming them (queued, not confirmed).
         """
         submission = Submission.build(
             self.settings, requests, idempotency_keys, tenant, labels, context_overflow
         )
+        with redis_errors():
+            # Redis nearly full: StoreFullError, so what is queued can still finish.
+            self._memory_guard.check()
         if idempotency_keys is not None:
             self._reserve_keys(submission)
         envelopes = submission.to_send
