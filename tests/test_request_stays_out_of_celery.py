@@ -4,9 +4,10 @@ Celery writes `argsrepr`/`kwargsrepr` into each message's headers and copies the
 `task-sent` and `task-received` events (Flower shows them to whoever reaches its port). Left to
 itself it fills them with a repr of the job envelope, which holds the request. tierq names the
 job instead on every publish: the first, Celery's `retry()`, the rate-limit deferral, the
-reaper's re-queue and the dead-letter retry. The test watches Redis itself: every message
-pushed onto a queue (read with MONITOR: the headers are plain JSON, the body base64) and every
-task event (read by Celery's own event receiver, as Flower reads them).
+reaper's re-queue, the dead-letter retry and a batch's submission by the gateway. The test
+watches Redis itself: every message pushed onto a queue (read with MONITOR: the headers are
+plain JSON, the body base64) and every task event (read by Celery's own event receiver, as
+Flower reads them).
 """
 
 from __future__ import annotations
@@ -18,10 +19,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import openai
 import pytest
 import redis
 
-from tests.support import Fleet, env_of, eventually, logged, nonce, user
+from tests.support import (
+    Fleet,
+    GatewayFactory,
+    create_api_key,
+    env_of,
+    eventually,
+    logged,
+    nonce,
+    unique_tenant,
+    user,
+)
 from tierq.core.celery_app import TASK_NAME, create_app
 from tierq.core.results import JobStatus
 from tierq.core.settings import Settings
@@ -139,7 +151,7 @@ def test_a_message_published_the_celery_default_way_shows_the_request(
 
 
 def test_no_prompt_or_end_user_reaches_a_header_or_event_on_any_publish_path(
-    start_fleet: Fleet, watch: Any
+    start_fleet: Fleet, start_gateway_with: GatewayFactory, watch: Any
 ) -> None:
     # Given a worker with task events on (as compose runs it), a 6 s lease, a 600 RPM limit
     # that sends a job unable to start at once back to the queue, two attempts per job, and the
@@ -187,10 +199,40 @@ def test_no_prompt_or_end_user_reaches_a_header_or_event_on_any_publish_path(
         assert result.status is JobStatus.SUCCEEDED
         assert logged(second, "job.requeued", job_id=slow)
 
+    # ... and a batch, submitted by the gateway's finalizer, runs its requests
+    root, _ = start_gateway_with(TIERQ_CELERY_EVENTS="true", **env_of(settings))
+    lines = [
+        {"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": request(f"batch line {i}")}
+        for i in range(2)
+    ]  # fmt: skip
+    api = openai.OpenAI(
+        base_url=f"{root}/v1", api_key=create_api_key(settings, unique_tenant()), max_retries=0
+    )
+    with api:
+        upload = api.files.create(
+            file=("input.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode()),
+            purpose="batch",
+        )
+        batch = api.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        finished = eventually(
+            lambda: api.batches.retrieve(batch.id),
+            until=lambda b: b.status in ("completed", "failed", "expired", "cancelled"),
+            what="the batch finishing",
+            timeout=60,
+            interval=0.2,
+        )
+        assert finished.status == "completed"
+        assert finished.request_counts is not None
+        assert finished.request_counts.completed == 2
+
     # Then the watch saw every publish, each naming the job and nothing of the request
     job_ids = [throttled, *burst, rejected, slow]
     sent = [e for e in traffic.events if e.get("type") == "task-sent"]
-    assert len(sent) > len(job_ids)  # the retries, deferrals and re-queue published too
+    # the retries, deferrals, re-queue and the batch's two jobs published too
+    assert len(sent) > len(job_ids) + 2
     assert {e["uuid"] for e in sent} >= set(job_ids)
     assert all(e["args"].startswith("(job ") for e in sent)
     assert len(traffic.messages) > len(job_ids)
