@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -92,13 +93,14 @@ def test_compose_env_writes_random_secrets_once_and_never_prints_them(tmp_path: 
     again = subprocess.run([str(script)], capture_output=True, text=True, check=True)
 
     values = dict(line.split("=", 1) for line in written.splitlines())
-    assert set(values) == {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH"}
+    assert set(values) == {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "GATEWAY_METRICS_KEY"}
     assert len(values["REDIS_PASSWORD"]) >= 24
+    assert len(values["GATEWAY_METRICS_KEY"]) >= 24
     assert values["FLOWER_BASIC_AUTH"].startswith("admin:")
     assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / ".env").read_text() == written  # kept on a second run
-    assert "written" in first.stdout
-    assert "kept" in again.stdout
+    assert first.stdout.count("written") == 3
+    assert again.stdout.count("kept") == 3
     for value in values.values():
         assert value not in first.stdout + first.stderr
 
@@ -109,3 +111,32 @@ def test_the_image_runs_as_a_user_and_holds_no_secret() -> None:
     assert "\nUSER tierq\n" in dockerfile
     assert "OPENAI_API_KEY" not in dockerfile
     assert "requirepass" not in dockerfile
+
+
+def test_prometheus_scrapes_the_gateway_with_its_metrics_key(compose: dict[str, Any]) -> None:
+    # The gateway serves /metrics only to the key compose refuses to start without...
+    gateway_env = compose["services"]["gateway"]["environment"]
+    assert gateway_env["TIERQ_GATEWAY__METRICS_KEY"].startswith("${GATEWAY_METRICS_KEY:?")
+    # ...which Prometheus gets as a secret from the same variable, readable by its user only
+    assert compose["secrets"]["gateway-metrics-key"] == {"environment": "GATEWAY_METRICS_KEY"}
+    (mounted,) = compose["services"]["prometheus"]["secrets"]
+    assert mounted["source"] == "gateway-metrics-key"
+    assert (mounted["uid"], mounted["mode"]) == ("65534", 0o400)  # the image's user, nobody
+    # ...and sends as its bearer token on every gateway scrape.
+    prometheus = yaml.safe_load((ROOT / "ops" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["tierq-gateway"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": f"/run/secrets/{mounted['target']}",
+    }
+    assert jobs["tierq-gateway"]["static_configs"] == [{"targets": ["gateway:8700"]}]
+
+
+def test_variables_only_compose_reads_are_not_named_like_settings() -> None:
+    # TIERQ_* names are tierq's settings (get_settings refuses unknown ones); compose's own
+    # variables (${NAME...}) stay out of that namespace.
+    for name in ("docker-compose.yml", "docker-compose.sentinel.yml"):
+        text = (ROOT / name).read_text()
+        interpolated = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)
+        assert interpolated, name
+        assert not [v for v in interpolated if v.startswith("TIERQ_")], name

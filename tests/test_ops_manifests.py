@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,56 @@ TOOLS = ROOT / "ops" / "tools"
 KUBERNETES_VERSION = "1.30"
 
 
-def manifests() -> Iterator[tuple[str, dict[str, Any]]]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    for name in kustomization["resources"]:
-        for doc in yaml.safe_load_all((K8S / name).read_text()):
-            if doc:
-                yield name, doc
+def build(root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """What `kubectl kustomize root` renders, for the features ops/k8s uses: resources (files,
+    or directories holding a kustomization), then JSON 6902 patches by kind and label selector.
+    (Offline and without kubectl; `test_the_python_build_matches_kustomize` holds it to the
+    real thing where kubectl is installed.)"""
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for name in kustomization.get("resources", []):
+        path = (root / name).resolve()
+        if path.is_dir():
+            docs.extend(build(path))
+        else:
+            rel = str(path.relative_to(K8S))
+            docs.extend((rel, doc) for doc in yaml.safe_load_all(path.read_text()) if doc)
+    for patch in kustomization.get("patches", []):
+        target = patch["target"]
+        wanted = dict(
+            pair.split("=", 1) for pair in target.get("labelSelector", "").split(",") if pair
+        )
+        for _, doc in docs:
+            labels = doc["metadata"].get("labels", {})
+            if doc["kind"] == target["kind"] and wanted.items() <= labels.items():
+                for operation in yaml.safe_load(patch["patch"]):
+                    apply_json_patch(doc, operation)
+    return docs
 
 
-def of_kind(kind: str) -> dict[str, dict[str, Any]]:
-    return {doc["metadata"]["name"]: doc for _, doc in manifests() if doc["kind"] == kind}
+def apply_json_patch(doc: dict[str, Any], operation: dict[str, Any]) -> None:
+    """One RFC 6902 add, replace or remove (the operations ops/k8s uses) on `doc`, in place."""
+    *parents, last = operation["path"].lstrip("/").split("/")
+    node: Any = doc
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    key: Any = int(last) if isinstance(node, list) else last
+    if operation["op"] == "remove":
+        del node[key]
+    elif operation["op"] in ("add", "replace"):
+        if operation["op"] == "replace":
+            assert key in node if isinstance(node, dict) else key < len(node), operation
+        node[key] = operation["value"]
+    else:
+        raise AssertionError(f"unsupported patch operation: {operation}")
+
+
+def manifests(root: Path = K8S) -> list[tuple[str, dict[str, Any]]]:
+    return build(root)
+
+
+def of_kind(kind: str, root: Path = K8S) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in manifests(root) if doc["kind"] == kind}
 
 
 def default_settings() -> Settings:

@@ -3,7 +3,8 @@ Batches API over HTTP.
 
     tierq gateway --host 0.0.0.0 --port 8700
 
-Routes (all but the health checks need `Authorization: Bearer <key>`; `tierq keys create`):
+Routes (all but the health checks and /metrics need `Authorization: Bearer <key>`, a tenant's
+key from `tierq keys create`):
 
     POST   /v1/jobs                  submit one job (Idempotency-Key header optional) -> 202
     POST   /v1/jobs:batch            submit many jobs at once -> 202
@@ -17,7 +18,8 @@ Routes (all but the health checks need `Authorization: Bearer <key>`; `tierq key
     POST   /v1/files, GET /v1/files[/{id}[/content]], DELETE /v1/files/{id}  (Files API)
     POST   /v1/batches, GET /v1/batches[/{id}], POST /v1/batches/{id}/cancel  (Batches API)
     GET    /healthz, /readyz         liveness, and readiness (Redis reachable)
-    GET    /metrics                  Prometheus metrics (no key: scrape it inside the network)
+    GET    /metrics                  Prometheus metrics, to `Authorization: Bearer <metrics key>`
+                                     (TIERQ_GATEWAY__METRICS_KEY; unset: 404, not served)
     GET    /openapi.json, /docs      the OpenAPI document
 
 A gateway is a producer like `TierqClient`: it validates, enqueues and reads job records; the
