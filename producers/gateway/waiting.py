@@ -19,8 +19,6 @@ from fastapi import Request
 from tierq.producers.gateway.errors import APIError
 
 T = TypeVar("T")
-# How often a long-poll looks whether its client is still there.
-DISCONNECT_POLL_SECONDS = 1.0
 
 
 class ClientGone(Exception):
@@ -62,17 +60,30 @@ class Waiters:
 
 async def unless_gone(request: Request, waiting: Awaitable[T]) -> T:
     """`waiting`'s result, or `ClientGone` as soon as the client has left (the wait and the
-    connection it holds are then given up)."""
+    connection it holds are then given up).
+
+    The client's leaving is heard, not polled: once the body is read, the server's next ASGI
+    message is `http.disconnect`, sent the moment the connection drops (what Starlette's own
+    streaming responses listen for). `Request.is_disconnected()` polled on a timer proved
+    unreliable here: it reads with an already-cancelled scope, and a drop could go unseen
+    until the job had started.
+    """
     task = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnect(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                raise ClientGone
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise ClientGone
     finally:
-        if not task.done():
-            task.cancel()
-            # Its outcome is dropped, but never a cancellation of this coroutine itself.
-            await asyncio.gather(task, return_exceptions=True)
+        for pending in (task, gone):
+            if not pending.done():
+                pending.cancel()
+        # Their outcomes are dropped, but never a cancellation of this coroutine itself.
+        await asyncio.gather(task, gone, return_exceptions=True)
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client's connection is gone (any body left unread is dropped)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
