@@ -180,7 +180,12 @@ class GatewaySettings(BaseModel):
     """Long-polls and event streams one tenant may hold open at once in one gateway process
     (each holds a Redis connection of the process's pool); 429 beyond."""
     max_wait_seconds: Annotated[float, Field(gt=0, le=600)] = 60.0
-    """Longest long-poll of `GET /v1/jobs/{id}?wait=SECONDS`."""
+    """Longest long-poll of `GET /v1/jobs/{id}?wait=SECONDS`, and how long the drop-in
+    `POST /v1/chat/completions` holds a request for its job."""
+    max_queue_wait_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
+    """The drop-in route answers 429 with `Retry-After` (which the SDK's own retry waits)
+    when its tier's expected queue wait (queue depth over the tier's recent finish rate) is
+    longer than this; unset, every request is held."""
     file_ttl_seconds: Annotated[int, Field(ge=60)] = 30 * 86_400
     """How long uploaded and result files are kept (the API keeps batch output 30 days)."""
     tenant_max_files: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
