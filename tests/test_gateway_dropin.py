@@ -274,6 +274,8 @@ def test_a_permanent_provider_400_answers_with_its_status_and_body_after_one_cal
     assert isinstance(error.body, dict)
     assert error.body["message"] == record["error"]["message"]
     assert error.body["type"] == "invalid_request_error"
+    # The provider's own error type is kept on the record, and answered as it came.
+    assert record["error"]["api_type"] == error.body["type"]
     assert error.code == record["error"]["code"]
     # Sent once: neither the worker nor the SDK tried again.
     assert len(simulator.requests_with(marker)) == 1

@@ -241,6 +241,7 @@ def test_a_refusal_carries_the_apis_own_message_code_and_param() -> None:
         "code": "decimal_above_max_value",
         "param": "temperature",
         "message": "Invalid 'temperature': decimal above maximum value. Expected a value <= 2.",
+        "api_type": "invalid_request_error",
     }
 
 

@@ -71,7 +71,9 @@ def translate(error: openai.OpenAIError) -> ProviderError:
         return PermanentProviderError(str(error), kind="invalid_response")
     if isinstance(error, openai.APIError):
         # An error event inside a stream: no status, and the next attempt may well succeed.
-        return ProviderUnavailableError(_api_message(error), kind="api_error", code=error.code)
+        return ProviderUnavailableError(
+            _api_message(error), kind="api_error", code=error.code, api_type=error.type
+        )
     # Anything else the SDK raises is not a transport fault; calling again would repeat it.
     return PermanentProviderError(str(error), kind="sdk_error")
 
@@ -91,6 +93,7 @@ def _from_status(error: openai.APIStatusError) -> ProviderError:
         "status_code": status,
         "code": error.code,
         "param": error.param,
+        "api_type": error.type,
         "headers": {
             name: value
             for name, value in headers.items()

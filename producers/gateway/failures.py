@@ -2,9 +2,10 @@
 
 A drop-in caller (`POST /v1/chat/completions`) hears the provider's status and error body for
 a permanent failure, and for a job that exhausted its retries the status and body of its last
-error. The record keeps the provider's status, message, `code` and `param` (`JobError`); the
-API's error `type` is not kept, so it is named here from the status, as the API names it. A
-failure with no status (a timeout, a lost connection, the tier's time limit) answers 504 or
+error. The record keeps the provider's status, message, `code`, `param` and error `type`
+(`JobError.api_type`); a record without the type (written before it was kept, or a failure the
+API never answered) has it named here from the status, as the API names it. A failure with no
+status (a timeout, a lost connection, the tier's time limit) answers 504 or
 502, as a proxy in front of the API would.
 
 Every such answer carries `x-should-retry: false`: tierq's workers already made the attempts
@@ -17,7 +18,7 @@ from typing import Any
 
 from tierq.core.results import JobError, JobResult, JobStatus
 
-# The API's error `type` by status, for a recorded error (the record keeps no type of its own).
+# The API's error `type` by status, for a recorded error that does not carry the API's own.
 API_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -39,6 +40,8 @@ def error_status(error: JobError) -> int:
 
 
 def api_type(error: JobError) -> str:
+    if error.api_type:
+        return error.api_type
     status = error_status(error)
     if error.code == "insufficient_quota":
         return "insufficient_quota"

@@ -255,7 +255,8 @@ class ProviderError(TierqError):
     """Raised inside a worker when the API call failed; carries what the API said.
 
     `kind` is a stable machine name (`rate_limited`, `timeout`, `bad_request`, ...), `status_code`
-    the HTTP status when there was a response, `code` and `param` the API's own error fields.
+    the HTTP status when there was a response, `code`, `param` and `api_type` the API's own
+    error fields (`api_type` is its `type`).
     """
 
     retryable: bool = False
@@ -269,6 +270,7 @@ class ProviderError(TierqError):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        api_type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -276,6 +278,8 @@ class ProviderError(TierqError):
         self.status_code = status_code
         self.code = code
         self.param = param
+        # The API's own error `type` (`invalid_request_error`, ...), when it gave one.
+        self.api_type = api_type
         # The answer's x-ratelimit-* and retry-after headers: the limiter learns from them.
         self.headers = headers or {}
 
@@ -290,6 +294,7 @@ class ProviderError(TierqError):
             "code": self.code,
             "param": self.param,
             "message": self.message,
+            "api_type": self.api_type,
         }
 
 

@@ -135,9 +135,11 @@ class JobError(BaseModel):
     type: str
     message: str
     status_code: int | None = None
-    # The API's own `code` and `param`, when it gave them.
+    # The API's own `code`, `param` and error `type` (`invalid_request_error`, ...), when it
+    # gave them; `type` above is tierq's kind.
     code: str | None = None
     param: str | None = None
+    api_type: str | None = None
     # True when tierq retried this kind of error before giving up; False when retrying could
     # not help (a bad request, a bad key, an exhausted quota) and the job failed at once.
     retried: bool = False
