@@ -324,10 +324,17 @@ class Saturated:
     tenant: str
     blocker: str
 
-    def queued_jobs(self, client: redis.Redis) -> set[str]:
-        """The tenant's jobs in flight, but the blocker."""
-        in_flight = Keys(self.settings.key_prefix).tenant_in_flight(self.tenant)
-        return {m.decode() for m in client.zrange(in_flight, 0, -1)} - {self.blocker}
+    def jobs_asking(self, client: redis.Redis, marker: str) -> list[str]:
+        """The ids of this fleet's jobs whose request holds `marker` (read from the queue message
+        each job's record keeps, which outlives the tenant's in-flight set: a cancelled job
+        leaves that at once)."""
+        keys = Keys(self.settings.key_prefix)
+        found = []
+        for key in client.scan_iter(match=f"{keys.job('')}*", count=1000):
+            message = client.hget(key, "message")
+            if message is not None and marker.encode() in message:
+                found.append(key.decode().removeprefix(keys.job("")))
+        return found
 
 
 def saturate(
@@ -377,7 +384,11 @@ def test_a_client_that_leaves_before_its_job_started_cancels_it_and_nothing_is_p
         pytest.raises(openai.APITimeoutError),
     ):
         client.chat.completions.create(model="gpt-4o-mini", messages=user(gone))
-    (gone_job,) = busy.queued_jobs(redis_client)
+    (gone_job,) = eventually(
+        lambda: busy.jobs_asking(redis_client, gone),
+        what="the abandoned request's job",
+        timeout=CALL_TIMEOUT_SECONDS,
+    )
 
     # And a patient client's request is queued after it, on the same worker.
     kept = nonce()

@@ -43,7 +43,7 @@ import redis
 import structlog
 from redis.asyncio.lock import Lock
 
-from tierq.core.errors import BrokerUnavailableError, TenantQuotaExceededError
+from tierq.core.errors import BrokerUnavailableError, StoreFullError, TenantQuotaExceededError
 from tierq.core.jobcontrol import JobControl
 from tierq.core.jobstore import JobStore
 from tierq.core.results import JobResult, JobStatus
@@ -269,31 +269,43 @@ class Finalizer:
                 return  # cancelled meanwhile: the next pass closes it
             size = min(SUBMIT_CHUNK, state.valid - state.cursor)
             try:
-                await quota.check(tenant, size)
-            except TenantQuotaExceededError as full:
-                size = min(size, full.limit - full.in_flight)
-                if size <= 0:
-                    return  # the rest goes in as the tenant's jobs finish
-            chunk = await self.store.requests(batch_id, state.cursor, size, SUBMIT_CHUNK_BYTES)
-            if not chunk:
-                if await self._restore_requests(state):
-                    continue
-                # Neither the stored requests nor the input are left: what was not submitted
-                # cannot be, and the batch ends with what was.
-                await lock.reacquire()
-                log.warning(
-                    "batch.requests_lost", batch_id=batch_id, unsubmitted=state.valid - state.cursor
+                # As many as the quota has room for; a chunk's unused slots are given back.
+                reservation = await quota.reserve(tenant, size, partial=True)
+            except TenantQuotaExceededError:
+                return  # the rest goes in as the tenant's jobs finish
+            async with reservation:
+                chunk = await self.store.requests(
+                    batch_id, state.cursor, reservation.slots, SUBMIT_CHUNK_BYTES
                 )
-                await self.store.give_up_unsubmitted(batch_id, state.cursor)
-                state.valid = state.cursor
-                return
-            # A fresh lock for each chunk, before it is paid for: a chunk is small enough (by
-            # count and by bytes) to be submitted well within LOCK_SECONDS, so no other
-            # gateway can take the batch over while it is on its way.
-            await _renew(lock)
-            keys = [f"batch:{batch_id}:{r.custom_id}" for r in chunk]
-            job_ids = await client.submit_many([r.request for r in chunk], keys, tenant=tenant)
-            await quota.add(tenant, job_ids)
+                if not chunk:
+                    if await self._restore_requests(state):
+                        continue
+                    # Neither the stored requests nor the input are left: what was not
+                    # submitted cannot be, and the batch ends with what was.
+                    await lock.reacquire()
+                    log.warning(
+                        "batch.requests_lost",
+                        batch_id=batch_id,
+                        unsubmitted=state.valid - state.cursor,
+                    )
+                    await self.store.give_up_unsubmitted(batch_id, state.cursor)
+                    state.valid = state.cursor
+                    return
+                # A fresh lock for each chunk, before it is paid for: a chunk is small enough
+                # (by count and by bytes) to be submitted well within LOCK_SECONDS, so no other
+                # gateway can take the batch over while it is on its way.
+                await _renew(lock)
+                keys = [f"batch:{batch_id}:{r.custom_id}" for r in chunk]
+                try:
+                    job_ids = await client.submit_many(
+                        [r.request for r in chunk], keys, tenant=tenant
+                    )
+                except StoreFullError as full:
+                    # Redis nearly full: nothing was enqueued, and the batch waits (it does
+                    # not fail) until the queued jobs have drained; the next pass tries again.
+                    log.warning("batch.waiting_for_memory", batch_id=batch_id, reason=str(full))
+                    return
+                await reservation.fill(job_ids)
             state.cursor += len(chunk)
             submitted = {r.custom_id: job_id for r, job_id in zip(chunk, job_ids, strict=True)}
             await self.store.record_jobs(batch_id, submitted, state.cursor)

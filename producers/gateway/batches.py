@@ -42,6 +42,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or unknown API key"},
     404: {"description": "No such batch or file (another tenant's answer the same)"},
 }
+_CREATE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    507: {"description": "Redis is nearly full (TIERQ_REDIS_MEMORY_GUARD_FRACTION)"},
+}
 BatchId = Annotated[str, Path(description="A batch id, e.g. batch_8f3c...")]
 After = Annotated[str | None, Query(description="A batch id: list those created before it.")]
 # Read as text and checked by hand, so a bad one answers 400 as the API does (not 422).
@@ -94,7 +98,7 @@ def _create_params(data: Any) -> BatchCreate:
 @router.post(
     "/batches",
     summary="Create a batch from an uploaded input file",
-    responses=_ERRORS,
+    responses=_CREATE_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -130,9 +134,11 @@ async def create_batch(request: Request, gateway: GatewayState, tenant: Tenant) 
     settings = gateway.settings.gateway
     expiry = params.output_expires_after
     store = BatchStore.of(gateway)
+    # Nothing is written while Redis is nearly full (507): a batch adds its requests and jobs.
+    await gateway.memory_guard.check()
     # A resumed batch reads its input again: keep it for the whole window. First, so that a
     # failure here leaves no batch behind (a client retrying a 5xx would otherwise pay twice).
-    await files.keep_at_least(input_file.id, COMPLETION_WINDOW_SECONDS + 3_600)
+    await files.keep_at_least(tenant, input_file.id, COMPLETION_WINDOW_SECONDS + 3_600)
     await store.create(tenant, batch, expiry.seconds if expiry else settings.file_ttl_seconds)
     log.info("batch.created", batch_id=batch.id, tenant=tenant, input_file_id=input_file.id)
     return batch

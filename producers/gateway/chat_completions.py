@@ -12,8 +12,10 @@ Holding, and the statuses a caller hears:
 - Refused before anything is enqueued: 400 in the API's error shape, `param` naming the field
   (the API's status for `invalid_request_error`, where the job API says 422); 409 for an
   `Idempotency-Key` reused for another request; 413 over a size limit; 429 with `Retry-After`
-  when the tenant's jobs in flight (or its open waits) are at their quota, which the SDK's own
-  retry waits out. An upstream 429 never reaches the caller: the workers wait it out.
+  when the tenant's jobs in flight (or its open waits) are at their quota, or when the tier's
+  expected queue wait is past `TIERQ_GATEWAY__MAX_QUEUE_WAIT_SECONDS` (queue_wait.py), which
+  the SDK's own retry waits out; 507 while Redis is nearly full. An upstream 429 never
+  reaches the caller: the workers wait it out.
 - The job fails: the provider's status and error body (failures.py), `x-should-retry: false`.
 - The hold lasts at most `TIERQ_GATEWAY__MAX_WAIT_SECONDS`, for a streamed answer until its
   first delta. Past it: 504 `hold_expired`. A job not yet started is then cancelled (nobody
@@ -42,6 +44,7 @@ from tierq.core.errors import InvalidJobError
 from tierq.core.jobcontrol import JobControl
 from tierq.core.jobstore import JobStore
 from tierq.core.results import ChatCompletion, JobResult, JobStatus
+from tierq.core.tiers import route
 from tierq.producers.gateway.chat_stream import Chunks, Finished, answer_stream, job_events
 from tierq.producers.gateway.deps import Gateway, GatewayState, Tenant
 from tierq.producers.gateway.errors import (
@@ -109,7 +112,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["openai"],
     route_class=DropInRoute,
-    responses=error_responses(400, 401, 409, 413, 429, 503),
+    responses=error_responses(400, 401, 409, 413, 429, 503, 507),
 )
 
 HELD_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -139,6 +142,12 @@ async def create_chat_completion(
 ) -> Response:
     """The body is the API's request; the answer is the API's, once the job has ended."""
     deadline = time.monotonic() + gateway.settings.gateway.max_wait_seconds
+    try:
+        tier = route(body, gateway.settings)
+    except InvalidJobError:
+        tier = None  # refused by `_submit`, in the API's shape
+    if tier is not None:
+        await gateway.queue_waits.check(tier)  # 429 when the queue would outlast the maximum
     gateway.waiters.take(tenant)  # before submitting: a refusal here enqueues nothing
     handed_over = False
     try:
@@ -157,16 +166,17 @@ async def create_chat_completion(
 
 async def _submit(gateway: Gateway, tenant: str, body: JobRequest, key: str | None) -> str:
     """Enqueue the request as the job API does (quota, contract, tier, idempotency)."""
-    await gateway.quota.check(tenant, 1)
-    try:
-        job_ids = await gateway.client.submit_many(
-            [body], [tenant_scoped_key(tenant, key)], tenant=tenant
-        )
-    except InvalidJobError as refused:
-        error = from_invalid_job(refused, status_code=400)
-        error.headers = {**(error.headers or {}), **NOT_RETRIED}
-        raise error from None
-    await gateway.quota.add(tenant, job_ids)
+    await gateway.memory_guard.check()  # 507 while Redis is nearly full: nothing enqueued
+    async with await gateway.quota.reserve(tenant, 1) as reservation:
+        try:
+            job_ids = await gateway.client.submit_many(
+                [body], [tenant_scoped_key(tenant, key)], tenant=tenant
+            )
+        except InvalidJobError as refused:
+            error = from_invalid_job(refused, status_code=400)
+            error.headers = {**(error.headers or {}), **NOT_RETRIED}
+            raise error from None
+        await reservation.fill(job_ids)
     return job_ids[0]
 
 

@@ -13,12 +13,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tierq.core.errors import JobNotFoundError
 from tierq.core.keys import Keys
+from tierq.core.memory_guard import AsyncMemoryGuard
 from tierq.core.results import JobResult
 from tierq.core.settings import Settings
 from tierq.producers.aio import AsyncTierqClient
 from tierq.producers.gateway.auth import KeyStore
 from tierq.producers.gateway.errors import APIError, broker_unavailable, not_found
+from tierq.producers.gateway.queue_wait import QueueWaits
 from tierq.producers.gateway.quota import TenantQuota
+from tierq.producers.gateway.upload_slots import UploadSlots
 from tierq.producers.gateway.waiting import Waiters
 
 
@@ -33,6 +36,9 @@ class Gateway:
     key_store: KeyStore
     quota: TenantQuota
     waiters: Waiters
+    uploads: UploadSlots
+    memory_guard: AsyncMemoryGuard
+    queue_waits: QueueWaits
 
     @classmethod
     def open(cls, settings: Settings) -> Gateway:
@@ -52,6 +58,9 @@ class Gateway:
                 settings.result_ttl_seconds,
             ),
             waiters=Waiters(settings.gateway.max_waiting_per_tenant),
+            uploads=UploadSlots(settings.gateway.max_concurrent_uploads),
+            memory_guard=AsyncMemoryGuard(client.redis, settings.redis_memory_guard_fraction),
+            queue_waits=QueueWaits(client.redis, settings),
         )
 
     async def aclose(self) -> None:

@@ -27,6 +27,8 @@ from tierq.core.errors import (
     InvalidJobError,
     JobNotFoundError,
     PayloadTooLargeError,
+    StorageQuotaExceededError,
+    StoreFullError,
     TenantQuotaExceededError,
 )
 from tierq.core.validation import describe_validation_error
@@ -62,6 +64,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "The request breaks the contract; the `param` names the field",
         429: "The tenant's quota of jobs in flight is full",
         503: "Redis (the queue) is unreachable",
+        507: "Redis is nearly full (TIERQ_REDIS_MEMORY_GUARD_FRACTION): submit again later",
     }
     return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
 
@@ -197,6 +200,14 @@ async def _tierq_error(_: Request, error: Exception) -> JSONResponse:
             429, str(error), type="rate_limit_error", code="tenant_quota_exceeded",
             headers={"Retry-After": "1"},
         ).response()  # fmt: skip
+    if isinstance(error, StorageQuotaExceededError):
+        # Retrying cannot help until files are deleted or expire: the SDK is told not to.
+        return APIError(
+            429, str(error), param="file", code="storage_quota_exceeded",
+            headers={"x-should-retry": "false"},
+        ).response()  # fmt: skip
+    if isinstance(error, StoreFullError):
+        return store_full(error).response()
     if isinstance(error, JobNotFoundError):
         return APIError(404, str(error), code="job_not_found").response()
     if isinstance(error, BrokerUnavailableError):
@@ -211,6 +222,19 @@ async def _storage_error(_: Request, error: Exception) -> JSONResponse:
         message = f"No {error.kind} {error.ident!r} to list after."
         return APIError(400, message, param="after", code="invalid_request").response()
     raise error
+
+
+# What a client refused because Redis is nearly full waits before trying again: the queued
+# jobs the guard makes room for take a while to drain.
+STORE_FULL_RETRY_AFTER_SECONDS = 5
+
+
+def store_full(error: StoreFullError) -> APIError:
+    """507 Insufficient Storage: Redis is nearly full; nothing was stored or enqueued."""
+    return APIError(
+        507, str(error), type="server_error", code="store_full",
+        headers={"Retry-After": str(STORE_FULL_RETRY_AFTER_SECONDS)},
+    )  # fmt: skip
 
 
 def broker_unavailable() -> APIError:
@@ -235,6 +259,8 @@ def install_error_handlers(app: FastAPI) -> None:
     for kind in (
         InvalidJobError,
         TenantQuotaExceededError,
+        StorageQuotaExceededError,
+        StoreFullError,
         JobNotFoundError,
         BrokerUnavailableError,
     ):

@@ -11,6 +11,9 @@ listing's `after` cursor still works when the client deletes what it lists (the 
 loop); entries older than any file can live are dropped when a file is saved, so the set holds
 the files of that span, live or not.
 
+Uploads count in their tenant's storage quota (storage_quota.py, kept by the upload route):
+deleting a file releases it there, and `keep_at_least` keeps it counted as long as it lives.
+
 The store raises the domain errors of storage_errors.py; the routes (files.py) answer them.
 """
 
@@ -35,6 +38,7 @@ from tierq.producers.gateway.file_models import (
     FilePurpose,
 )
 from tierq.producers.gateway.storage_errors import NoSuchFileError, UnknownCursorError
+from tierq.producers.gateway.storage_quota import StorageQuota
 
 log = structlog.get_logger("tierq.gateway")
 
@@ -65,6 +69,7 @@ class FileStore:
         self.part_bytes = part_bytes
         # Index entries older than this hold no live file.
         self._index_horizon_seconds = longest_ttl_seconds + KEPT_FOR_A_BATCH_MARGIN_SECONDS
+        self.quota = StorageQuota(client, keys, horizon_seconds=self._index_horizon_seconds)
 
     @classmethod
     def of(cls, gateway: Gateway) -> FileStore:
@@ -79,10 +84,18 @@ class FileStore:
         return await writer.close()
 
     def writer(
-        self, tenant: str, *, filename: str, purpose: FilePurpose, ttl_seconds: int
+        self,
+        tenant: str,
+        *,
+        filename: str,
+        purpose: FilePurpose,
+        ttl_seconds: int,
+        file_id: str | None = None,
     ) -> FileWriter:
-        """A new file, written a part at a time; it exists (is readable, listed) once closed."""
-        return FileWriter(self, tenant, filename, purpose, ttl_seconds)
+        """A new file, written a part at a time; it exists (is readable, listed) once closed.
+        `file_id` is one from `new_file_id()` already used (an upload counts it in its quota
+        before its bytes arrive), or a new one."""
+        return FileWriter(self, tenant, filename, purpose, ttl_seconds, file_id or new_file_id())
 
     async def _publish(self, tenant: str, file: FileObject, parts: int, ttl_seconds: int) -> None:
         """Make a written file visible: its object, owner and part count, and its listing."""
@@ -101,7 +114,7 @@ class FileStore:
             pipe.expire(listing, self._index_horizon_seconds)
             await pipe.execute()
 
-    async def _write_part(self, file_id: str, index: int, data: bytes) -> None:
+    async def _write_part(self, file_id: str, index: int, data: bytes | bytearray) -> None:
         key = self._keys.file(file_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, f"part:{index}", data)
@@ -109,6 +122,9 @@ class FileStore:
             # (publishing gives the file its own lifetime).
             pipe.expire(key, UNPUBLISHED_TTL_SECONDS)
             await pipe.execute()
+
+    async def _discard(self, file_id: str) -> None:
+        await self._redis.delete(self._keys.file(file_id))
 
     async def page(
         self,
@@ -149,12 +165,13 @@ class FileStore:
         return FileList.of(files[:limit], has_more=len(files) > limit)
 
     async def delete(self, tenant: str, file_id: str) -> FileDeleted:
-        """Delete the tenant's file; `NoSuchFileError` as for `get`. Its listing entry stays
-        (see the module's docstring)."""
+        """Delete the tenant's file, and stop counting it in its quota; `NoSuchFileError` as
+        for `get`. Its listing entry stays (see the module's docstring)."""
         await self.get(tenant, file_id)
         if not await self._redis.delete(self._keys.file(file_id)):
             # Expired, or deleted by another request, since it was read.
             raise NoSuchFileError(file_id)
+        await self.quota.release(tenant, file_id)
         return FileDeleted(id=file_id, deleted=True)
 
     async def get(self, tenant: str, file_id: str) -> FileObject:
@@ -211,13 +228,20 @@ class FileStore:
             raise NoSuchFileError(file_id)
         return (FileObject.model_validate_json(raw), owner, *rest)
 
-    async def keep_at_least(self, file_id: str, seconds: int) -> None:
-        """Let a file outlive its expiry when a batch still needs it (a resumed batch reads
-        its input again). Its object keeps the advertised `expires_at`."""
+    async def keep_at_least(self, tenant: str, file_id: str, seconds: int) -> None:
+        """Let the tenant's file outlive its expiry when a batch still needs it (a resumed
+        batch reads its input again); it stays counted in the tenant's quota as long. Its
+        object keeps the advertised `expires_at`."""
         key = self._keys.file(file_id)
         remaining = int(await self._redis.ttl(key))
         if 0 <= remaining < seconds:
             await self._redis.expire(key, seconds)
+        await self.quota.keep(tenant, file_id, seconds)
+
+
+def new_file_id() -> str:
+    """A new file's id, in the API's form."""
+    return f"file-{uuid.uuid4().hex}"
 
 
 class FileWriter:
@@ -225,14 +249,20 @@ class FileWriter:
     whole; the file appears (readable and listed) only when `close` publishes it."""
 
     def __init__(
-        self, store: FileStore, tenant: str, filename: str, purpose: FilePurpose, ttl: int
+        self,
+        store: FileStore,
+        tenant: str,
+        filename: str,
+        purpose: FilePurpose,
+        ttl: int,
+        file_id: str,
     ) -> None:
         self._store = store
         self._tenant = tenant
         self._filename = filename
         self._purpose = purpose
         self._ttl = ttl
-        self.file_id = f"file-{uuid.uuid4().hex}"
+        self.file_id = file_id
         self._buffer = bytearray()
         self._parts = 0
         self.bytes = 0
@@ -247,17 +277,18 @@ class FileWriter:
             rest = rest[taken:]
             if len(self._buffer) < size:
                 return
-            await self._flush(bytes(self._buffer))
-            self._buffer.clear()
+            await self._flush_buffer()
         while len(rest) >= size:  # whole parts straight from `data`, without buffering them
             await self._flush(bytes(rest[:size]))
             rest = rest[size:]
         self._buffer += rest
 
-    async def close(self) -> FileObject:
+    async def close(self, *, ttl_seconds: int | None = None) -> FileObject:
+        """Write what is buffered and publish the file; `ttl_seconds` replaces the lifetime
+        given at the start (an upload whose `expires_after` came after its bytes)."""
         if self._buffer or not self._parts:
-            await self._flush(bytes(self._buffer))
-            self._buffer.clear()
+            await self._flush_buffer()
+        ttl = self._ttl if ttl_seconds is None else ttl_seconds
         now = int(time.time())
         file = FileObject(
             id=self.file_id,
@@ -265,11 +296,24 @@ class FileWriter:
             created_at=now,
             filename=self._filename,
             purpose=self._purpose,
-            expires_at=now + self._ttl,
+            expires_at=now + ttl,
         )
-        await self._store._publish(self._tenant, file, self._parts, self._ttl)
+        await self._store._publish(self._tenant, file, self._parts, ttl)
         return file
 
-    async def _flush(self, data: bytes) -> None:
+    async def discard(self) -> None:
+        """Remove the parts written so far of a file never published (an upload refused or
+        cut short): nothing of it stays in Redis."""
+        self._buffer.clear()
+        await self._store._discard(self.file_id)
+
+    async def _flush_buffer(self) -> None:
+        """Write the buffer as a part, handing it over rather than copying it (a part's bytes
+        are held once) and starting a new one: the connection may still hold what it was
+        given when the write returns, so the old buffer is never changed again."""
+        data, self._buffer = self._buffer, bytearray()
+        await self._flush(data)
+
+    async def _flush(self, data: bytes | bytearray) -> None:
         await self._store._write_part(self.file_id, self._parts, data)
         self._parts += 1

@@ -13,7 +13,6 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from starlette.datastructures import UploadFile
 from starlette.responses import StreamingResponse
 
 from tierq.producers.gateway.deps import GatewayState, Tenant
@@ -26,6 +25,7 @@ from tierq.producers.gateway.file_models import (
     FileObject,
 )
 from tierq.producers.gateway.file_store import FileStore
+from tierq.producers.gateway.uploads import receive_upload
 
 router = APIRouter(prefix="/v1", tags=["files"])
 
@@ -81,6 +81,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "TIERQ_GATEWAY__MAX_BATCH_LINES"
     },
 }
+_UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    429: {
+        "description": "Over the tenant's storage quota (TIERQ_GATEWAY__TENANT_MAX_FILES, "
+        "TIERQ_GATEWAY__TENANT_MAX_FILE_BYTES), or TIERQ_GATEWAY__MAX_CONCURRENT_UPLOADS "
+        "uploads under way in this gateway"
+    },
+    507: {"description": "Redis is nearly full (TIERQ_REDIS_MEMORY_GUARD_FRACTION)"},
+}
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     **_UNAUTHORIZED,
     404: {"description": "No such file (another tenant's answer the same)"},
@@ -91,69 +100,22 @@ def _bad(message: str, param: str | None) -> APIError:
     return APIError(400, message, param=param, code="invalid_request")
 
 
-def _ttl(form: Any, default: int) -> int:
-    """The upload's `expires_after` (the SDK sends `expires_after[anchor]` and `[seconds]`)."""
-    anchor = form.get("expires_after[anchor]")
-    seconds = form.get("expires_after[seconds]")
-    if anchor is None and seconds is None:
-        return default
-    if anchor != "created_at":
-        raise _bad("expires_after.anchor must be 'created_at'.", "expires_after.anchor")
-    if not isinstance(seconds, str) or not re.fullmatch(r"[0-9]{1,9}", seconds):
-        raise _bad("expires_after.seconds must be an integer.", "expires_after.seconds")
-    value = int(seconds)
-    if not MIN_EXPIRES_AFTER_SECONDS <= value <= MAX_EXPIRES_AFTER_SECONDS:
-        raise _bad(
-            f"expires_after.seconds must be between {MIN_EXPIRES_AFTER_SECONDS} and "
-            f"{MAX_EXPIRES_AFTER_SECONDS}.",
-            "expires_after.seconds",
-        )
-    return value
-
-
 @router.post(
-    "/files", summary="Upload a batch input file", openapi_extra=_UPLOAD_BODY, responses=_ERRORS
+    "/files",
+    summary="Upload a batch input file",
+    openapi_extra=_UPLOAD_BODY,
+    responses=_UPLOAD_ERRORS,
 )
 async def upload_file(request: Request, gateway: GatewayState, tenant: Tenant) -> FileObject:
     """Multipart upload, as the SDK's `client.files.create(file=..., purpose="batch")` sends it.
 
     The form is read by hand rather than declared, so that a missing or wrong field answers 400
-    as the API does (declared form fields would answer FastAPI's 422).
+    as the API does (declared form fields would answer FastAPI's 422), and streamed into Redis
+    as it arrives (uploads.py), so a file is never held whole. One upload more than this
+    process takes at once answers 429 before anything is read.
     """
-    async with request.form() as form:
-        upload = form.get("file")
-        purpose = form.get("purpose")
-        if not isinstance(upload, UploadFile):
-            raise _bad("Missing required parameter: 'file'.", "file")
-        if purpose is None:
-            raise _bad("Missing required parameter: 'purpose'.", "purpose")
-        if purpose != "batch":
-            raise _bad(
-                f"Invalid purpose {purpose!r}: this gateway keeps files for batches only "
-                "(purpose 'batch').",
-                "purpose",
-            )
-        ttl = _ttl(form, gateway.settings.gateway.file_ttl_seconds)
-        content = await upload.read()
-        filename = upload.filename or "upload.jsonl"
-    if not content:
-        raise _bad("The file is empty.", "file")
-    limit = gateway.settings.gateway.max_batch_lines
-    # Lines of any kind, blank ones included: a file of blank lines would otherwise cost a
-    # parse of its whole size for nothing.
-    lines = content.count(b"\n") + (0 if content.endswith(b"\n") else 1)
-    if lines > limit:
-        # Refused at the door, rather than by a batch that fails later: the file could never run.
-        raise APIError(
-            413,
-            f"The file has {lines} lines, more than the {limit} requests a batch may hold "
-            "(TIERQ_GATEWAY__MAX_BATCH_LINES; blank lines count).",
-            param="file",
-            code="too_many_requests_in_file",
-        )
-    return await FileStore.of(gateway).save(
-        tenant, content, filename=filename, purpose="batch", ttl_seconds=ttl
-    )
+    with gateway.uploads.hold():
+        return await receive_upload(request, gateway, tenant)
 
 
 @router.get("/files", summary="List the caller's files", responses=_ERRORS)

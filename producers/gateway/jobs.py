@@ -60,16 +60,17 @@ def tenant_scoped_key(tenant: str, key: str | None) -> str | None:
 async def _submit(
     gateway: Gateway, tenant: str, jobs: list[JobSubmission], keys: list[str | None] | None
 ) -> list[JobAccepted]:
-    await gateway.quota.check(tenant, len(jobs))
+    await gateway.memory_guard.check()  # 507 while Redis is nearly full: nothing enqueued
     scoped = [tenant_scoped_key(tenant, key) for key in keys] if keys is not None else None
-    job_ids = await gateway.client.submit_many(
-        [job.request() for job in jobs],
-        scoped,
-        tenant=tenant,
-        labels=[job.labels for job in jobs],
-        context_overflow=[job.context_overflow for job in jobs],
-    )
-    await gateway.quota.add(tenant, job_ids)
+    async with await gateway.quota.reserve(tenant, len(jobs)) as reservation:
+        job_ids = await gateway.client.submit_many(
+            [job.request() for job in jobs],
+            scoped,
+            tenant=tenant,
+            labels=[job.labels for job in jobs],
+            context_overflow=[job.context_overflow for job in jobs],
+        )
+        await reservation.fill(job_ids)
     statuses = await gateway.client.statuses(job_ids)
     return [
         JobAccepted(id=job_id, status=status or JobStatus.QUEUED, status_url=f"/v1/jobs/{job_id}")
@@ -81,7 +82,7 @@ async def _submit(
     "/jobs",
     status_code=202,
     summary="Submit one job",
-    responses=error_responses(409, 413, 422, 429),
+    responses=error_responses(409, 413, 422, 429, 507),
 )
 async def submit_job(
     job: JobSubmission,
@@ -102,7 +103,7 @@ async def submit_job(
     "/jobs:batch",
     status_code=202,
     summary="Submit many jobs",
-    responses=error_responses(409, 413, 422, 429),
+    responses=error_responses(409, 413, 422, 429, 507),
 )
 async def submit_jobs(batch: JobBatch, gateway: GatewayState, tenant: Tenant) -> JobList:
     limit = gateway.settings.gateway.max_jobs_per_request

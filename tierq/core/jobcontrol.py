@@ -57,7 +57,7 @@ class JobControl:
         )
         keys = self.store.keys
         outcome, detail = self._cancel(
-            keys=[keys.job(record.job_id), keys.watch],
+            keys=[keys.job(record.job_id), keys.watch, *keys.tenant_in_flight_of(record.tenant)],
             args=[
                 cancelled.to_json(),
                 keys.done_channel(record.job_id),
@@ -87,7 +87,12 @@ class JobControl:
         )
         keys = self.store.keys
         outcome, message, *generation = self._retry_dead(
-            keys=[keys.job(record.job_id), keys.dead, keys.watch],
+            keys=[
+                keys.job(record.job_id),
+                keys.dead,
+                keys.watch,
+                *keys.tenant_in_flight_of(record.tenant),
+            ],
             args=[queued.to_json(), record.job_id, requeue_after_seconds],
         )
         if outcome != b"queued":

@@ -105,8 +105,23 @@ class Keys:
         return f"{self.prefix}apikeys"
 
     def tenant_in_flight(self, tenant: str) -> str:
-        """Sorted set: a tenant's jobs not yet seen finished -> submission time (its quota)."""
+        """Sorted set: a tenant's jobs queued or running -> when they joined (its quota); a job
+        leaves in the script that makes it final."""
         return f"{self.prefix}tenant:{tenant}:inflight"
+
+    def tenant_in_flight_of(self, tenant: str | None) -> list[str]:
+        """`tenant_in_flight` as a script's optional last key: none for a job without a tenant
+        (one submitted by the Python client)."""
+        return [] if tenant is None else [self.tenant_in_flight(tenant)]
+
+    def tenant_reservations(self, tenant: str) -> str:
+        """Sorted set: room a tenant's submissions under way hold in its quota,
+        "<slots>:<reservation id>" -> when the reservation lapses (Redis's clock)."""
+        return f"{self.prefix}tenant:{tenant}:reservations"
+
+    def tenant_reserved(self, tenant: str) -> str:
+        """String: the slots a tenant's `tenant_reservations` hold together."""
+        return f"{self.prefix}tenant:{tenant}:reserved"
 
     def file(self, file_id: str) -> str:
         """Hash: a gateway file's object (JSON) and content."""
@@ -115,6 +130,17 @@ class Keys:
     def tenant_files(self, tenant: str) -> str:
         """Sorted set: a tenant's file ids -> creation time, for listing."""
         return f"{self.prefix}tenant:{tenant}:files"
+
+    def tenant_uploads(self, tenant: str) -> str:
+        """Sorted set: a tenant's uploaded files (purpose batch) counted in its storage quota,
+        and uploads under way -> when each expires (Redis's clock); past entries are dropped
+        by the next reservation."""
+        return f"{self.prefix}tenant:{tenant}:uploads"
+
+    def tenant_upload_bytes(self, tenant: str) -> str:
+        """Hash: the bytes of each file in `tenant_uploads` (file id -> bytes), and their sum
+        in the field `total`."""
+        return f"{self.prefix}tenant:{tenant}:uploads:bytes"
 
     def batch(self, batch_id: str) -> str:
         """Hash: a gateway batch's object (JSON), status and counters, and per request a

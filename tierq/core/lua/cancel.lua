@@ -1,4 +1,5 @@
--- Cancel a job. KEYS: job, watch. ARGV: cancelled record, done channel, job id, and
+-- Cancel a job. KEYS: job, watch, and for a gateway tenant's job that tenant's jobs in flight
+-- (its quota, which a cancelled job leaves). ARGV: cancelled record, done channel, job id, and
 -- 'spare_running' or ''.
 -- A job not yet finished becomes cancelled: a queued one will not reach the API (its claim
 -- finds it final), a running one's result is discarded (its settle never overwrites it).
@@ -19,5 +20,6 @@ end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'record', ARGV[1])
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
 redis.call('ZREM', KEYS[2], ARGV[3])
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[3]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return {'cancelled', ''}

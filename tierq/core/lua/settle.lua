@@ -1,17 +1,19 @@
 -- Record an attempt's outcome: retrying, succeeded, failed, or (released for a rate-limit wait)
--- queued. KEYS: job, watch, dead, usage ledger (the hour's), stats (the minute's). ARGV: token,
--- status, record, ttl, done channel, job id, seconds until the job must have moved on (non-final
--- outcomes), dead-letter it (1 or 0), the generation of the message that carries the job on
--- ('' to leave it), the bill and the counts (JSON, tierq/core/accounting.py), the ledger's and
--- the stats' TTLs.
+-- queued. KEYS: job, watch, dead, usage ledger (the hour's), stats (the minute's), and for a
+-- gateway tenant's job that tenant's jobs in flight (its quota). ARGV: token, status, record,
+-- ttl, done channel, job id, seconds until the job must have moved on (non-final outcomes),
+-- dead-letter it (1 or 0), the generation of the message that carries the job on ('' to leave
+-- it), the bill and the counts (JSON, tierq/core/accounting.py), the ledger's and the stats'
+-- TTLs.
 -- Only the attempt holding the claim writes (or, with no claim held: a delivery that never
 -- claimed, or a success from an attempt whose claim a reaper took back); a success or a
 -- cancellation is never overwritten, so a late duplicate cannot turn a paid answer into a
--- failure. A final outcome leaves the watch list and is announced on the job's channel, for
--- waiters (producers/waiting.py); an exhausted one joins the dead letters. A paid answer's bill
--- is added once per attempt even when its record is not written (the API billed it); the counts
--- only with the record, and a job's outcome once in the ledger. A settle sent again after its
--- reply was lost answers as the first did. Returns 1 if written.
+-- failure. A final outcome leaves the watch list and its tenant's jobs in flight, and is
+-- announced on the job's channel, for waiters (producers/waiting.py); an exhausted one joins
+-- the dead letters. A paid answer's bill is added once per attempt even when its record is not
+-- written (the API billed it); the counts only with the record, and a job's outcome once in
+-- the ledger. A settle sent again after its reply was lost answers as the first did. Returns 1
+-- if written.
 -- include: now
 
 local function add(spec)
@@ -66,6 +68,7 @@ redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' then
   redis.call('ZREM', KEYS[2], ARGV[6])
+  if KEYS[6] then redis.call('ZREM', KEYS[6], ARGV[6]) end
   redis.call('PUBLISH', ARGV[5], ARGV[6])
   if ARGV[2] == 'succeeded' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 else
