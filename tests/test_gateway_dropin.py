@@ -359,14 +359,6 @@ def saturate(
     return Saturated(worker, settings, root, key, tenant, blocker)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known defect (issue 17 stays open): in about a third of runs the gateway does not see "
-        "the SDK's closed connection before the job starts, so the job runs; seen on a fresh "
-        "clone's CI run with a 15 s blocker, so it is not a timing margin"
-    ),
-)
 def test_a_client_that_leaves_before_its_job_started_cancels_it_and_nothing_is_paid(
     start_fleet: Fleet,
     start_gateway_with: GatewayFactory,
