@@ -22,6 +22,8 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
+from tierq.core.redis_clients import FollowingConnection
+
 
 class Channel(kombu_redis.Channel):
     def _connparams(self, asynchronous: bool = False) -> Any:
@@ -36,7 +38,10 @@ class Transport(kombu_redis.Transport):
 
 class SentinelChannel(kombu_redis.SentinelChannel):
     """kombu's Sentinel channel (the primary looked up through Sentinels, again after a
-    failover), with the same fix: a failover is exactly when the transport gets detached."""
+    failover), with the same fix: a failover is exactly when the transport gets detached.
+    Its connections look the primary up on every reconnect (see `FollowingConnection`)."""
+
+    connection_class = FollowingConnection
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:

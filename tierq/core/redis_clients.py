@@ -36,6 +36,32 @@ class BrokerConnection:
     transport_options: dict[str, Any]
 
 
+class FollowingConnection(redis.sentinel.SentinelManagedConnection):
+    """A Sentinel-managed connection that asks for the primary's address on every socket it
+    opens, retries included.
+
+    redis-py's own looks the primary up only in `connect()`; a command that finds its socket
+    dead reconnects through `connect_check_health()`, at the address the connection had, so
+    its retries all went to the dead primary long after a failover had named the new one
+    (redis/redis-py#3874; a job's claim failed about 9 s after the kill, 7 s after the
+    failover ended). Looked up here, a retry goes to whichever primary the Sentinels name.
+    """
+
+    def _connect(self) -> Any:
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        return super()._connect()  # type: ignore[no-untyped-call]
+
+
+class AsyncFollowingConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """`FollowingConnection` for asyncio."""
+
+    async def _connect(self) -> None:
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super()._connect()  # type: ignore[no-untyped-call]
+
+
 def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
     """The Sentinels as (host, port) (the settings checked each is host:port)."""
     addresses = []
@@ -76,6 +102,8 @@ def sync_client(settings: Settings, **options: Any) -> redis.Redis:
         sentinel_kwargs=_sentinel_options(settings, merged),
         **merged,
     )
+    if "connection_class" not in merged:  # TLS keeps redis-py's own
+        merged["connection_class"] = FollowingConnection
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         settings.redis_sentinel_master, **merged
     )
@@ -95,6 +123,8 @@ def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
         sentinel_kwargs=_sentinel_options(settings, merged),
         **merged,
     )
+    if not merged.get("ssl"):
+        merged["connection_class"] = AsyncFollowingConnection
     client: redis.asyncio.Redis = sentinel.master_for(settings.redis_sentinel_master, **merged)
     return client
 
