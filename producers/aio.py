@@ -38,11 +38,25 @@ from tierq.producers.waiting import DEFAULT_WAIT_SECONDS, Waiter
 class AsyncTierqClient(BaseClient):
     """Awaitable submit/get/wait; create one per event loop."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, max_connections: int | None = None
+    ) -> None:
+        """`max_connections` caps the asyncio pool (redis-py's default: 100); a command that
+        finds every connection in use waits for one (up to the client's socket timeout)."""
         super().__init__(settings)
         self._sync = TierqClient(self.settings)
+        # A capped pool waits for a free connection (a burst queues) rather than failing.
+        pool = (
+            {}
+            if max_connections is None
+            else {
+                "max_connections": max_connections,
+                "wait_for_connection_seconds": PRODUCER_SOCKET_TIMEOUT_SECONDS,
+            }
+        )
         self._redis = async_client(
             self.settings,
+            **pool,
             socket_keepalive=True,
             socket_connect_timeout=PRODUCER_SOCKET_TIMEOUT_SECONDS,
             socket_timeout=PRODUCER_SOCKET_TIMEOUT_SECONDS,

@@ -38,6 +38,7 @@ from tests.support import (
 )
 from tierq.core.keys import Keys
 from tierq.core.settings import Settings
+from tierq.devkit.local_redis import EmbeddedRedis
 from tierq.devkit.processes import ManagedProcess
 
 # Long enough for a job on a loaded 2-core machine, short enough to fail fast.
@@ -330,10 +331,10 @@ class Saturated:
         leaves that at once)."""
         keys = Keys(self.settings.key_prefix)
         found = []
-        for key in client.scan_iter(match=f"{keys.job('')}*", count=1000):
+        for key in client.scan_iter(match=keys.job("*"), count=1000):
             message = client.hget(key, "message")
             if message is not None and marker.encode() in message:
-                found.append(key.decode().removeprefix(keys.job("")))
+                found.append(key.decode().removeprefix(keys.job_prefix))
         return found
 
 
@@ -448,3 +449,57 @@ def test_past_the_hold_an_unstarted_job_is_cancelled_unless_an_idempotency_key_k
     # waits in the queue for its retry.
     assert (plain["status"], plain["attempts"]) == ("cancelled", 0)
     assert keyed["status"] == "queued"
+
+
+# --- many held requests -------------------------------------------------------------------------
+
+
+def test_held_requests_share_one_subscription_so_more_than_the_pool_are_answered(
+    start_fleet: Fleet, start_gateway_with: GatewayFactory, private_redis: EmbeddedRedis
+) -> None:
+    # Given a gateway whose Redis pool holds 10 connections, in front of a worker that keeps
+    # 60 slow calls running at once, all on a Redis of the test's own
+    held = 60
+    on_private = {"TIERQ_REDIS_URL": private_redis.url, "TIERQ_REQUEST_TIMEOUT_SECONDS": "30"}
+    (_,), settings = start_fleet("fast", concurrency=held, **on_private)
+    root, _ = start_gateway_with(
+        **env_of(settings),
+        TIERQ_GATEWAY__REDIS_MAX_CONNECTIONS="10",
+        TIERQ_GATEWAY__MAX_WAITING_PER_TENANT=str(held),
+    )
+    key = create_api_key(settings, unique_tenant())
+    redis_server = redis.Redis.from_url(private_redis.url)
+    subscribed: list[dict[str, str]] = []
+    per_job: list[bytes] = []
+    done = Keys(settings.key_prefix)
+
+    # When six times as many requests as the pool has connections are held at once
+    async def call_all() -> list[str | None]:
+        async with AsyncOpenAI(
+            base_url=f"{root}/v1", api_key=key, max_retries=0, timeout=60
+        ) as client:
+
+            async def one(i: int) -> str | None:
+                marker = f"{nonce()} held {i} [sim latency_ms=4000]"
+                answer = await client.chat.completions.create(
+                    model="gpt-4o-mini", messages=user(marker)
+                )
+                return answer.choices[0].message.content
+
+            calls = asyncio.gather(*(one(i) for i in range(held)))
+            await asyncio.sleep(2.5)  # all sent and held, none answered yet
+            subscribed.extend(
+                c for c in redis_server.client_list() if int(c["sub"]) or int(c["psub"])
+            )
+            per_job.extend(redis_server.pubsub_channels(done.done_channel("*")))
+            return await calls
+
+    answers = asyncio.run(call_all())
+
+    # Then every one is answered: a held request does not keep a connection of its own ...
+    assert len(answers) == held
+    assert all(answers)
+    # ... and while they were held, no job's done channel had a subscriber of its own: two
+    # clients subscribed, each to one pattern (the gateway's job ends, Celery's broadcasts).
+    assert per_job == []
+    assert [(c["sub"], c["psub"]) for c in subscribed] == [("0", "1"), ("0", "1")], subscribed

@@ -355,10 +355,12 @@ def test_jobs_that_succeed_fail_or_are_cancelled_free_their_slots_without_a_swee
     with gateway_client(root, create_api_key(settings, tenant)) as http:
         # When the tenant fills it with a job that succeeds, one that fails, one that fails
         # until its attempts run out (a dead letter), and a slow one it cancels
+        # (each slow enough to be in flight when counted: a free worker would finish a fast
+        # one before the count is read)
         bodies = {
-            "succeeded": job(),
-            "failed": job(f"{nonce()} [sim fail=400]"),
-            "dead": job(f"{nonce()} [sim fail=500]"),
+            "succeeded": job(f"{nonce()} [sim latency_ms=1500]"),
+            "failed": job(f"{nonce()} [sim fail=400 latency_ms=1500]"),
+            "dead": job(f"{nonce()} [sim fail=500 latency_ms=1500]"),
             "cancelled": job(f"{nonce()} [sim latency_ms=2500]"),
         }
         ids = {name: http.post("/v1/jobs", json=body).json()["id"] for name, body in bodies.items()}

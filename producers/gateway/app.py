@@ -28,6 +28,7 @@ workers are the same. It holds no state of its own, so any number can run behind
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -60,10 +61,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.gateway = gateway = Gateway.open(settings)
+        # Held requests' job ends, heard on one subscription (held_waits.py).
+        listener = asyncio.create_task(gateway.held.run(), name="held-waits")
         try:
             async with batches.finalizer(gateway):
                 yield
         finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
             await gateway.aclose()
 
     app = FastAPI(

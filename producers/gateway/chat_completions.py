@@ -208,7 +208,7 @@ class Hold:
     async def answer(self) -> Response:
         """The job's answer once it has ended, unless the client leaves or the hold ends."""
         try:
-            waiting = self.gateway.client.wait(self.job_id, timeout=self.remaining)
+            waiting = self.gateway.held.wait(self.job_id, timeout=self.remaining)
             record = await unless_gone(self.request, waiting)
         except ClientGone:
             return await self.abandoned()

@@ -19,6 +19,7 @@ from tierq.core.settings import Settings
 from tierq.producers.aio import AsyncTierqClient
 from tierq.producers.gateway.auth import KeyStore
 from tierq.producers.gateway.errors import APIError, broker_unavailable, not_found
+from tierq.producers.gateway.held_waits import HeldWaits
 from tierq.producers.gateway.queue_wait import QueueWaits
 from tierq.producers.gateway.quota import TenantQuota
 from tierq.producers.gateway.upload_slots import UploadSlots
@@ -39,12 +40,13 @@ class Gateway:
     uploads: UploadSlots
     memory_guard: AsyncMemoryGuard
     queue_waits: QueueWaits
+    held: HeldWaits
 
     @classmethod
     def open(cls, settings: Settings) -> Gateway:
         """A gateway's state on one Redis connection pool (opened lazily, on first use);
         `aclose()` closes it."""
-        client = AsyncTierqClient(settings)
+        client = AsyncTierqClient(settings, max_connections=settings.gateway.redis_max_connections)
         keys = Keys(settings.key_prefix)
         return cls(
             settings=settings,
@@ -61,6 +63,7 @@ class Gateway:
             uploads=UploadSlots(settings.gateway.max_concurrent_uploads),
             memory_guard=AsyncMemoryGuard(client.redis, settings.redis_memory_guard_fraction),
             queue_waits=QueueWaits(client.redis, settings),
+            held=HeldWaits(client, keys),
         )
 
     async def aclose(self) -> None:

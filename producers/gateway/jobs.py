@@ -165,7 +165,7 @@ async def get_job(
         return record
     with gateway.waiters.slot(tenant):
         try:
-            return await unless_gone(request, gateway.client.wait(job_id, timeout=wait))
+            return await unless_gone(request, gateway.held.wait(job_id, timeout=wait))
         except (JobWaitTimeout, ClientGone):
             return await owned_job(gateway, tenant, job_id)
 

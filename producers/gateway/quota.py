@@ -40,11 +40,14 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import redis.asyncio
+import structlog
 from redis.exceptions import RedisError
 
 from tierq.core import scripts
 from tierq.core.errors import BrokerUnavailableError, TenantQuotaExceededError
 from tierq.core.keys import Keys
+
+log = structlog.get_logger("tierq.gateway")
 
 # How long a reservation holds its room if its submission never reports back (the gateway
 # died): longer than a submission takes (Redis's command retries, ~10 s, and Celery's publish
@@ -67,9 +70,18 @@ class Reservation:
         self._settled = False
 
     async def fill(self, job_ids: Sequence[str]) -> None:
-        """The reservation becomes these jobs, in flight until each is final."""
+        """The reservation becomes these jobs, in flight until each is final.
+
+        The jobs are enqueued by now: a Redis fault here must not fail the request (a caller
+        told to try again would submit, and pay for, the jobs twice). It is logged; the
+        reservation lapses, and until then still counts the jobs."""
         self._settled = True
-        await self._quota.confirm(self.tenant, self._member, job_ids)
+        try:
+            await self._quota.confirm(self.tenant, self._member, job_ids)
+        except RedisError as error:
+            log.warning(
+                "quota.confirm_failed", tenant=self.tenant, jobs=len(job_ids), error=str(error)
+            )
 
     async def release(self) -> None:
         """Give the room back: nothing was enqueued under it."""

@@ -110,10 +110,21 @@ def sync_client(settings: Settings, **options: Any) -> redis.Redis:
     return client
 
 
-def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
-    """As `sync_client`, for asyncio."""
+def async_client(
+    settings: Settings, *, wait_for_connection_seconds: float | None = None, **options: Any
+) -> redis.asyncio.Redis:
+    """As `sync_client`, for asyncio. With `wait_for_connection_seconds` (and
+    `max_connections`), a command that finds the pool's connections all in use waits that
+    long for one instead of failing at once ("Too many connections"): a burst of requests
+    queues for the pool. (Through Sentinels, redis-py has no waiting pool: it fails at once.)"""
     if not settings.redis_sentinels:
-        return redis.asyncio.Redis.from_url(settings.redis_url.get_secret_value(), **options)
+        url = settings.redis_url.get_secret_value()
+        if wait_for_connection_seconds is None:
+            return redis.asyncio.Redis.from_url(url, **options)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, timeout=wait_for_connection_seconds, **options
+        )
+        return redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
     merged = {**_primary_options(settings), **options}
     if "connection_class" in merged:  # TLS: the asyncio variant of parse_url's class
         merged.pop("connection_class")

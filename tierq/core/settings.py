@@ -182,6 +182,10 @@ class GatewaySettings(BaseModel):
     max_wait_seconds: Annotated[float, Field(gt=0, le=600)] = 60.0
     """Longest long-poll of `GET /v1/jobs/{id}?wait=SECONDS`, and how long the drop-in
     `POST /v1/chat/completions` holds a request for its job."""
+    redis_max_connections: Annotated[int, Field(ge=10, le=100_000)] = 1_000
+    """Redis connections one gateway process may open (redis-py's default is 100). Held
+    drop-in calls and long-polls share one subscription; each open event stream holds one
+    connection, and every other request borrows one briefly."""
     max_queue_wait_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
     """The drop-in route answers 429 with `Retry-After` (which the SDK's own retry waits)
     when its tier's expected queue wait (queue depth over the tier's recent finish rate) is
