@@ -53,8 +53,8 @@ def a_results_document(**changes: Any) -> dict[str, Any]:
 PAGE = "# Performance\n\nProse.\n\n<!-- bench:throughput -->\nold\n<!-- /bench:throughput -->\n"
 
 
-def test_the_docs_quote_the_two_benchmarks() -> None:
-    assert {"throughput", "rate_limits"} <= set(quoted_names())
+def test_the_docs_quote_every_benchmark() -> None:
+    assert {"throughput", "rate_limits", "dropin"} <= set(quoted_names())
 
 
 def test_the_docs_say_what_the_committed_results_say() -> None:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
 
-from tierq.core.settings import Settings
+from tierq.core.settings import IGNORED_PREFIXES, Settings
 from tierq.devkit import config_reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,8 +172,8 @@ def test_every_variable_a_page_names_is_a_setting(page: Path) -> None:
 def _sets_something(variable: str) -> bool:
     """Whether `variable` (or the start of it, as in `TIERQ_TIERS__<TIER>__...`) names a
     setting, walking nested groups and tables by the settings' own delimiter."""
-    if variable.startswith("TIERQ_TEST_"):
-        return True  # tierq's test tooling, not a setting
+    if variable.startswith(IGNORED_PREFIXES):
+        return True  # tierq's test and benchmark tooling, not a setting
     aliases = {
         str(choice).upper(): name
         for name, field in Settings.model_fields.items()

@@ -47,8 +47,9 @@ from tierq.core.pricing import ModelPrice, price_for
 from tierq.core.validation import FieldRuleError
 
 ENV_PREFIX = "TIERQ_"
-# Variables of tierq's own tooling (the test suite's Redis URL), not settings.
-IGNORED_PREFIXES = ("TIERQ_TEST_",)
+# Variables of tierq's own tooling (the test suite's and the benchmarks' Redis URLs), not
+# settings.
+IGNORED_PREFIXES = ("TIERQ_TEST_", "TIERQ_BENCH_")
 TIER_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 # Celery's rate-limit grammar: a number, optionally per second, minute or hour.
 RATE_LIMIT_PATTERN = re.compile(r"^\d+(\.\d+)?(/[smh])?$")
