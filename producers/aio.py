@@ -84,6 +84,7 @@ class AsyncTierqClient(BaseClient):
         tenant: str | None = None,
         labels: Sequence[Mapping[str, str] | None] | None = None,
         context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
+        priority: str | Sequence[str | None] | None = None,
     ) -> list[str]:
         return await asyncio.to_thread(
             functools.partial(
@@ -91,6 +92,7 @@ class AsyncTierqClient(BaseClient):
                 tenant=tenant,
                 labels=labels,
                 context_overflow=context_overflow,
+                priority=priority,
             ),
             list(requests),
             idempotency_keys,

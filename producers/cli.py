@@ -20,6 +20,7 @@ from tierq.core.cli_output import echo_json, plural, print_table
 from tierq.core.contract import ReasoningEffort
 from tierq.core.errors import BrokerUnavailableError, InvalidJobError, JobNotFoundError
 from tierq.core.exit_codes import ExitCode, ExitCodeCommand, exit_code_for, stop
+from tierq.core.priority import PRIORITIES, PRIORITY_DEFAULT
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.sliding_window import CONTEXT_OVERFLOW_CHOICES, CONTEXT_OVERFLOW_DEFAULT
 from tierq.producers.cli_request import build_labels, build_request
@@ -174,6 +175,14 @@ def _wait(client: TierqClient, record: JobResult, timeout: float) -> JobResult:
     "turns until it fits (sliding_window). tierq's option, never sent.",
 )
 @click.option(
+    "--priority",
+    type=click.Choice(PRIORITIES),
+    default=PRIORITY_DEFAULT,
+    show_default=True,
+    help="The job's class: on a tier with fair dispatch, a higher one leaves its backlog "
+    "sooner. tierq's option, never sent.",
+)
+@click.option(
     "--idempotency-key",
     help="Submitting the same request with the same key again returns the first job's id.",
 )
@@ -190,6 +199,7 @@ def submit(**options: Any) -> None:
         idempotency_key=options["idempotency_key"],
         labels=labels,
         context_overflow=options["context_overflow"],
+        priority=options["priority"],
     )
     if not options["wait"]:
         if options["as_json"]:

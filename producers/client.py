@@ -27,6 +27,7 @@ from redis.client import PubSub
 
 from tierq.core.celery_app import TASK_NAME, create_app, job_reprs
 from tierq.core.contract import JobEnvelope
+from tierq.core.dispatch import Backlogs
 from tierq.core.durability import Confirmation
 from tierq.core.errors import NotDurableError
 from tierq.core.jobcontrol import JobControl
@@ -75,6 +76,7 @@ class TierqClient(BaseClient):
         self._memory_guard = MemoryGuard(
             self._store.redis, self.settings.redis_memory_guard_fraction
         )
+        self._backlogs = Backlogs(self._store.redis, self.settings)
 
     @property
     def redis(self) -> redis.Redis:
@@ -91,6 +93,7 @@ class TierqClient(BaseClient):
         idempotency_key: str | None = None,
         labels: Mapping[str, str] | None = None,
         context_overflow: ContextOverflow = CONTEXT_OVERFLOW_DEFAULT,
+        priority: str | None = None,
         **params: Any,
     ) -> str:
         """Enqueue one job and return its id; raises `InvalidJobError` before enqueueing.
@@ -109,6 +112,10 @@ class TierqClient(BaseClient):
         window is refused (`"refuse"`, the default) or has its oldest turns dropped until it
         fits (`"sliding_window"`; the record's `context_dropped_messages` and
         `context_dropped_tokens` say what went).
+
+        `priority` is tierq's, never sent: `interactive`, `default` (None) or `bulk`. On a tier
+        with fair dispatch (`TIERQ_TIERS__<TIER>__FAIR_DISPATCH`), a higher class leaves its
+        backlog sooner (docs/jobs.md, "Priority and fair share").
         """
         keys = [idempotency_key] if idempotency_key is not None else None
         return self.submit_many(
@@ -116,6 +123,7 @@ class TierqClient(BaseClient):
             idempotency_keys=keys,
             labels=[labels],
             context_overflow=context_overflow,
+            priority=priority,
         )[0]
 
     def submit_many(
@@ -126,20 +134,22 @@ class TierqClient(BaseClient):
         tenant: str | None = None,
         labels: Sequence[Mapping[str, str] | None] | None = None,
         context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
+        priority: str | Sequence[str | None] | None = None,
     ) -> list[str]:
         """Enqueue many jobs; all are validated first, so one bad request enqueues none.
 
         `idempotency_keys`, if given, holds one key (or None) per request, as for `submit`;
         so does `labels`, one mapping (or None) per request. `context_overflow`, as for
         `submit`, is one choice for every request or one (or None) per request. `tenant` marks
-        the jobs with the gateway tenant that owns them.
+        the jobs with the gateway tenant that owns them. `priority`, as for `submit`, is one
+        class for every request or one (or None) per request.
 
         Nothing is enqueued when Redis is nearly full (`StoreFullError`). Under
         `TIERQ_DURABILITY`, the call returns once Redis confirms the jobs durable, or raises
         `NotDurableError` naming them (queued, not confirmed).
         """
         submission = Submission.build(
-            self.settings, requests, idempotency_keys, tenant, labels, context_overflow
+            self.settings, requests, idempotency_keys, tenant, labels, context_overflow, priority
         )
         with redis_errors():
             # Redis nearly full: StoreFullError, so what is queued can still finish.
@@ -166,6 +176,23 @@ class TierqClient(BaseClient):
         batch: list[JobEnvelope] = []
         # The last batch's wait vouches for every earlier one: replication is one ordered log.
         confirmation: Confirmation | None = None
+        fair = [envelope for envelope in envelopes if self._backlogs.fair(envelope.tier)]
+        if fair:
+            # Jobs of tiers with fair dispatch wait in backlogs; a worker's dispatcher
+            # publishes them (tierq/core/dispatch.py). Recorded and watched meanwhile: should
+            # this fail, a reaper enqueues them straight to the queue.
+            envelopes = [envelope for envelope in envelopes if envelope not in fair]
+            try:
+                self._backlogs.push(fair)
+            except redis.RedisError as error:
+                self._forget([envelope.job_id for envelope in envelopes])
+                self._release_keys(submission.keys_of(envelopes))
+                raise submission.publish_failed([], fair, envelopes, error) from None
+            published.extend(envelope.job_id for envelope in fair)
+            try:
+                confirmation = self._store.unwatch_published(published, watch_until)
+            except redis.RedisError:  # the reaper then finds a stale copy, no harm
+                confirmation = None
         try:
             with self._app.producer_or_acquire() as producer:
                 for start in range(0, len(envelopes), PUBLISH_BATCH):

@@ -19,6 +19,7 @@ import redis
 
 from tierq.core.accounting import SEP
 from tierq.core.cli_output import echo_json, fit
+from tierq.core.dispatch import Backlogs
 from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.heartbeats import STALE_AFTER_SECONDS
 from tierq.core.jobstore import connect
@@ -88,6 +89,7 @@ def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     workers = live_workers(client, settings, now)
     counts, seconds = _window_counts(client, keys, now)
     limiter = SharedRateLimiter(client, settings)
+    backlogs = Backlogs(client, settings)
     usages: list[GroupUsage] = [
         limiter.usage(group, models) for group, models in sorted(limit_groups(settings).items())
     ]
@@ -100,10 +102,14 @@ def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
 
         finished = count("succeeded") + count("failed")
         queue = queues[tier]
+        # Fair dispatch: what waits in the backlogs, by priority and tenant (else nothing).
+        waiting = backlogs.waiting(tier) if tier_settings.fair_dispatch else {}
         tiers.append({
             "tier": tier,
             "queue": queue.queue,
             "queue_depth": queue.depth,
+            "backlog": sum(sum(tenants.values()) for tenants in waiting.values()),
+            "backlog_by_priority": waiting,
             "oldest_job_age_seconds": queue.oldest_age_seconds,
             "workers": len(mine),
             "concurrency": sum(int(w["concurrency"]) for w in mine),
@@ -132,7 +138,7 @@ def render(stats: dict[str, Any]) -> Any:
 
     window = f"last {stats['window_seconds'] / 60:.1f} min"
     table = Table(title=f"tierq fleet ({window})", expand=False)
-    for column in ("tier", "queued", "oldest", "workers", "in flight", "jobs/s",
+    for column in ("tier", "queued", "backlog", "oldest", "workers", "in flight", "jobs/s",
                    "tokens/min", "limit (TPM, last min)", "failed", "retried"):  # fmt: skip
         # A name folds on a narrow terminal rather than lose characters (cli_output.py).
         table.add_column(column, justify="left" if column == "tier" else "right", overflow="fold")
@@ -144,12 +150,25 @@ def render(stats: dict[str, Any]) -> Any:
             for lim in t["limits"]
         )  # fmt: skip
         table.add_row(
-            t["tier"], f"{t['queue_depth']:,}", f"{oldest:.0f}s" if oldest is not None else "-",
+            t["tier"], f"{t['queue_depth']:,}", _backlog(t),
+            f"{oldest:.0f}s" if oldest is not None else "-",
             str(t["workers"]), f"{t['in_flight']}/{t['concurrency']}",
             f"{t['jobs_per_second']:.1f}", f"{t['tokens_per_minute']:,}", limits or "-",
             f"[red]{t['failed']}[/]" if t["failed"] else "0", str(t["retried"]),
         )  # fmt: skip
     return table
+
+
+def _backlog(tier: dict[str, Any]) -> str:
+    """A fair tier's backlog, with its busiest tenants: `1,200 (acme 1,000, beta 200)`."""
+    per_tenant: dict[str, int] = defaultdict(int)
+    for tenants in tier["backlog_by_priority"].values():
+        for tenant, count in tenants.items():
+            per_tenant[tenant] += count
+    if not per_tenant:
+        return "-"
+    top = sorted(per_tenant.items(), key=lambda item: -item[1])[:3]
+    return f"{tier['backlog']:,} (" + ", ".join(f"{t} {n:,}" for t, n in top) + ")"
 
 
 @click.command("stats", cls=ExitCodeCommand)

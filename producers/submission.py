@@ -32,6 +32,7 @@ from tierq.core.errors import (
     PayloadTooLargeError,
 )
 from tierq.core.jobcontrol import Reservation, fingerprint
+from tierq.core.priority import parse_priority
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
 from tierq.core.sliding_window import (
@@ -139,14 +140,29 @@ class Submission:
         tenant: str | None,
         labels: Sequence[Mapping[str, str] | None] | None = None,
         context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
+        priority: str | Sequence[str | None] | None = None,
     ) -> Submission:
         """Validate every request and give each a new job (envelope) on its tier; `labels`,
         if given, holds one mapping (or None) per request: tierq's, never sent.
         `context_overflow` (tierq's, never sent) is one choice for all requests or one (or
-        None, the default) per request."""
+        None, the default) per request. `priority` (tierq's, never sent) is the jobs' class,
+        `interactive`, `default` (None) or `bulk`: one for all requests or one (or None) each."""
+        requests = list(requests)
+        choices = (
+            [priority] * len(requests)
+            if priority is None or isinstance(priority, str)
+            else list(priority)
+        )
+        if len(choices) != len(requests):
+            raise ValueError("priority must be one class, or one (or None) per request")
+        try:
+            priorities = [None if each is None else parse_priority(each) for each in choices]
+        except ValueError as error:
+            raise InvalidJobError(
+                f"invalid job request: {error}", [{"field": "priority", "message": str(error)}]
+            ) from None
         if tenant is not None and not TENANT_PATTERN.match(tenant):
             raise ValueError(f"tenant {tenant!r}: 1 to 64 characters from A-Z a-z 0-9 _ . -")
-        requests = list(requests)
         overflows = _per_request(context_overflow, len(requests))
         prepared = [
             prepare(settings, request, overflow)
@@ -169,6 +185,7 @@ class Submission:
                 labels=job_labels[i],
                 # Set only when something was dropped, so other jobs' messages stay as before.
                 **_dropped_fields(job),
+                **({} if priorities[i] is None else {"priority": priorities[i]}),
             )
             for i, job in enumerate(prepared)
         ]

@@ -28,6 +28,7 @@ from tierq.core.ratelimit import SharedRateLimiter
 from tierq.core.settings import Settings, get_settings
 from tierq.worker.admission import AdmissionGate
 from tierq.worker.completions import CallOutcome, build_client, call_chat_completions
+from tierq.worker.dispatcher import Dispatcher
 from tierq.worker.execution import JobRunner
 from tierq.worker.monitoring import WorkerMonitor
 from tierq.worker.recovery import Leases
@@ -106,6 +107,21 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
         )
 
     leases = Leases(store, settings.lease_seconds, requeue)
+
+    def publish(jobs: list[tuple[str, dict[str, Any]]]) -> None:
+        # The dispatcher's moves: each job's kept message, as the producer would have sent it.
+        with app.producer_or_acquire() as producer:
+            for job_id, message in jobs:
+                app.send_task(
+                    TASK_NAME, args=[message], task_id=job_id, producer=producer,
+                    **job_reprs(job_id),
+                )  # fmt: skip
+
+    dispatcher = (
+        Dispatcher(settings, tier, concurrency, store, publish)
+        if tier_settings.fair_dispatch
+        else None
+    )
     runner = JobRunner(
         settings,
         tier=tier,
@@ -150,12 +166,16 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     os.environ["REMAP_SIGTERM"] = "SIGQUIT"
     monitor.start()
     leases.start()
+    if dispatcher is not None:
+        dispatcher.start()
     code: int | str | None = 0
     try:
         app.worker_main(worker_argv(settings, tier, concurrency, loglevel or settings.log_level))
     except SystemExit as exit_:
         code = exit_.code
     finally:
+        if dispatcher is not None:
+            dispatcher.stop()
         leases.stop()
         monitor.stop()
         if limiter is not None:

@@ -46,6 +46,7 @@ from redis.asyncio.lock import Lock
 from tierq.core.errors import BrokerUnavailableError, StoreFullError, TenantQuotaExceededError
 from tierq.core.jobcontrol import JobControl
 from tierq.core.jobstore import JobStore
+from tierq.core.priority import BATCH_PRIORITY
 from tierq.core.results import JobResult, JobStatus
 from tierq.producers.batchfile import (
     LineError,
@@ -297,8 +298,10 @@ class Finalizer:
                 await _renew(lock)
                 keys = [f"batch:{batch_id}:{r.custom_id}" for r in chunk]
                 try:
+                    # Batches run as bulk: a tier with fair dispatch serves interactive
+                    # work first, and the batch at its share (tierq/core/dispatch.py).
                     job_ids = await client.submit_many(
-                        [r.request for r in chunk], keys, tenant=tenant
+                        [r.request for r in chunk], keys, tenant=tenant, priority=BATCH_PRIORITY
                     )
                 except StoreFullError as full:
                     # Redis nearly full: nothing was enqueued, and the batch waits (it does

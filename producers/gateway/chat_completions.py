@@ -30,10 +30,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -108,6 +108,17 @@ class DropInRoute(APIRoute):
         return handle
 
 
+# tierq's job option the SDK can send as a header (`extra_headers`); checked by the
+# submission, so a wrong one answers 400 naming `priority`, as a body parameter would.
+TierqPriority = Annotated[
+    str | None,
+    Header(
+        alias="Tierq-Priority",
+        description="`interactive`, `default` or `bulk`: on a tier with fair dispatch, how soon "
+        "the job leaves its backlog.",
+    ),
+]
+
 router = APIRouter(
     prefix="/v1",
     tags=["openai"],
@@ -139,6 +150,7 @@ async def create_chat_completion(
     gateway: GatewayState,
     tenant: Tenant,
     idempotency_key: IdempotencyKey = None,
+    priority: TierqPriority = None,
 ) -> Response:
     """The body is the API's request; the answer is the API's, once the job has ended."""
     deadline = time.monotonic() + gateway.settings.gateway.max_wait_seconds
@@ -151,7 +163,7 @@ async def create_chat_completion(
     gateway.waiters.take(tenant)  # before submitting: a refusal here enqueues nothing
     handed_over = False
     try:
-        job_id = await _submit(gateway, tenant, body, idempotency_key)
+        job_id = await _submit(gateway, tenant, body, idempotency_key, priority)
         hold = Hold(gateway, request, tenant, job_id, deadline, keyed=idempotency_key is not None)
         if not body.stream:
             return await hold.answer()
@@ -164,13 +176,15 @@ async def create_chat_completion(
             gateway.waiters.give_back(tenant)
 
 
-async def _submit(gateway: Gateway, tenant: str, body: JobRequest, key: str | None) -> str:
+async def _submit(
+    gateway: Gateway, tenant: str, body: JobRequest, key: str | None, priority: str | None
+) -> str:
     """Enqueue the request as the job API does (quota, contract, tier, idempotency)."""
     await gateway.memory_guard.check()  # 507 while Redis is nearly full: nothing enqueued
     async with await gateway.quota.reserve(tenant, 1) as reservation:
         try:
             job_ids = await gateway.client.submit_many(
-                [body], [tenant_scoped_key(tenant, key)], tenant=tenant
+                [body], [tenant_scoped_key(tenant, key)], tenant=tenant, priority=priority
             )
         except InvalidJobError as refused:
             error = from_invalid_job(refused, status_code=400)

@@ -4,7 +4,8 @@ The body of `POST /v1/jobs` (and each of `jobs` in `POST /v1/jobs:batch`) is the
 Completions request as `client.chat.completions.create` would send it, so an OpenAI client's
 JSON posts unchanged. tierq's own fields sit in one `tierq` object beside it, a name the API
 does not use, so nobody mistakes them for API parameters: `{"model": ..., "messages": ...,
-"tierq": {"labels": {"team": "search"}, "context_overflow": "sliding_window"}}`. The API's own
+"tierq": {"labels": {"team": "search"}, "context_overflow": "sliding_window", "priority":
+"interactive"}}`. The API's own
 `metadata` stays a body parameter and is sent; tierq's fields are kept on the job's record (or
 act at submit) and are never sent.
 """
@@ -16,6 +17,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from tierq.core.contract import JobRequest, Labels
+from tierq.core.priority import PRIORITY_DEFAULT, Priority
 from tierq.core.sliding_window import CONTEXT_OVERFLOW_DEFAULT, ContextOverflow
 
 
@@ -34,6 +36,11 @@ class TierqFields(BaseModel):
         "oldest turns until it fits (`sliding_window`; the record says how many messages and "
         "tokens went).",
     )
+    priority: Priority = Field(
+        default=PRIORITY_DEFAULT,
+        description="`interactive`, `default` or `bulk`: on a tier with fair dispatch, how "
+        "soon the job leaves its backlog (a higher class goes first; a lower one still moves).",
+    )
 
 
 class JobSubmission(JobRequest):
@@ -50,6 +57,10 @@ class JobSubmission(JobRequest):
     @property
     def labels(self) -> dict[str, str]:
         return dict(self.tierq.labels) if self.tierq is not None else {}
+
+    @property
+    def priority(self) -> Priority:
+        return self.tierq.priority if self.tierq is not None else PRIORITY_DEFAULT
 
     @property
     def context_overflow(self) -> ContextOverflow:

@@ -69,6 +69,7 @@ async def _submit(
             tenant=tenant,
             labels=[job.labels for job in jobs],
             context_overflow=[job.context_overflow for job in jobs],
+            priority=[job.priority for job in jobs],
         )
         await reservation.fill(job_ids)
     statuses = await gateway.client.statuses(job_ids)

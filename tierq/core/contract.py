@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from tierq.core.errors import InvalidJobError
+from tierq.core.priority import PRIORITY_DEFAULT, Priority
 from tierq.core.sdk_params import sdk_problems
 from tierq.core.validation import FieldRuleError, describe_validation_error
 
@@ -527,6 +528,9 @@ class JobEnvelope(_Strict):
     # The caller's labels for the job (tierq's, not the API's `metadata`): kept on its record,
     # never sent.
     labels: Labels = Field(default_factory=dict)
+    # tierq's priority class (tierq/core/priority.py), never sent: on a tier with fair dispatch
+    # it decides how soon the job leaves its backlog.
+    priority: Priority = PRIORITY_DEFAULT
     # What the opt-in sliding window dropped from the conversation at submit (the request above
     # is what remains), for the worker to copy onto the record; set only when something was.
     context_dropped_messages: int = 0

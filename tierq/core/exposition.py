@@ -19,12 +19,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, mult
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tierq.core.dispatch import Backlogs
 from tierq.core.queues import queue_snapshots
 from tierq.core.settings import Settings
 
 
 class QueueCollector(Collector):
-    """Queue depth and oldest job age per tier, read from Redis at each scrape."""
+    """Queue depth and oldest job age per tier, and fair-dispatch backlogs by priority and
+    tenant, read from Redis at each scrape."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._client = client
@@ -48,6 +50,22 @@ class QueueCollector(Collector):
             age.add_metric([snap.tier], snap.oldest_age_seconds or 0.0)
         yield depth
         yield age
+        backlog = GaugeMetricFamily(
+            "tierq_backlog",
+            "Jobs waiting in a fair-dispatch tier's backlogs, by priority and tenant",
+            labels=["tier", "priority", "tenant"],
+        )
+        backlogs = Backlogs(self._client, self._settings)
+        try:
+            for tier, tier_settings in self._settings.tiers.items():
+                if not tier_settings.fair_dispatch:
+                    continue
+                for priority, tenants in backlogs.waiting(tier).items():
+                    for tenant, count in tenants.items():
+                        backlog.add_metric([tier, priority, tenant], count)
+        except redis.RedisError:
+            return
+        yield backlog
 
 
 _exposed: CollectorRegistry | None = None

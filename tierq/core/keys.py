@@ -68,6 +68,33 @@ class Keys:
         re-queued by a worker's reaper."""
         return f"{self.prefix}watch"
 
+    # --- fair dispatch (tierq/core/dispatch.py) ---------------------------------------------
+
+    def backlog_prefix(self, tier: str) -> str:
+        """What a tier's backlogs' keys start with; `<priority>:<tenant>` follows."""
+        return f"{self.prefix}backlog:{tier}:"
+
+    def backlog(self, tier: str, priority: str, tenant: str) -> str:
+        """Sorted set: one tenant's jobs of one priority waiting for dispatch, by submission."""
+        return f"{self.backlog_prefix(tier)}{priority}:{tenant}"
+
+    def backlog_tenants_prefix(self, tier: str) -> str:
+        """What a tier's per-priority tenant sets' keys start with; the priority follows."""
+        return f"{self.prefix}backlog-tenants:{tier}:"
+
+    def backlog_tenants(self, tier: str, priority: str) -> str:
+        """Sorted set: tenant -> its virtual time, for the tenants with jobs of this priority
+        waiting (the earliest is served next)."""
+        return f"{self.backlog_tenants_prefix(tier)}{priority}"
+
+    def backlog_costs(self, tier: str) -> str:
+        """Hash: job id -> the tokens it reserves, for the jobs waiting in a tier's backlogs."""
+        return f"{self.prefix}backlog-costs:{tier}"
+
+    def dispatch_clock(self, tier: str) -> str:
+        """Hash: a tier's virtual times (`class:<priority>`, `classes`, `tenants:<priority>`)."""
+        return f"{self.prefix}dispatch-clock:{tier}"
+
     @property
     def dead(self) -> str:
         """Sorted set: job id -> when it failed after exhausting its attempts (dead letters)."""

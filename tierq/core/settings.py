@@ -79,6 +79,10 @@ class TierSettings(BaseModel):
     time_limit_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
     """Hard limit: one attempt, streaming included, may not run longer; past it the job fails
     (`time_limit_exceeded`) and frees its slot. Unset: no limit beyond the soft one."""
+    fair_dispatch: bool = False
+    """Submitted jobs wait in per-priority, per-tenant backlogs, and the tier's workers move
+    them to its Celery queue by weighted fair share in tokens (`TIERQ_FAIR_SHARE`), keeping the
+    queue short; off, jobs go straight to the queue in submission order."""
 
     @field_validator("models")
     @classmethod
@@ -137,6 +141,39 @@ class RateLimitGroup(BaseModel):
     """Requests per minute; unset leaves it to be learned from the API's headers."""
     tpm: Annotated[int, Field(ge=1)] | None = None
     """Tokens per minute; unset leaves it to be learned from the API's headers."""
+
+
+class FairShareSettings(BaseModel):
+    """How a tier with fair dispatch shares its dispatches (tierq/core/dispatch.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    priority_weights: dict[str, Annotated[float, Field(gt=0)]] = {
+        "interactive": 100.0,
+        "default": 10.0,
+        "bulk": 1.0,
+    }
+    """Each priority class's share of a busy tier, in tokens: with every class waiting,
+    `interactive` gets 100 tokens' worth of jobs for each 10 of `default` and 1 of `bulk`. No
+    class is starved: `bulk` still moves at its share. A class with nothing waiting leaves its
+    share to the others."""
+    tenant_weights: dict[str, Annotated[float, Field(gt=0)]] = {}
+    """Within a class, each tenant's share in proportion to its weight, in tokens; a tenant not
+    listed weighs 1 (jobs without a tenant, from the Python client, are tenant `-`)."""
+    queue_target_per_slot: Annotated[float, Field(gt=0, le=100)] = 2.0
+    """The dispatcher keeps about this many jobs per worker slot (its concurrency) on the
+    tier's Celery queue, so a worker never waits for work while the rest waits in backlogs,
+    where it can still be reordered."""
+
+    @field_validator("priority_weights")
+    @classmethod
+    def _every_priority_weighed(cls, value: dict[str, float]) -> dict[str, float]:
+        from tierq.core.priority import PRIORITIES
+
+        unknown = sorted(set(value) - set(PRIORITIES))
+        if unknown:
+            raise ValueError(f"unknown priorities {unknown}; they are {list(PRIORITIES)}")
+        return {priority: value.get(priority, 1.0) for priority in PRIORITIES}
 
 
 class LimiterSettings(BaseModel):
@@ -288,6 +325,8 @@ class Settings(BaseSettings):
     limited by what the API's headers teach."""
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
     """The fleet-wide RPM/TPM limiter shared through Redis."""
+    fair_share: FairShareSettings = Field(default_factory=FairShareSettings)
+    """Priority and tenant weights of the tiers with fair dispatch."""
     context_windows: dict[str, Annotated[int, Field(ge=1)]] = {}
     """Older spelling of the catalog's `context_window_tokens`: each entry overrides its
     model's window (prompt plus output, in tokens). Prefer `TIERQ_MODELS`."""

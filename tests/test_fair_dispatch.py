@@ -1,0 +1,235 @@
+"""Fair dispatch: backlogs per priority and tenant, taken by weighted fair share in tokens.
+
+The scheduling rule is checked on a real Redis with real submissions and no worker (the test
+takes jobs as a dispatcher would); then end to end, through a worker whose tier has fair
+dispatch, and through a dispatcher that dies between taking jobs and publishing them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    Fleet,
+    GatewayFactory,
+    create_api_key,
+    eventually,
+    gateway_client,
+    job,
+    logged,
+    nonce,
+    unique_tenant,
+)
+from tierq import InvalidJobError, TierqClient
+from tierq.core.dispatch import NO_TENANT, Backlogs
+from tierq.core.results import JobStatus
+from tierq.core.settings import Settings
+from tierq.devkit.processes import settings_for
+
+WATCH_SECONDS = 60.0
+
+
+def fair_settings(worker_env: dict[str, str], **overrides: str) -> Settings:
+    return settings_for(
+        {
+            **worker_env,
+            "TIERQ_KEY_PREFIX": f"fair-{nonce()}:",
+            "TIERQ_QUEUE_PREFIX": f"fair-{nonce()}.",
+            "TIERQ_TIERS__FAST__FAIR_DISPATCH": "true",
+            **overrides,
+        }
+    )
+
+
+@pytest.fixture
+def fair(worker_env: dict[str, str]) -> Iterator[tuple[TierqClient, Backlogs, Settings]]:
+    settings = fair_settings(worker_env, TIERQ_FAIR_SHARE__TENANT_WEIGHTS=json.dumps({"heavy": 3}))
+    with TierqClient(settings) as client:
+        yield client, Backlogs(client.redis, settings), settings
+
+
+def owners(client: TierqClient, job_ids: list[str]) -> list[str]:
+    return [str(record.tenant) for record in client.get_many(job_ids) if record is not None]
+
+
+def test_a_submitted_job_waits_in_its_backlog_not_on_the_queue(
+    fair: tuple[TierqClient, Backlogs, Settings],
+) -> None:
+    client, backlogs, settings = fair
+    job_id = client.submit(**job(), priority="bulk")
+    assert client.redis.llen(settings.queue_for("fast")) == 0
+    assert backlogs.waiting("fast") == {"bulk": {NO_TENANT: 1}}
+    assert backlogs.take("fast", 10, WATCH_SECONDS).job_ids == [job_id]
+    assert backlogs.waiting("fast") == {}
+
+
+def test_tenants_share_by_weight_in_tokens(fair: tuple[TierqClient, Backlogs, Settings]) -> None:
+    client, backlogs, _ = fair
+    # Two tenants, weights 1 and 3, each with far more identical jobs than will be taken.
+    for tenant in ("light", "heavy"):
+        client.submit_many([job("same size") for _ in range(60)], tenant=tenant)
+    taken = backlogs.take("fast", 40, WATCH_SECONDS).job_ids
+    shares = Counter(owners(client, taken))
+    assert sum(shares.values()) == 40
+    assert abs(shares["heavy"] - 30) <= 1  # 3:1, give or take the tie at a round's end
+
+
+def test_a_tenant_alone_takes_everything_and_one_arriving_gets_its_share_at_once(
+    fair: tuple[TierqClient, Backlogs, Settings],
+) -> None:
+    client, backlogs, _ = fair
+    client.submit_many([job("same size") for _ in range(40)], tenant="light")
+    # Work-conserving: alone, it is served whatever its weight.
+    assert Counter(owners(client, backlogs.take("fast", 20, WATCH_SECONDS).job_ids)) == {
+        "light": 20
+    }
+    # A tenant arriving now owes nothing for the other's run (it is not made to wait while the
+    # other catches up), and banks no credit from before: from now on, 3:1 by weight.
+    client.submit_many([job("same size") for _ in range(40)], tenant="heavy")
+    shares = Counter(owners(client, backlogs.take("fast", 40, WATCH_SECONDS).job_ids))
+    assert abs(shares["heavy"] - 30) <= 2
+
+
+def test_a_higher_class_goes_first_and_a_lower_one_still_moves(
+    fair: tuple[TierqClient, Backlogs, Settings],
+) -> None:
+    client, backlogs, _ = fair
+    bulk = client.submit_many([job("same size") for _ in range(300)], priority="bulk")
+    urgent = client.submit(**job("same size"), priority="interactive")
+    first = backlogs.take("fast", 1, WATCH_SECONDS).job_ids
+    assert first == [urgent]
+    # With both classes busy, bulk still gets its weight's share (1 in 100 + 1).
+    client.submit_many([job("same size") for _ in range(300)], priority="interactive")
+    taken = backlogs.take("fast", 202, WATCH_SECONDS).job_ids
+    assert 1 <= len(set(taken) & set(bulk)) <= 3
+
+
+def test_a_job_cancelled_in_its_backlog_is_dropped_and_costs_its_tenant_nothing(
+    fair: tuple[TierqClient, Backlogs, Settings],
+) -> None:
+    client, backlogs, _ = fair
+    cancelled = client.submit_many([job("same size") for _ in range(5)], tenant="light")
+    for job_id in cancelled:
+        client.cancel(job_id)
+    kept = client.submit_many([job("same size") for _ in range(5)], tenant="light")
+    other = client.submit_many([job("same size") for _ in range(5)], tenant="heavy")
+    taken = backlogs.take("fast", 10, WATCH_SECONDS).job_ids
+    assert set(taken) == set(kept) | set(other)
+
+
+def test_an_unknown_priority_is_refused_naming_the_field(
+    fair: tuple[TierqClient, Backlogs, Settings],
+) -> None:
+    client, _, _ = fair
+    with pytest.raises(InvalidJobError, match="priority: 'urgent' is not a priority"):
+        client.submit(**job(), priority="urgent")
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+
+def test_jobs_of_a_fair_tier_run_through_the_dispatcher_interactive_ahead_of_bulk(
+    start_fleet: Fleet,
+) -> None:
+    # Given a worker with 2 slots on a tier with fair dispatch, and 30 slow bulk jobs queued
+    _, settings = start_fleet("fast", concurrency=2, TIERQ_TIERS__FAST__FAIR_DISPATCH="true")
+    with TierqClient(settings) as client:
+        bulk = client.submit_many(
+            [job(f"{nonce()} [sim latency_ms=300]") for _ in range(30)], priority="bulk"
+        )
+        eventually(
+            lambda: client.get(bulk[0]).status,
+            until=lambda status: status is not JobStatus.QUEUED,
+            what="the first bulk job leaving the queue",
+            timeout=30,
+        )
+        # When an interactive job comes after them
+        urgent = client.submit(**job(nonce()), priority="interactive")
+        done = client.wait_many([*bulk, urgent], timeout=120)
+
+    # Then every job ran once, and the interactive one started before most of the bulk
+    assert {record.status for record in done} == {JobStatus.SUCCEEDED}
+    assert all(record.attempts == 1 for record in done)
+    started = {record.job_id: record.started_at for record in done}
+    later_bulk = [job_id for job_id in bulk if started[job_id] > started[urgent]]
+    assert len(later_bulk) >= 20
+
+
+def test_jobs_a_dispatcher_took_but_never_published_are_requeued_and_run_once(
+    start_fleet: Fleet, worker_env: dict[str, str]
+) -> None:
+    # Given jobs of a fair tier in their backlogs, no worker yet, and a short lease
+    isolation = {
+        "TIERQ_KEY_PREFIX": f"fair-{nonce()}:",
+        "TIERQ_QUEUE_PREFIX": f"fair-{nonce()}.",
+        "TIERQ_TIERS__FAST__FAIR_DISPATCH": "true",
+        "TIERQ_LEASE_SECONDS": "5",
+    }
+    settings = settings_for({**worker_env, **isolation})
+    with TierqClient(settings) as client:
+        job_ids = client.submit_many([job(nonce()) for _ in range(10)])
+        # When a dispatcher takes half of them and dies before publishing them
+        lost = Backlogs(client.redis, settings).take("fast", 5, settings.lease_seconds).job_ids
+        assert len(lost) == 5
+        # ... and a worker of the tier starts
+        (worker,), _ = start_fleet("fast", **isolation)
+        # Then its dispatcher sends the rest, its reaper re-queues the lost ones, and every
+        # job runs exactly once
+        done = client.wait_many(job_ids, timeout=90)
+    assert {record.status for record in done} == {JobStatus.SUCCEEDED}
+    requeued = {str(line["job_id"]) for line in logged(worker, "job.requeued")}
+    assert set(lost) <= requeued
+    # (the worker logs a job's end just after recording it: read once every job's is there)
+    finished: Counter[Any] = eventually(
+        lambda: Counter(line["job_id"] for line in logged(worker, "job.finished")),
+        until=lambda seen: set(job_ids) <= set(seen),
+        what="every job's finished line",
+        timeout=10,
+    )
+    assert {job_id: finished[job_id] for job_id in job_ids} == dict.fromkeys(job_ids, 1)
+
+
+def test_the_gateway_takes_priority_as_a_job_field_and_as_the_drop_in_header(
+    start_gateway_with: GatewayFactory,
+) -> None:
+    # Given a gateway on a fair tier that no worker serves (jobs stay in their backlogs), with
+    # a 1 s hold for the drop-in route
+    root, settings = start_gateway_with(
+        TIERQ_KEY_PREFIX=f"fair-{nonce()}:",
+        TIERQ_QUEUE_PREFIX=f"fair-{nonce()}.",
+        TIERQ_TIERS__FAST__FAIR_DISPATCH="true",
+        TIERQ_GATEWAY__MAX_WAIT_SECONDS="1",
+    )
+    tenant = unique_tenant()
+    key = create_api_key(settings, tenant)
+    with gateway_client(root, key) as http:
+        # When one job comes by the job route as interactive, one as bulk
+        for priority in ("interactive", "bulk"):
+            body = {**job(), "tierq": {"priority": priority}}
+            assert http.post("/v1/jobs", json=body).status_code == 202
+        # ... and one by the drop-in route with the header (kept past the hold by its key)
+        held = http.post(
+            "/v1/chat/completions",
+            json=job(),
+            headers={"Tierq-Priority": "interactive", "Idempotency-Key": nonce()},
+        )
+        assert held.status_code == 504
+        # ... and a priority that is not one is refused, naming it, on both routes
+        bad = http.post("/v1/jobs", json={**job(), "tierq": {"priority": "urgent"}})
+        assert bad.status_code == 422
+        assert "priority" in bad.text
+        refused = http.post(
+            "/v1/chat/completions", json=job(), headers={"Tierq-Priority": "urgent"}
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "priority"
+
+    # Then each waits in its class's backlog, under its tenant
+    with TierqClient(settings) as client:
+        waiting = Backlogs(client.redis, settings).waiting("fast")
+    assert waiting == {"interactive": {tenant: 2}, "bulk": {tenant: 1}}

@@ -1,0 +1,144 @@
+"""Fair dispatch: a tier's jobs wait in per-priority, per-tenant backlogs, and its workers move
+them to the Celery queue by weighted fair share in tokens.
+
+Celery stays the engine: its queue still carries every job to a worker, and retries,
+deferrals, re-queues and dead-letter retries still go straight onto it. What changes, on a
+tier with `fair_dispatch`, is how a *submitted* job reaches it. The producer puts the job in
+its backlog (`push`: one script, backlog_push.lua); a dispatcher thread in each of the tier's
+workers (worker/dispatcher.py) keeps the queue about `queue_target_per_slot` jobs per
+worker slot deep, taking jobs out of the backlogs (`take`: backlog_dispatch.lua) in the order
+the scheduling rule gives, and publishing them. The queue stays short, so what waits, waits
+where it can still be reordered.
+
+The rule is start-time fair queueing, at two levels: a class's virtual time grows by a taken
+job's tokens (prompt estimate plus reserved output, as the limiter counts them) over the
+class's weight, and so does a tenant's within its class; the next job is the oldest of the
+tenant with the earliest time, in the class with the earliest time. So over any busy stretch,
+classes and tenants get the tier's tokens in proportion to their weights; one with nothing
+waiting gets nothing and leaves its share to the others (work-conserving), and joins again at
+the current time, with no credit banked while idle. No class is starved: `bulk`'s weight is
+small, not zero, so a bulk job waits at most its backlog's tokens ahead of it over bulk's
+share of the tier's rate.
+
+Nothing is lost or run twice when a dispatcher dies: the script that takes a job puts it on
+the watch list, whose reaper re-queues it if its publish never came (the claim in the job's
+record stops a second copy from calling the API).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from tierq.core import scripts
+from tierq.core.budget import job_cost
+from tierq.core.contract import JobEnvelope
+from tierq.core.keys import Keys, as_text
+from tierq.core.priority import PRIORITIES
+from tierq.core.settings import Settings
+
+# The tenant of jobs submitted without one (the Python client's).
+NO_TENANT = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Jobs a dispatcher took out of the backlogs, on the watch list until `watch_until`."""
+
+    job_ids: list[str]
+    watch_until: float
+
+
+def tenant_of(envelope: JobEnvelope) -> str:
+    return envelope.tenant or NO_TENANT
+
+
+class Backlogs:
+    """A deployment's backlogs, through one blocking Redis client."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._redis = client
+        self._settings = settings
+        self._keys = Keys(settings.key_prefix)
+        self._push = scripts.register(client, "backlog_push")
+        self._take = scripts.register(client, "backlog_dispatch")
+        shares = settings.fair_share
+        self._class_weights = json.dumps(shares.priority_weights)
+        self._tenant_weights = json.dumps(shares.tenant_weights)
+
+    def fair(self, tier: str) -> bool:
+        """Whether `tier`'s submitted jobs go through backlogs."""
+        return self._settings.tiers[tier].fair_dispatch
+
+    def push(self, envelopes: Sequence[JobEnvelope]) -> None:
+        """Put submitted jobs (all of one tier or several) in their backlogs."""
+        by_tier: dict[str, list[Any]] = {}
+        order = time.time()
+        for n, envelope in enumerate(envelopes):
+            cost = job_cost(envelope.request, self._settings, envelope.estimated_prompt_tokens)
+            by_tier.setdefault(envelope.tier, []).extend(
+                [
+                    envelope.job_id,
+                    envelope.priority,
+                    tenant_of(envelope),
+                    cost.total,
+                    order + n * 1e-6,
+                ]
+            )
+        for tier, jobs in by_tier.items():
+            self._push(
+                keys=[self._keys.dispatch_clock(tier), self._keys.backlog_costs(tier)],
+                args=[
+                    self._keys.backlog_prefix(tier),
+                    self._keys.backlog_tenants_prefix(tier),
+                    *jobs,
+                ],
+            )
+
+    def take(self, tier: str, count: int, watch_seconds: float) -> Taken:
+        """Up to `count` jobs of `tier`, in fair order, put on the watch list for
+        `watch_seconds` (their publish takes them off)."""
+        reply = self._take(
+            keys=[
+                self._keys.dispatch_clock(tier),
+                self._keys.backlog_costs(tier),
+                self._keys.watch,
+            ],
+            args=[
+                self._keys.backlog_prefix(tier),
+                self._keys.backlog_tenants_prefix(tier),
+                self._keys.job_prefix,
+                count,
+                watch_seconds,
+                self._class_weights,
+                self._tenant_weights,
+                ",".join(PRIORITIES),
+            ],
+        )
+        return Taken([as_text(job_id) for job_id in reply[1:]], float(reply[0]))
+
+    def waiting(self, tier: str) -> dict[str, dict[str, int]]:
+        """Jobs waiting in `tier`'s backlogs: priority -> tenant -> count (for `tierq stats`
+        and metrics); one pipelined read per priority."""
+        found: dict[str, dict[str, int]] = {}
+        for priority in PRIORITIES:
+            tenants = [
+                as_text(t)
+                for t in self._redis.zrange(self._keys.backlog_tenants(tier, priority), 0, -1)
+            ]
+            if not tenants:
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            for tenant in tenants:
+                pipe.zcard(self._keys.backlog(tier, priority, tenant))
+            found[priority] = {
+                tenant: int(count)
+                for tenant, count in zip(tenants, pipe.execute(), strict=True)
+                if count
+            }
+        return found
