@@ -8,6 +8,7 @@ dispatch, and through a dispatcher that dies between taking jobs and publishing 
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,9 @@ import pytest
 from tests.support import (
     Fleet,
     GatewayFactory,
+    Simulator,
     create_api_key,
+    env_of,
     eventually,
     gateway_client,
     job,
@@ -233,3 +236,38 @@ def test_the_gateway_takes_priority_as_a_job_field_and_as_the_drop_in_header(
     with TierqClient(settings) as client:
         waiting = Backlogs(client.redis, settings).waiting("fast")
     assert waiting == {"interactive": {tenant: 2}, "bulk": {tenant: 1}}
+
+
+def test_a_worker_killed_while_it_dispatches_leaves_every_job_one_result(
+    start_fleet: Fleet, simulator: Simulator
+) -> None:
+    # Given a fair tier's worker busy dispatching a backlog of 80 slow jobs, with a short lease
+    fair_tier = {"TIERQ_TIERS__FAST__FAIR_DISPATCH": "true", "TIERQ_LEASE_SECONDS": "5"}
+    (first,), settings = start_fleet("fast", concurrency=10, **fair_tier)
+    markers = [nonce() for _ in range(80)]
+    with TierqClient(settings) as client:
+        job_ids = client.submit_many(
+            [job(f"{marker} [sim latency_ms=300]") for marker in markers], priority="bulk"
+        )
+        eventually(
+            lambda: client.get_many(job_ids),
+            until=lambda records: sum(r is not None and r.status.is_final for r in records) >= 15,
+            what="the first jobs finishing",
+            timeout=60,
+        )
+        # When it is killed mid-run (calls in flight, jobs taken, the rest in the backlog), and
+        # another worker of the tier takes over
+        first.signal(signal.SIGKILL)
+        (second,), _ = start_fleet("fast", concurrency=10, **fair_tier, **env_of(settings))
+        done = client.wait_many(job_ids, timeout=120)
+
+    # Then every job ends succeeded, once: the new worker finished none twice, and none of
+    # those the killed one had finished ...
+    assert {record.status for record in done} == {JobStatus.SUCCEEDED}
+    by_second = Counter(line["job_id"] for line in logged(second, "job.finished"))
+    assert set(by_second.values()) == {1}
+    # ... and the API was called once per job, but for the calls the kill cut off (at most one
+    # per slot), which were made again: their first answers were never received
+    calls = Counter(len(simulator.requests_with(marker)) for marker in markers)
+    assert set(calls) <= {1, 2}
+    assert calls[2] <= 10
