@@ -30,9 +30,11 @@ from tests.support import (
 )
 from tierq import InvalidJobError, TierqClient
 from tierq.core.dispatch import NO_TENANT, Backlogs
+from tierq.core.exposition import QueueCollector
 from tierq.core.results import JobStatus
 from tierq.core.settings import Settings
 from tierq.devkit.processes import settings_for
+from tierq.producers.stats import collect_stats
 
 WATCH_SECONDS = 60.0
 
@@ -271,3 +273,20 @@ def test_a_worker_killed_while_it_dispatches_leaves_every_job_one_result(
     calls = Counter(len(simulator.requests_with(marker)) for marker in markers)
     assert set(calls) <= {1, 2}
     assert calls[2] <= 10
+
+
+def test_stats_and_metrics_show_each_tenants_backlog_by_priority(
+    fair: tuple[TierqClient, Backlogs, Settings],
+) -> None:
+    client, _, settings = fair
+    client.submit_many([job() for _ in range(3)], tenant="light", priority="bulk")
+    client.submit_many([job() for _ in range(2)], tenant="heavy", priority="interactive")
+
+    fast = next(t for t in collect_stats(settings, client.redis)["tiers"] if t["tier"] == "fast")
+    assert fast["queue_depth"] == 0
+    assert fast["backlog"] == 5
+    assert fast["backlog_by_priority"] == {"interactive": {"heavy": 2}, "bulk": {"light": 3}}
+
+    families = {f.name: f for f in QueueCollector(client.redis, settings).collect()}
+    samples = {tuple(s.labels.values()): s.value for s in families["tierq_backlog"].samples}
+    assert samples == {("fast", "interactive", "heavy"): 2, ("fast", "bulk", "light"): 3}
