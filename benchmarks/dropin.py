@@ -37,13 +37,10 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import resource
 import sys
-import tempfile
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,11 +62,10 @@ from benchmarks.dropin_clients import (
 )
 from benchmarks.dropin_table import rows_and_targets
 from benchmarks.machine import peak_rss_mb
-from benchmarks.record import Row, Run, print_table, setup_record, write_results
+from benchmarks.record import Row, Run, Target, measure_and_record, setup_record
 from benchmarks.workers import AS_COMPOSE, learned_limits, start_fleet, worker_env
 from tierq.core.keys import Keys
 from tierq.core.redis_clients import async_client
-from tierq.devkit.local_redis import ensure_redis
 from tierq.devkit.processes import (
     ManagedProcess,
     cpu_seconds,
@@ -409,22 +405,22 @@ def main() -> int:
             "its metrics served"
         ),
     )  # fmt: skip
-    redis_url, embedded = ensure_redis(
-        os.environ.get("TIERQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+
+    def table_of(figures: dict[str, Any]) -> tuple[Any, list[list[str]], list[Target]]:
+        rows, targets = rows_and_targets(figures)
+        return Row.COLUMNS, [row.cells() for row in rows], targets
+
+    return measure_and_record(
+        name="dropin",
+        run=run,
+        setup=setup,
+        default_redis_db=12,
+        measure=lambda redis_url, logs: Bench(redis_url, sizes, logs, console).run(),
+        table_of=table_of,
+        title="tierq drop-in: the SDK through the gateway",
+        out=Path(args.out),
+        console=console,
     )
-    logs = Path(tempfile.mkdtemp(prefix=f"tierq-bench-dropin-{uuid.uuid4().hex[:4]}-"))
-    try:
-        figures = Bench(redis_url, sizes, logs, console).run()
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    rows, targets = rows_and_targets(figures)
-    table = (Row.COLUMNS, [row.cells() for row in rows])
-    print_table(*table, console, f"tierq drop-in: the SDK through the gateway ({run} run)")
-    out = Path(args.out)
-    write_results(out, "dropin", run, setup, table, targets, figures)
-    console.print(f"[dim]Figures: {out}; logs: {logs}[/]")
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import math
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,3 +145,39 @@ def print_table(columns: Sequence[str], rows: list[list[str]], console: Any, tit
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def measure_and_record(
+    *,
+    name: str,
+    run: Run,
+    setup: dict[str, Any],
+    default_redis_db: int,
+    measure: Callable[[str, Path], dict[str, Any]],
+    table_of: Callable[[dict[str, Any]], tuple[Sequence[str], list[list[str]], list[Target]]],
+    title: str,
+    out: Path,
+    console: Any,
+) -> int:
+    """The end every benchmark shares: a Redis (TIERQ_BENCH_REDIS_URL, else the given database
+    of the local one, else an embedded one), `measure(redis_url, logs)`, its table printed and
+    its results file written."""
+    import os
+    import tempfile
+    import uuid
+
+    from tierq.devkit.local_redis import ensure_redis
+
+    default = f"redis://127.0.0.1:6379/{default_redis_db}"
+    redis_url, embedded = ensure_redis(os.environ.get("TIERQ_BENCH_REDIS_URL", default))
+    logs = Path(tempfile.mkdtemp(prefix=f"tierq-bench-{name}-{uuid.uuid4().hex[:4]}-"))
+    try:
+        figures = measure(redis_url, logs)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    columns, rows, targets = table_of(figures)
+    print_table(columns, rows, console, f"{title} ({run} run)")
+    write_results(out, name, run, setup, (columns, rows), targets, figures)
+    console.print(f"[dim]Figures: {out}; logs: {logs}[/]")
+    return 0
