@@ -62,7 +62,7 @@ from benchmarks.dropin_clients import (
 )
 from benchmarks.dropin_table import rows_and_targets
 from benchmarks.machine import peak_rss_mb
-from benchmarks.record import Row, Run, Target, measure_and_record, setup_record
+from benchmarks.record import Run, measure_and_record, setup_record
 from benchmarks.workers import AS_COMPOSE, learned_limits, start_fleet, worker_env
 from tierq.core.keys import Keys
 from tierq.core.redis_clients import async_client
@@ -406,17 +406,13 @@ def main() -> int:
         ),
     )  # fmt: skip
 
-    def table_of(figures: dict[str, Any]) -> tuple[Any, list[list[str]], list[Target]]:
-        rows, targets = rows_and_targets(figures)
-        return Row.COLUMNS, [row.cells() for row in rows], targets
-
     return measure_and_record(
         name="dropin",
         run=run,
         setup=setup,
         default_redis_db=12,
         measure=lambda redis_url, logs: Bench(redis_url, sizes, logs, console).run(),
-        table_of=table_of,
+        rows_and_targets=rows_and_targets,
         title="tierq drop-in: the SDK through the gateway",
         out=Path(args.out),
         console=console,

@@ -68,7 +68,7 @@ from benchmarks.fairness_tenants import (
     times_seen,
 )
 from benchmarks.machine import own_cpu_seconds
-from benchmarks.record import Row, Run, Target, measure_and_record, setup_record
+from benchmarks.record import Run, measure_and_record, setup_record
 from benchmarks.workers import AS_COMPOSE, start_fleet, worker_env
 from tierq.core.dispatch import Backlogs
 from tierq.core.errors import JobWaitTimeout
@@ -531,17 +531,13 @@ def main() -> int:
         ),
     )  # fmt: skip
 
-    def table_of(figures: dict[str, Any]) -> tuple[Any, list[list[str]], list[Target]]:
-        rows, targets = rows_and_targets(figures)
-        return Row.COLUMNS, [row.cells() for row in rows], targets
-
     return measure_and_record(
         name="fairness",
         run=run,
         setup=setup,
         default_redis_db=11,
         measure=lambda redis_url, logs: Bench(redis_url, sizes, logs, console).run(),
-        table_of=table_of,
+        rows_and_targets=rows_and_targets,
         title="tierq fair dispatch",
         out=Path(args.out),
         console=console,

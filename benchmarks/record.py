@@ -154,14 +154,14 @@ def measure_and_record(
     setup: dict[str, Any],
     default_redis_db: int,
     measure: Callable[[str, Path], dict[str, Any]],
-    table_of: Callable[[dict[str, Any]], tuple[Sequence[str], list[list[str]], list[Target]]],
+    rows_and_targets: Callable[[dict[str, Any]], tuple[Sequence[Row], list[Target]]],
     title: str,
     out: Path,
     console: Any,
 ) -> int:
     """The end every benchmark shares: a Redis (TIERQ_BENCH_REDIS_URL, else the given database
-    of the local one, else an embedded one), `measure(redis_url, logs)`, its table printed and
-    its results file written."""
+    of the local one, else an embedded one), `measure(redis_url, logs)`, its rows printed as a
+    table and its results file written."""
     import os
     import tempfile
     import uuid
@@ -176,8 +176,9 @@ def measure_and_record(
     finally:
         if embedded is not None:
             embedded.stop()
-    columns, rows, targets = table_of(figures)
-    print_table(columns, rows, console, f"{title} ({run} run)")
-    write_results(out, name, run, setup, (columns, rows), targets, figures)
+    found, targets = rows_and_targets(figures)
+    rows = [row.cells() for row in found]
+    print_table(Row.COLUMNS, rows, console, f"{title} ({run} run)")
+    write_results(out, name, run, setup, (Row.COLUMNS, rows), targets, figures)
     console.print(f"[dim]Figures: {out}; logs: {logs}[/]")
     return 0

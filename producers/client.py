@@ -181,7 +181,7 @@ class TierqClient(BaseClient):
             # Jobs of tiers with fair dispatch wait in backlogs; a worker's dispatcher
             # publishes them (tierq/core/dispatch.py). Recorded and watched meanwhile: should
             # this fail, a reaper enqueues them straight to the queue.
-            envelopes = [envelope for envelope in envelopes if envelope not in fair]
+            envelopes = [e for e in envelopes if not self._backlogs.fair(e.tier)]
             try:
                 self._backlogs.push(fair)
             except redis.RedisError as error:
