@@ -33,6 +33,7 @@ from tierq.core.errors import NotDurableError
 from tierq.core.jobcontrol import JobControl
 from tierq.core.jobstore import JobStore, connect
 from tierq.core.memory_guard import MemoryGuard
+from tierq.core.queue_entry import render as render_entry
 from tierq.core.results import JobResult
 from tierq.core.settings import Settings
 from tierq.core.sliding_window import CONTEXT_OVERFLOW_DEFAULT, ContextOverflow
@@ -182,8 +183,12 @@ class TierqClient(BaseClient):
             # publishes them (tierq/core/dispatch.py). Recorded and watched meanwhile: should
             # this fail, a reaper enqueues them straight to the queue.
             envelopes = [e for e in envelopes if not self._backlogs.fair(e.tier)]
+            entries = [
+                render_entry(self._app, e.job_id, e.to_message(), self.settings.queue_for(e.tier))
+                for e in fair
+            ]
             try:
-                self._backlogs.push(fair)
+                self._backlogs.push(fair, entries)
             except redis.RedisError as error:
                 self._forget([envelope.job_id for envelope in envelopes])
                 self._release_keys(submission.keys_of(envelopes))

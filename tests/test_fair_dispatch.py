@@ -1,8 +1,9 @@
 """Fair dispatch: backlogs per priority and tenant, taken by weighted fair share in tokens.
 
 The scheduling rule is checked on a real Redis with real submissions and no worker (the test
-takes jobs as a dispatcher would); then end to end, through a worker whose tier has fair
-dispatch, and through a dispatcher that dies between taking jobs and publishing them.
+moves jobs onto the queue as a dispatcher would, and reads which ones came); then with
+dispatchers racing; then end to end, through workers whose tier has fair dispatch, one of
+them killed while it dispatches.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import signal
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -36,7 +37,8 @@ from tierq.core.settings import Settings
 from tierq.devkit.processes import settings_for
 from tierq.producers.stats import collect_stats
 
-WATCH_SECONDS = 60.0
+# A queue depth the tests never reach: a step moves as many jobs as it is asked for.
+DEEP = 100_000
 
 
 def fair_settings(worker_env: dict[str, str], **overrides: str) -> Settings:
@@ -58,6 +60,18 @@ def fair(worker_env: dict[str, str]) -> Iterator[tuple[TierqClient, Backlogs, Se
         yield client, Backlogs(client.redis, settings), settings
 
 
+def dispatch(backlogs: Backlogs, settings: Settings, most: int) -> list[str]:
+    """Move up to `most` jobs onto the fast tier's queue (no worker reads it), as a
+    dispatcher's step would; the ids moved."""
+    return backlogs.dispatch("fast", settings.queue_for("fast"), DEEP, most)
+
+
+def queued_ids(client: TierqClient, settings: Settings) -> list[str]:
+    """The job ids of the Celery messages on the fast tier's queue, oldest first."""
+    entries = client.redis.lrange(settings.queue_for("fast"), 0, -1)
+    return [json.loads(entry)["headers"]["id"] for entry in reversed(entries)]
+
+
 def owners(client: TierqClient, job_ids: list[str]) -> list[str]:
     return [str(record.tenant) for record in client.get_many(job_ids) if record is not None]
 
@@ -69,16 +83,30 @@ def test_a_submitted_job_waits_in_its_backlog_not_on_the_queue(
     job_id = client.submit(**job(), priority="bulk")
     assert client.redis.llen(settings.queue_for("fast")) == 0
     assert backlogs.waiting("fast") == {"bulk": {NO_TENANT: 1}}
-    assert backlogs.take("fast", 10, WATCH_SECONDS).job_ids == [job_id]
+    assert dispatch(backlogs, settings, 10) == [job_id]
     assert backlogs.waiting("fast") == {}
+    assert queued_ids(client, settings) == [job_id]
+
+
+def test_a_step_fills_the_queue_to_its_depth_and_no_further(
+    fair: tuple[TierqClient, Backlogs, Settings],
+) -> None:
+    client, backlogs, settings = fair
+    job_ids = client.submit_many([job() for _ in range(10)])
+    queue = settings.queue_for("fast")
+    assert len(backlogs.dispatch("fast", queue, 4, 100)) == 4
+    assert backlogs.dispatch("fast", queue, 4, 100) == []
+    client.redis.rpop(queue)  # a worker took one
+    assert len(backlogs.dispatch("fast", queue, 4, 100)) == 1
+    assert queued_ids(client, settings) == job_ids[1:5]
 
 
 def test_tenants_share_by_weight_in_tokens(fair: tuple[TierqClient, Backlogs, Settings]) -> None:
-    client, backlogs, _ = fair
+    client, backlogs, settings = fair
     # Two tenants, weights 1 and 3, each with far more identical jobs than will be taken.
     for tenant in ("light", "heavy"):
         client.submit_many([job("same size") for _ in range(60)], tenant=tenant)
-    taken = backlogs.take("fast", 40, WATCH_SECONDS).job_ids
+    taken = dispatch(backlogs, settings, 40)
     shares = Counter(owners(client, taken))
     assert sum(shares.values()) == 40
     assert abs(shares["heavy"] - 30) <= 1  # 3:1, give or take the tie at a round's end
@@ -87,44 +115,43 @@ def test_tenants_share_by_weight_in_tokens(fair: tuple[TierqClient, Backlogs, Se
 def test_a_tenant_alone_takes_everything_and_one_arriving_gets_its_share_at_once(
     fair: tuple[TierqClient, Backlogs, Settings],
 ) -> None:
-    client, backlogs, _ = fair
+    client, backlogs, settings = fair
     client.submit_many([job("same size") for _ in range(40)], tenant="light")
     # Work-conserving: alone, it is served whatever its weight.
-    assert Counter(owners(client, backlogs.take("fast", 20, WATCH_SECONDS).job_ids)) == {
-        "light": 20
-    }
+    assert Counter(owners(client, dispatch(backlogs, settings, 20))) == {"light": 20}
     # A tenant arriving now owes nothing for the other's run (it is not made to wait while the
     # other catches up), and banks no credit from before: from now on, 3:1 by weight.
     client.submit_many([job("same size") for _ in range(40)], tenant="heavy")
-    shares = Counter(owners(client, backlogs.take("fast", 40, WATCH_SECONDS).job_ids))
+    shares = Counter(owners(client, dispatch(backlogs, settings, 40)))
     assert abs(shares["heavy"] - 30) <= 2
 
 
 def test_a_higher_class_goes_first_and_a_lower_one_still_moves(
     fair: tuple[TierqClient, Backlogs, Settings],
 ) -> None:
-    client, backlogs, _ = fair
+    client, backlogs, settings = fair
     bulk = client.submit_many([job("same size") for _ in range(300)], priority="bulk")
     urgent = client.submit(**job("same size"), priority="interactive")
-    first = backlogs.take("fast", 1, WATCH_SECONDS).job_ids
+    first = dispatch(backlogs, settings, 1)
     assert first == [urgent]
     # With both classes busy, bulk still gets its weight's share (1 in 100 + 1).
     client.submit_many([job("same size") for _ in range(300)], priority="interactive")
-    taken = backlogs.take("fast", 202, WATCH_SECONDS).job_ids
+    taken = dispatch(backlogs, settings, 202)
     assert 1 <= len(set(taken) & set(bulk)) <= 3
 
 
 def test_a_job_cancelled_in_its_backlog_is_dropped_and_costs_its_tenant_nothing(
     fair: tuple[TierqClient, Backlogs, Settings],
 ) -> None:
-    client, backlogs, _ = fair
+    client, backlogs, settings = fair
     cancelled = client.submit_many([job("same size") for _ in range(5)], tenant="light")
     for job_id in cancelled:
         client.cancel(job_id)
     kept = client.submit_many([job("same size") for _ in range(5)], tenant="light")
     other = client.submit_many([job("same size") for _ in range(5)], tenant="heavy")
-    taken = backlogs.take("fast", 10, WATCH_SECONDS).job_ids
+    taken = dispatch(backlogs, settings, 10)
     assert set(taken) == set(kept) | set(other)
+    assert set(queued_ids(client, settings)) == set(taken)
 
 
 def test_an_unknown_priority_is_refused_naming_the_field(
@@ -165,38 +192,32 @@ def test_jobs_of_a_fair_tier_run_through_the_dispatcher_interactive_ahead_of_bul
     assert len(later_bulk) >= 20
 
 
-def test_jobs_a_dispatcher_took_but_never_published_are_requeued_and_run_once(
-    start_fleet: Fleet, worker_env: dict[str, str]
+def test_dispatchers_racing_put_each_job_on_the_queue_exactly_once(
+    fair: tuple[TierqClient, Backlogs, Settings],
 ) -> None:
-    # Given jobs of a fair tier in their backlogs, no worker yet, and a short lease
-    isolation = {
-        "TIERQ_KEY_PREFIX": f"fair-{nonce()}:",
-        "TIERQ_QUEUE_PREFIX": f"fair-{nonce()}.",
-        "TIERQ_TIERS__FAST__FAIR_DISPATCH": "true",
-        "TIERQ_LEASE_SECONDS": "5",
-    }
-    settings = settings_for({**worker_env, **isolation})
-    with TierqClient(settings) as client:
-        job_ids = client.submit_many([job(nonce()) for _ in range(10)])
-        # When a dispatcher takes half of them and dies before publishing them
-        lost = Backlogs(client.redis, settings).take("fast", 5, settings.lease_seconds).job_ids
-        assert len(lost) == 5
-        # ... and a worker of the tier starts
-        (worker,), _ = start_fleet("fast", **isolation)
-        # Then its dispatcher sends the rest, its reaper re-queues the lost ones, and every
-        # job runs exactly once
-        done = client.wait_many(job_ids, timeout=90)
-    assert {record.status for record in done} == {JobStatus.SUCCEEDED}
-    requeued = {str(line["job_id"]) for line in logged(worker, "job.requeued")}
-    assert set(lost) <= requeued
-    # (the worker logs a job's end just after recording it: read once every job's is there)
-    finished: Counter[Any] = eventually(
-        lambda: Counter(line["job_id"] for line in logged(worker, "job.finished")),
-        until=lambda seen: set(job_ids) <= set(seen),
-        what="every job's finished line",
-        timeout=10,
-    )
-    assert {job_id: finished[job_id] for job_id in job_ids} == dict.fromkeys(job_ids, 1)
+    # Given 400 jobs of two tenants in their backlogs
+    client, backlogs, settings = fair
+    job_ids = [
+        *client.submit_many([job() for _ in range(200)], tenant="light"),
+        *client.submit_many([job() for _ in range(200)], tenant="heavy"),
+    ]
+
+    # When four dispatchers, each with its own connection, move them in small steps at once
+    def drain() -> list[str]:
+        with TierqClient(settings) as own:
+            mine = Backlogs(own.redis, settings)
+            moved: list[str] = []
+            while step := dispatch(mine, settings, 7):
+                moved.extend(step)
+            return moved
+
+    with ThreadPoolExecutor(4) as pool:
+        moved = [job_id for share in pool.map(lambda _: drain(), range(4)) for job_id in share]
+
+    # Then each job was moved once, and its one message is on the queue
+    assert sorted(moved) == sorted(job_ids)
+    assert sorted(queued_ids(client, settings)) == sorted(job_ids)
+    assert backlogs.waiting("fast") == {}
 
 
 def test_the_gateway_takes_priority_as_a_job_field_and_as_the_drop_in_header(

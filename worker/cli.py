@@ -108,20 +108,8 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
 
     leases = Leases(store, settings.lease_seconds, requeue)
 
-    def publish(jobs: list[tuple[str, dict[str, Any]]]) -> None:
-        # The dispatcher's moves: each job's kept message, as the producer would have sent it;
-        # kombu's batch sends a step's messages in one pipelined round trip, as producers do.
-        with app.producer_or_acquire() as producer, producer.batch(max_size=len(jobs) + 1):
-            for job_id, message in jobs:
-                app.send_task(
-                    TASK_NAME, args=[message], task_id=job_id, producer=producer,
-                    **job_reprs(job_id),
-                )  # fmt: skip
-
     dispatcher = (
-        Dispatcher(settings, tier, concurrency, store, publish)
-        if tier_settings.fair_dispatch
-        else None
+        Dispatcher(settings, tier, concurrency, store) if tier_settings.fair_dispatch else None
     )
     runner = JobRunner(
         settings,

@@ -6,9 +6,9 @@ deferrals, re-queues and dead-letter retries still go straight onto it. What cha
 tier with `fair_dispatch`, is how a *submitted* job reaches it. The producer puts the job in
 its backlog (`push`: one script, backlog_push.lua); a dispatcher thread in each of the tier's
 workers (worker/dispatcher.py) keeps the queue about `queue_target_per_slot` jobs per
-worker slot deep, taking jobs out of the backlogs (`take`: backlog_dispatch.lua) in the order
-the scheduling rule gives, and publishing them. The queue stays short, so what waits, waits
-where it can still be reordered.
+worker slot deep, moving jobs out of the backlogs and onto it (`dispatch`:
+backlog_dispatch.lua) in the order the scheduling rule gives. The queue stays short, so what
+waits, waits where it can still be reordered.
 
 The rule is start-time fair queueing, at two levels: a class's virtual time grows by a taken
 job's tokens (prompt estimate plus reserved output, as the limiter counts them) over the
@@ -20,9 +20,10 @@ the current time, with no credit banked while idle. No class is starved: `bulk`'
 small, not zero, so a bulk job waits at most its backlog's tokens ahead of it over bulk's
 share of the tier's rate.
 
-Nothing is lost or run twice when a dispatcher dies: the script that takes a job puts it on
-the watch list, whose reaper re-queues it if its publish never came (the claim in the job's
-record stops a second copy from calling the API).
+Nothing is lost or run twice when a dispatcher dies: the producer renders each job's queue
+message as kombu would publish it (tierq/core/queue_entry.py), and the script that chooses a
+job pushes that message onto the queue in the same atomic step. A job is in a backlog or on
+the queue, never between; and the worker, whose one core runs the jobs, publishes nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -46,14 +46,6 @@ from tierq.core.settings import Settings
 NO_TENANT = "-"
 
 
-@dataclass(frozen=True, slots=True)
-class Taken:
-    """Jobs a dispatcher took out of the backlogs, on the watch list until `watch_until`."""
-
-    job_ids: list[str]
-    watch_until: float
-
-
 def tenant_of(envelope: JobEnvelope) -> str:
     return envelope.tenant or NO_TENANT
 
@@ -66,7 +58,7 @@ class Backlogs:
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
         self._push = scripts.register(client, "backlog_push")
-        self._take = scripts.register(client, "backlog_dispatch")
+        self._dispatch = scripts.register(client, "backlog_dispatch")
         shares = settings.fair_share
         self._class_weights = json.dumps(shares.priority_weights)
         self._tenant_weights = json.dumps(shares.tenant_weights)
@@ -75,11 +67,12 @@ class Backlogs:
         """Whether `tier`'s submitted jobs go through backlogs."""
         return self._settings.tiers[tier].fair_dispatch
 
-    def push(self, envelopes: Sequence[JobEnvelope]) -> None:
-        """Put submitted jobs (all of one tier or several) in their backlogs."""
+    def push(self, envelopes: Sequence[JobEnvelope], entries: Sequence[str]) -> None:
+        """Put submitted jobs (all of one tier or several) in their backlogs, each with its
+        queue message (`entries`, one per job, from tierq/core/queue_entry.py)."""
         by_tier: dict[str, list[Any]] = {}
         order = time.time()
-        for n, envelope in enumerate(envelopes):
+        for n, (envelope, entry) in enumerate(zip(envelopes, entries, strict=True)):
             cost = job_cost(envelope.request, self._settings, envelope.estimated_prompt_tokens)
             by_tier.setdefault(envelope.tier, []).extend(
                 [
@@ -88,11 +81,16 @@ class Backlogs:
                     tenant_of(envelope),
                     cost.total,
                     order + n * 1e-6,
+                    entry,
                 ]
             )
         for tier, jobs in by_tier.items():
             self._push(
-                keys=[self._keys.dispatch_clock(tier), self._keys.backlog_costs(tier)],
+                keys=[
+                    self._keys.dispatch_clock(tier),
+                    self._keys.backlog_costs(tier),
+                    self._keys.backlog_entries(tier),
+                ],
                 args=[
                     self._keys.backlog_prefix(tier),
                     self._keys.backlog_tenants_prefix(tier),
@@ -100,27 +98,28 @@ class Backlogs:
                 ],
             )
 
-    def take(self, tier: str, count: int, watch_seconds: float) -> Taken:
-        """Up to `count` jobs of `tier`, in fair order, put on the watch list for
-        `watch_seconds` (their publish takes them off)."""
-        reply = self._take(
+    def dispatch(self, tier: str, queue: str, depth: int, most: int) -> list[str]:
+        """Move `tier`'s jobs in fair order onto `queue` until it holds `depth` messages or
+        `most` jobs have moved; the ids moved."""
+        moved = self._dispatch(
             keys=[
                 self._keys.dispatch_clock(tier),
                 self._keys.backlog_costs(tier),
-                self._keys.watch,
+                self._keys.backlog_entries(tier),
+                queue,
             ],
             args=[
                 self._keys.backlog_prefix(tier),
                 self._keys.backlog_tenants_prefix(tier),
                 self._keys.job_prefix,
-                count,
-                watch_seconds,
+                most,
+                depth,
                 self._class_weights,
                 self._tenant_weights,
                 ",".join(PRIORITIES),
             ],
         )
-        return Taken([as_text(job_id) for job_id in reply[1:]], float(reply[0]))
+        return [as_text(job_id) for job_id in moved]
 
     def waiting(self, tier: str) -> dict[str, dict[str, int]]:
         """Jobs waiting in `tier`'s backlogs: priority -> tenant -> count (for `tierq stats`

@@ -91,6 +91,11 @@ class Keys:
         """Hash: job id -> the tokens it reserves, for the jobs waiting in a tier's backlogs."""
         return f"{self.prefix}backlog-costs:{tier}"
 
+    def backlog_entries(self, tier: str) -> str:
+        """Hash: job id -> its Celery message as kombu would put it on the queue, for the jobs
+        waiting in a tier's backlogs (the dispatch script pushes it; tierq/core/queue_entry.py)."""
+        return f"{self.prefix}backlog-entries:{tier}"
+
     def dispatch_clock(self, tier: str) -> str:
         """Hash: a tier's virtual times (`class:<priority>`, `classes`, `tenants:<priority>`)."""
         return f"{self.prefix}dispatch-clock:{tier}"
