@@ -21,7 +21,7 @@ them: metrics served, Celery events on, the shared limiter on) and ends them all
    its TPM limit over the same window.
 3. Work-conserving: tenant `a` alone on the same tier for a minute; its use of the limit.
 4. Cost: jobs/s through one worker at 0 ms latency (100 in flight) with fair dispatch, and
-   the same build without it (`TIERQ_TIERS__FAST__FAIR_DISPATCH` unset), in alternating
+   the same build without it (`TIERQ_TIERS__FAST__FAIR_DISPATCH=false`), in alternating
    rounds, each round a fresh worker.
 5. Crash: the worker is SIGKILLed mid-run, with jobs still in the backlog, while its
    dispatcher moves them; a new worker is started. Every job must end in one result (all
@@ -84,6 +84,8 @@ from tierq.producers.client import TierqClient
 
 LATENCY_MS = 100
 FAIR = {"TIERS__FAST__FAIR_DISPATCH": "true"}
+# The cost case's reference: the same build with fair dispatch off (it is on by default).
+UNFAIR = {"TIERS__FAST__FAIR_DISPATCH": "false"}
 # A case ends with jobs in hand (a backlog is left unfinished on purpose), and Celery's soft
 # shutdown then sleeps its whole timeout (compose's 25 s): a short one ends each case sooner.
 # Nothing measured runs during a shutdown.
@@ -338,7 +340,7 @@ class Bench:
         }
 
     def cost_round(self, base_url: str, fair: bool, jobs: int) -> dict[str, Any]:
-        env = self.env(base_url, **(FAIR if fair else {}))
+        env = self.env(base_url, **(FAIR if fair else UNFAIR))
         fleet: list[ManagedProcess] = []
         try:
             fleet = start_fleet(env, 1, COST_IN_FLIGHT, self.logs)

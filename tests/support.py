@@ -19,6 +19,7 @@ import httpx2
 import redis
 import redis.asyncio
 
+from tierq.core.dispatch import Backlogs
 from tierq.core.keys import Keys
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
@@ -269,3 +270,22 @@ __all__ = [
     "unique_tenant",
     "user",
 ]
+
+
+def waiting_jobs(client: redis.Redis, settings: Settings, tier: str) -> int:
+    """Jobs of `tier` waiting to run: on its Celery queue and, with fair dispatch (the
+    default), in its backlogs until a worker's dispatcher moves them onto it."""
+    backlog = Backlogs(client, settings).waiting(tier)
+    return int(client.llen(settings.queue_for(tier))) + sum(
+        sum(tenants.values()) for tenants in backlog.values()
+    )
+
+
+def without_fair_dispatch(settings: Settings) -> Settings:
+    """`settings` with every tier's submissions published straight to its queue, for a test
+    of the publish path itself."""
+    tiers = {
+        name: tier.model_copy(update={"fair_dispatch": False})
+        for name, tier in settings.tiers.items()
+    }
+    return settings.model_copy(update={"tiers": tiers})

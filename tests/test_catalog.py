@@ -21,6 +21,7 @@ from tests.support import (
     refused_with,
     run_tierq,
     user,
+    waiting_jobs,
 )
 from tierq.core.catalog import ModelInfo
 from tierq.core.contract import JobRequest, parse_job_request
@@ -359,10 +360,10 @@ def test_a_model_rule_is_enforced_at_submit_and_nothing_is_enqueued(
     field: str,
 ) -> None:
     producer, settings, broker = idle_producer
-    queue = settings.queue_for(settings.model_info(model).tier)
+    tier = settings.model_info(model).tier
     # Given a valid job for the same model does reach the queue
     producer.submit(model=model, messages=user("fine"))
-    assert broker.llen(queue) == 1
+    assert waiting_jobs(broker, settings, tier) == 1
 
     # When the job breaks its model's rule
     with pytest.raises(InvalidJobError) as caught:
@@ -371,7 +372,7 @@ def test_a_model_rule_is_enforced_at_submit_and_nothing_is_enqueued(
     # Then it is refused naming the field, and nothing more is on the queue
     assert [problem["field"] for problem in caught.value.errors] == [field]
     assert f"{field}: " in str(caught.value)
-    assert broker.llen(queue) == 1
+    assert waiting_jobs(broker, settings, tier) == 1
 
 
 def test_temperature_1_on_an_o_series_model_is_accepted_at_submit(
@@ -381,7 +382,7 @@ def test_temperature_1_on_an_o_series_model_is_accepted_at_submit(
 
     producer.submit(model="o3", messages=user("hi"), temperature=1, top_p=1)
 
-    assert broker.llen(settings.queue_for("reasoning")) == 1
+    assert waiting_jobs(broker, settings, "reasoning") == 1
 
 
 # --- the same rules from the CLI (exit 2) and over HTTP (422, the API's error shape) ---------
@@ -403,19 +404,17 @@ def test_a_model_rule_broken_on_the_command_line_exits_2_naming_the_field_and_ru
         "TIERQ_QUEUE_PREFIX": f"tierq-{isolation}.",
         "TIERQ_KEY_PREFIX": f"tierq-{isolation}:",
     }
-    queues = [settings_for(env).queue_for(tier) for tier in settings_for(env).tiers]
+    settings = settings_for(env)
     # Given a valid job for the same model is enqueued from the same command line
     accepted = run_tierq(env, "submit", *args[:2], "--user", "fine")
     assert accepted.returncode == 0, accepted.stderr
-    assert sum(redis_client.llen(queue) for queue in queues) == 1
+    assert sum(waiting_jobs(redis_client, settings, tier) for tier in settings.tiers) == 1
 
     done = run_tierq(env, "submit", *args, "--user", "refused")
 
     assert done.returncode == 2
     assert f"{field}: " in done.stderr
-    assert sum(redis_client.llen(queue) for queue in queues) == 1
-    for queue in queues:
-        redis_client.delete(queue)
+    assert sum(waiting_jobs(redis_client, settings, tier) for tier in settings.tiers) == 1
 
 
 HTTP_REFUSALS = [

@@ -63,7 +63,7 @@ def fair(worker_env: dict[str, str]) -> Iterator[tuple[TierqClient, Backlogs, Se
 def dispatch(backlogs: Backlogs, settings: Settings, most: int) -> list[str]:
     """Move up to `most` jobs onto the fast tier's queue (no worker reads it), as a
     dispatcher's step would; the ids moved."""
-    return backlogs.dispatch("fast", settings.queue_for("fast"), DEEP, most)
+    return backlogs.dispatch("fast", DEEP, most)
 
 
 def queued_ids(client: TierqClient, settings: Settings) -> list[str]:
@@ -94,10 +94,10 @@ def test_a_step_fills_the_queue_to_its_depth_and_no_further(
     client, backlogs, settings = fair
     job_ids = client.submit_many([job() for _ in range(10)])
     queue = settings.queue_for("fast")
-    assert len(backlogs.dispatch("fast", queue, 4, 100)) == 4
-    assert backlogs.dispatch("fast", queue, 4, 100) == []
+    assert len(backlogs.dispatch("fast", 4, 100)) == 4
+    assert backlogs.dispatch("fast", 4, 100) == []
     client.redis.rpop(queue)  # a worker took one
-    assert len(backlogs.dispatch("fast", queue, 4, 100)) == 1
+    assert len(backlogs.dispatch("fast", 4, 100)) == 1
     assert queued_ids(client, settings) == job_ids[1:5]
 
 

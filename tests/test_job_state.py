@@ -11,7 +11,16 @@ import redis
 from kombu.exceptions import OperationalError
 
 import tierq.producers.client
-from tests.support import Fleet, Simulator, all_running, eventually, logged, nonce, user
+from tests.support import (
+    Fleet,
+    Simulator,
+    all_running,
+    eventually,
+    logged,
+    nonce,
+    user,
+    without_fair_dispatch,
+)
 from tierq.core.celery_app import TASK_NAME, create_app
 from tierq.core.errors import BrokerUnavailableError
 from tierq.core.keys import Keys
@@ -161,7 +170,10 @@ def test_jobs_that_may_have_been_enqueued_keep_their_idempotency_keys(
         real_publish(self, envelope, producer)
 
     monkeypatch.setattr(TierqClient, "_publish", failing_on_the_third)
-    isolated = settings.model_copy(update={"queue_prefix": f"tierq-idem-{nonce()}."})
+    # (the publish path itself: on a tier with fair dispatch a worker's script publishes)
+    isolated = without_fair_dispatch(settings).model_copy(
+        update={"queue_prefix": f"tierq-idem-{nonce()}."}
+    )
     requests = [{"model": "gpt-4o-mini", "messages": user(f"idem {i}")} for i in range(6)]
     keys = [f"{nonce()}-{i}" for i in range(6)]
 

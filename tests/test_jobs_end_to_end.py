@@ -14,7 +14,7 @@ import openai
 import pytest
 import redis
 
-from tests.support import API_KEY, Simulator, eventually, nonce, user
+from tests.support import API_KEY, Simulator, eventually, nonce, user, waiting_jobs
 from tierq.core.celery_app import TASK_NAME, create_app
 from tierq.core.contract import JobEnvelope, JobRequest
 from tierq.core.errors import InvalidJobError, UnknownModelError
@@ -57,8 +57,8 @@ def test_a_tiers_jobs_wait_on_that_tiers_queue_only(settings: Settings) -> None:
         producer.submit(model="o3", messages=user("c"))
         producer.submit(model="o4-mini", messages=user("d"))
 
-    # Then each sits on its own tier's queue (the Redis list Celery uses for it)
-    lengths = {tier: broker.llen(isolated.queue_for(tier)) for tier in isolated.tiers}
+    # Then each waits for its own tier's workers (in the tier's backlog or on its queue)
+    lengths = {tier: waiting_jobs(broker, isolated, tier) for tier in isolated.tiers}
     assert lengths == {"fast": 1, "standard": 1, "reasoning": 2}
 
 

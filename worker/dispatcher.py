@@ -41,7 +41,6 @@ class Dispatcher:
     ) -> None:
         self._settings = settings
         self._tier = tier
-        self._queue = settings.queue_for(tier)
         self._backlogs = Backlogs(store.redis, settings)
         self.target = max(1, math.ceil(concurrency * settings.fair_share.queue_target_per_slot))
         self._stop = threading.Event()
@@ -49,7 +48,7 @@ class Dispatcher:
 
     def step(self) -> int:
         """Top the queue up to its target from the backlogs; how many jobs moved."""
-        return len(self._backlogs.dispatch(self._tier, self._queue, self.target, STEP_MAX_JOBS))
+        return len(self._backlogs.dispatch(self._tier, self.target, STEP_MAX_JOBS))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="tierq-dispatch", daemon=True)

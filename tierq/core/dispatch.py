@@ -85,32 +85,34 @@ class Backlogs:
                 ]
             )
         for tier, jobs in by_tier.items():
+            queue = self._settings.queue_for(tier)
             self._push(
                 keys=[
-                    self._keys.dispatch_clock(tier),
-                    self._keys.backlog_costs(tier),
-                    self._keys.backlog_entries(tier),
+                    self._keys.dispatch_clock(queue),
+                    self._keys.backlog_costs(queue),
+                    self._keys.backlog_entries(queue),
                 ],
                 args=[
-                    self._keys.backlog_prefix(tier),
-                    self._keys.backlog_tenants_prefix(tier),
+                    self._keys.backlog_prefix(queue),
+                    self._keys.backlog_tenants_prefix(queue),
                     *jobs,
                 ],
             )
 
-    def dispatch(self, tier: str, queue: str, depth: int, most: int) -> list[str]:
-        """Move `tier`'s jobs in fair order onto `queue` until it holds `depth` messages or
-        `most` jobs have moved; the ids moved."""
+    def dispatch(self, tier: str, depth: int, most: int) -> list[str]:
+        """Move `tier`'s jobs in fair order onto its queue until the queue holds `depth`
+        messages or `most` jobs have moved; the ids moved."""
+        queue = self._settings.queue_for(tier)
         moved = self._dispatch(
             keys=[
-                self._keys.dispatch_clock(tier),
-                self._keys.backlog_costs(tier),
-                self._keys.backlog_entries(tier),
+                self._keys.dispatch_clock(queue),
+                self._keys.backlog_costs(queue),
+                self._keys.backlog_entries(queue),
                 queue,
             ],
             args=[
-                self._keys.backlog_prefix(tier),
-                self._keys.backlog_tenants_prefix(tier),
+                self._keys.backlog_prefix(queue),
+                self._keys.backlog_tenants_prefix(queue),
                 self._keys.job_prefix,
                 most,
                 depth,
@@ -125,16 +127,17 @@ class Backlogs:
         """Jobs waiting in `tier`'s backlogs: priority -> tenant -> count (for `tierq stats`
         and metrics); one pipelined read per priority."""
         found: dict[str, dict[str, int]] = {}
+        queue = self._settings.queue_for(tier)
         for priority in PRIORITIES:
             tenants = [
                 as_text(t)
-                for t in self._redis.zrange(self._keys.backlog_tenants(tier, priority), 0, -1)
+                for t in self._redis.zrange(self._keys.backlog_tenants(queue, priority), 0, -1)
             ]
             if not tenants:
                 continue
             pipe = self._redis.pipeline(transaction=False)
             for tenant in tenants:
-                pipe.zcard(self._keys.backlog(tier, priority, tenant))
+                pipe.zcard(self._keys.backlog(queue, priority, tenant))
             found[priority] = {
                 tenant: int(count)
                 for tenant, count in zip(tenants, pipe.execute(), strict=True)

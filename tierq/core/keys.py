@@ -69,36 +69,38 @@ class Keys:
         return f"{self.prefix}watch"
 
     # --- fair dispatch (tierq/core/dispatch.py) ---------------------------------------------
+    # A backlog belongs to a tier's Celery queue (its name, `TIERQ_QUEUE_PREFIX` + tier), so a
+    # fleet on other queues never dispatches it, as it never consumes the queue itself.
 
-    def backlog_prefix(self, tier: str) -> str:
-        """What a tier's backlogs' keys start with; `<priority>:<tenant>` follows."""
-        return f"{self.prefix}backlog:{tier}:"
+    def backlog_prefix(self, queue: str) -> str:
+        """What a queue's backlogs' keys start with; `<priority>:<tenant>` follows."""
+        return f"{self.prefix}backlog:{queue}:"
 
-    def backlog(self, tier: str, priority: str, tenant: str) -> str:
+    def backlog(self, queue: str, priority: str, tenant: str) -> str:
         """Sorted set: one tenant's jobs of one priority waiting for dispatch, by submission."""
-        return f"{self.backlog_prefix(tier)}{priority}:{tenant}"
+        return f"{self.backlog_prefix(queue)}{priority}:{tenant}"
 
-    def backlog_tenants_prefix(self, tier: str) -> str:
-        """What a tier's per-priority tenant sets' keys start with; the priority follows."""
-        return f"{self.prefix}backlog-tenants:{tier}:"
+    def backlog_tenants_prefix(self, queue: str) -> str:
+        """What a queue's per-priority tenant sets' keys start with; the priority follows."""
+        return f"{self.prefix}backlog-tenants:{queue}:"
 
-    def backlog_tenants(self, tier: str, priority: str) -> str:
+    def backlog_tenants(self, queue: str, priority: str) -> str:
         """Sorted set: tenant -> its virtual time, for the tenants with jobs of this priority
         waiting (the earliest is served next)."""
-        return f"{self.backlog_tenants_prefix(tier)}{priority}"
+        return f"{self.backlog_tenants_prefix(queue)}{priority}"
 
-    def backlog_costs(self, tier: str) -> str:
-        """Hash: job id -> the tokens it reserves, for the jobs waiting in a tier's backlogs."""
-        return f"{self.prefix}backlog-costs:{tier}"
+    def backlog_costs(self, queue: str) -> str:
+        """Hash: job id -> the tokens it reserves, for the jobs waiting in a queue's backlogs."""
+        return f"{self.prefix}backlog-costs:{queue}"
 
-    def backlog_entries(self, tier: str) -> str:
+    def backlog_entries(self, queue: str) -> str:
         """Hash: job id -> its Celery message as kombu would put it on the queue, for the jobs
-        waiting in a tier's backlogs (the dispatch script pushes it; tierq/core/queue_entry.py)."""
-        return f"{self.prefix}backlog-entries:{tier}"
+        waiting in a queue's backlogs (the dispatch script pushes it; tierq/core/queue_entry.py)."""
+        return f"{self.prefix}backlog-entries:{queue}"
 
-    def dispatch_clock(self, tier: str) -> str:
-        """Hash: a tier's virtual times (`class:<priority>`, `classes`, `tenants:<priority>`)."""
-        return f"{self.prefix}dispatch-clock:{tier}"
+    def dispatch_clock(self, queue: str) -> str:
+        """Hash: a queue's virtual times (`class:<priority>`, `classes`, `tenants:<priority>`)."""
+        return f"{self.prefix}dispatch-clock:{queue}"
 
     @property
     def dead(self) -> str:

@@ -79,10 +79,11 @@ class TierSettings(BaseModel):
     time_limit_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
     """Hard limit: one attempt, streaming included, may not run longer; past it the job fails
     (`time_limit_exceeded`) and frees its slot. Unset: no limit beyond the soft one."""
-    fair_dispatch: bool = False
+    fair_dispatch: bool = True
     """Submitted jobs wait in per-priority, per-tenant backlogs, and the tier's workers move
     them to its Celery queue by weighted fair share in tokens (`TIERQ_FAIR_SHARE`), keeping the
-    queue short; off, jobs go straight to the queue in submission order."""
+    queue short; off, jobs go straight to the queue in submission order and priority and
+    tenant weights have no effect. Producers and workers must agree."""
 
     @field_validator("models")
     @classmethod
