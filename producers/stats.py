@@ -1,10 +1,11 @@
-"""`tierq stats`: each tier at a glance, live: queue, workers, throughput, tokens, failures.
+"""`tierq stats`: each tier at a glance, live: queue and backlog, workers, throughput, tokens,
+failures, and each tenant's share.
 
 Everything comes from Redis in a few pipelined reads, so any machine that reaches Redis can
 watch the fleet: the queues (tierq/core/queues.py), the workers' heartbeats
 (worker/monitoring.py), the per-minute counters the settle script keeps
 (tierq/core/accounting.py) and the shared limiter's use of each RPM/TPM budget
-(tierq/core/ratelimit.py). Rates are over the last `WINDOW_MINUTES` minutes.
+(tierq/core/ratelimit.py). Rates are over the last few minutes (tierq/core/stats_window.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from tierq.core.dispatch import Backlogs
 from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.heartbeats import STALE_AFTER_SECONDS
 from tierq.core.jobstore import connect
-from tierq.core.keys import Keys, as_text
+from tierq.core.keys import Keys
 from tierq.core.queues import queue_snapshots
 from tierq.core.ratelimit import GroupUsage, SharedRateLimiter
 from tierq.core.settings import Settings, get_settings
-
-WINDOW_MINUTES = 5
+from tierq.core.stats_window import tenant_rows, window_counts
 
 
 def limit_groups(settings: Settings) -> dict[str, list[str]]:
@@ -67,27 +67,13 @@ def live_workers(
     return alive
 
 
-def _window_counts(client: redis.Redis, keys: Keys, now: float) -> tuple[dict[str, float], float]:
-    """Counters summed over the window (whole minutes plus the current one), and its length."""
-    minute = int(now // 60)
-    pipe = client.pipeline(transaction=False)
-    for m in range(minute - WINDOW_MINUTES + 1, minute + 1):
-        pipe.hgetall(keys.stats(m))
-    summed: dict[str, float] = defaultdict(float)
-    for counters in pipe.execute():
-        for raw_field, amount in counters.items():
-            summed[as_text(raw_field)] += float(amount)
-    seconds = (WINDOW_MINUTES - 1) * 60 + (now - minute * 60)
-    return summed, max(seconds, 1.0)
-
-
 def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     """The fleet per tier, as `tierq stats --json` prints it."""
     keys = Keys(settings.key_prefix)
     now = time.time()
     queues = {snap.tier: snap for snap in queue_snapshots(client, settings)}
     workers = live_workers(client, settings, now)
-    counts, seconds = _window_counts(client, keys, now)
+    counts, seconds = window_counts(client, keys, now)
     limiter = SharedRateLimiter(client, settings)
     backlogs = Backlogs(client, settings)
     usages: list[GroupUsage] = [
@@ -104,13 +90,17 @@ def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
         queue = queues[tier]
         # Fair dispatch: what waits in the backlogs, by priority and tenant (else nothing).
         waiting = backlogs.waiting(tier) if tier_settings.fair_dispatch else {}
+        backlog = sum(sum(tenants.values()) for tenants in waiting.values())
+        oldest = backlogs.oldest(tier) if backlog else None
         tiers.append({
             "tier": tier,
             "queue": queue.queue,
             "queue_depth": queue.depth,
-            "backlog": sum(sum(tenants.values()) for tenants in waiting.values()),
+            "backlog": backlog,
+            "waiting": queue.depth + backlog,
             "backlog_by_priority": waiting,
-            "oldest_job_age_seconds": queue.oldest_age_seconds,
+            "tenants": tenant_rows(client, keys, tier, waiting, counts),
+            "oldest_job_age_seconds": _oldest_age(queue.oldest_age_seconds, oldest, now),
             "workers": len(mine),
             "concurrency": sum(int(w["concurrency"]) for w in mine),
             "in_flight": sum(int(w["in_flight"]) for w in mine),
@@ -133,7 +123,16 @@ def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     return {"at": now, "window_seconds": round(seconds, 1), "tiers": tiers}
 
 
+def _oldest_age(on_queue: float | None, in_backlog: float | None, now: float) -> float | None:
+    """The age of the tier's oldest waiting job, on its queue or in its backlogs."""
+    in_backlog_age = None if in_backlog is None else max(0.0, now - in_backlog)
+    ages = [age for age in (on_queue, in_backlog_age) if age is not None]
+    return max(ages, default=None)
+
+
 def render(stats: dict[str, Any]) -> Any:
+    """The tiers' table, and below it the tenants' (when any tenant has a backlog or tokens)."""
+    from rich.console import Group
     from rich.table import Table
 
     window = f"last {stats['window_seconds'] / 60:.1f} min"
@@ -156,7 +155,20 @@ def render(stats: dict[str, Any]) -> Any:
             f"{t['jobs_per_second']:.1f}", f"{t['tokens_per_minute']:,}", limits or "-",
             f"[red]{t['failed']}[/]" if t["failed"] else "0", str(t["retried"]),
         )  # fmt: skip
-    return table
+    rows = [(t["tier"], tenant) for t in stats["tiers"] for tenant in t["tenants"]]
+    if not rows:
+        return table
+    tenants = Table(title=f"tenants ({window})", expand=False)
+    for column in ("tier", "tenant", "backlog", "in flight", "share of tokens"):
+        tenants.add_column(column, justify="left" if column in ("tier", "tenant") else "right",
+                           overflow="fold")  # fmt: skip
+    for tier, tenant in rows:
+        in_flight = tenant["in_flight"]
+        tenants.add_row(
+            tier, tenant["tenant"], f"{tenant['backlog']:,}",
+            "-" if in_flight is None else f"{in_flight:,}", f"{tenant['token_share']:.0%}",
+        )  # fmt: skip
+    return Group(table, tenants)
 
 
 def _backlog(tier: dict[str, Any]) -> str:
@@ -177,8 +189,9 @@ def _backlog(tier: dict[str, Any]) -> str:
 @click.option("--interval", type=click.FloatRange(0.5, 60), default=2.0, show_default=True,
               help="Seconds between refreshes of the live view.")  # fmt: skip
 def stats_command(as_json: bool, once: bool, interval: float) -> None:
-    """Each tier live: queue depth, oldest job, workers and in flight, jobs/s, tokens/min
-    against the limits, failures. Ctrl-C to leave."""
+    """Each tier live: queue depth and backlog, oldest job, workers and in flight, jobs/s,
+    tokens/min against the limits, failures; then each tenant's backlog, jobs in flight and
+    share of the tier's tokens. Ctrl-C to leave."""
     from rich.console import Console
     from rich.live import Live
 

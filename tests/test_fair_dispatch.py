@@ -308,6 +308,47 @@ def test_stats_and_metrics_show_each_tenants_backlog_by_priority(
     assert fast["backlog"] == 5
     assert fast["backlog_by_priority"] == {"interactive": {"heavy": 2}, "bulk": {"light": 3}}
 
+    assert fast["waiting"] == 5
+    assert [(t["tenant"], t["backlog"], t["token_share"]) for t in fast["tenants"]] == [
+        ("heavy", 2, 0.0),
+        ("light", 3, 0.0),
+    ]
+
     families = {f.name: f for f in QueueCollector(client.redis, settings).collect()}
     samples = {tuple(s.labels.values()): s.value for s in families["tierq_backlog"].samples}
     assert samples == {("fast", "interactive", "heavy"): 2, ("fast", "bulk", "light"): 3}
+    assert {tuple(s.labels.values()) for s in families["tierq_tenant_token_share"].samples} == {
+        ("fast", "heavy"),
+        ("fast", "light"),
+    }
+
+
+def test_stats_and_metrics_show_each_tenants_share_of_the_tiers_tokens(
+    start_fleet: Fleet,
+) -> None:
+    # Given three jobs of one tenant and one of another, of the same size, run to the end
+    _, settings = start_fleet("fast", concurrency=4)
+    same = "[sim tokens=20]"
+    with TierqClient(settings) as client:
+        done = client.wait_many(
+            [
+                *client.submit_many([job(same) for _ in range(3)], tenant="busy"),
+                *client.submit_many([job(same)], tenant="quiet"),
+            ],
+            timeout=60,
+        )
+        assert {record.status for record in done} == {JobStatus.SUCCEEDED}
+        tokens = {r.tenant: r.usage.total_tokens for r in done if r.usage is not None}
+        assert len(set(tokens.values())) == 1  # the same size, so shares are 3:1
+
+        # Then tierq stats and the metrics give each its share of the tier's tokens
+        fast = next(
+            t for t in collect_stats(settings, client.redis)["tiers"] if t["tier"] == "fast"
+        )
+        families = {f.name: f for f in QueueCollector(client.redis, settings).collect()}
+    assert {t["tenant"]: t["token_share"] for t in fast["tenants"]} == {
+        "busy": 0.75,
+        "quiet": 0.25,
+    }
+    shares = {s.labels["tenant"]: s.value for s in families["tierq_tenant_token_share"].samples}
+    assert shares == {"busy": 0.75, "quiet": 0.25}

@@ -51,7 +51,9 @@ def test_stats_json_matches_the_queues_and_the_workers(
 
     tiers = {t["tier"]: t for t in stats_json(env)["tiers"]}  # type: ignore[attr-defined]
 
-    assert tiers["reasoning"]["queue_depth"] == len(waiting) == 3
+    # (they wait in the tier's backlogs, fair dispatch being on; no worker moves them)
+    assert tiers["reasoning"]["waiting"] == len(waiting) == 3
+    assert tiers["reasoning"]["backlog"] == 3
     assert tiers["reasoning"]["oldest_job_age_seconds"] >= 1.0
     assert tiers["reasoning"]["workers"] == 0
     assert tiers["standard"]["queue_depth"] == 0

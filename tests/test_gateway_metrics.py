@@ -1,4 +1,5 @@
-"""The gateway's /metrics: served only with a metrics key set, and only to that key.
+"""The gateway's /metrics and /metrics/queues: served only with a metrics key set, and only
+to that key.
 
 Real gateway processes on the session's Redis (no workers needed: the metrics are read from the
 gateway's own counters and from Redis at each scrape).
@@ -15,6 +16,9 @@ from pydantic import SecretStr
 from tests.support import GatewayFactory, TenantKey, gateway_client, refused_with
 from tierq.producers.gateway.errors import APIError
 from tierq.producers.gateway.observability import check_metrics_key
+
+# Every route the metrics key guards (tests/test_ops_manifests.py reads /metrics/queues' figures).
+GUARDED = ["/metrics", "/metrics/queues"]
 
 
 @pytest.fixture
@@ -39,10 +43,11 @@ def test_without_a_metrics_key_the_gateway_does_not_serve_metrics(
     with gateway_client(root) as http:
         # When anyone asks for /metrics, with or without a key, then it is not there (404),
         # and the answer says which setting serves it
-        for headers in ({}, {"Authorization": f"Bearer {tenant}"}):
-            error = refused_with(http.get("/metrics", headers=headers), 404)
-            assert error["code"] == "metrics_disabled"
-            assert "TIERQ_GATEWAY__METRICS_KEY" in error["message"]
+        for path in GUARDED:
+            for headers in ({}, {"Authorization": f"Bearer {tenant}"}):
+                error = refused_with(http.get(path, headers=headers), 404)
+                assert error["code"] == "metrics_disabled"
+                assert "TIERQ_GATEWAY__METRICS_KEY" in error["message"]
         # And the gateway is otherwise up
         assert http.get("/healthz").status_code == 200
 
@@ -58,17 +63,19 @@ def test_without_a_metrics_key_the_gateway_does_not_serve_metrics(
     ],
     ids=["none", "wrong-key", "basic-scheme", "bearer-without-key", "non-ascii"],
 )
+@pytest.mark.parametrize("path", GUARDED)
 def test_metrics_refuse_a_caller_without_the_metrics_key_with_401(
-    keyed_gateway: str, authorization: str | bytes | None
+    keyed_gateway: str, authorization: str | bytes | None, path: str
 ) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     with gateway_client(keyed_gateway) as http:
-        response = http.get("/metrics", headers=headers)
+        response = http.get(path, headers=headers)
 
     error = refused_with(response, 401)
     assert error["code"] == "invalid_metrics_key"
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert "tierq_" not in response.text
+    assert "waiting" not in response.text
 
 
 def test_a_tenants_api_key_does_not_open_metrics(keyed_gateway: str, tenant_key: TenantKey) -> None:
@@ -78,9 +85,9 @@ def test_a_tenants_api_key_does_not_open_metrics(keyed_gateway: str, tenant_key:
         assert http.get("/v1/models").status_code == 200
 
         # When it is sent to /metrics, then it is refused like any wrong key
-        response = http.get("/metrics")
+        responses = [http.get(path) for path in GUARDED]
 
-    assert refused_with(response, 401)["code"] == "invalid_metrics_key"
+    assert [refused_with(r, 401)["code"] for r in responses] == ["invalid_metrics_key"] * 2
 
 
 def test_the_metrics_key_opens_metrics_with_the_gateways_figures(

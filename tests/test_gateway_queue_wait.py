@@ -44,6 +44,15 @@ def test_with_nothing_finished_lately_the_oldest_jobs_age_stands_in() -> None:
     assert QueueReading(3, 0.0, 42.0).expected_wait_seconds() == 42.0
 
 
+def test_a_job_waits_behind_the_backlogs_of_its_class_and_higher_ones_only() -> None:
+    # With fair dispatch a higher class leaves its backlog first: a lower one does not delay it
+    reading = QueueReading(2, 1.0, None, {"interactive": 1, "default": 3, "bulk": 100})
+    assert reading.expected_wait_seconds("interactive") == 3.0
+    assert reading.expected_wait_seconds("default") == 6.0
+    assert reading.expected_wait_seconds() == 6.0
+    assert reading.expected_wait_seconds("bulk") == 106.0
+
+
 def test_the_finish_rate_counts_successes_and_failures_of_the_tier_only() -> None:
     minutes: list[dict[bytes | str, bytes | str]] = [
         {f"fast{SEP}succeeded".encode(): b"50", f"fast{SEP}failed".encode(): b"10"},

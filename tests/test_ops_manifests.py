@@ -22,7 +22,17 @@ import pytest
 import redis
 import yaml
 
-from tests.support import TEST_REDIS_URL, clean_environment, settings_for
+from tests.support import (
+    TEST_REDIS_URL,
+    GatewayFactory,
+    clean_environment,
+    gateway_client,
+    nonce,
+    settings_for,
+    user,
+    without_fair_dispatch,
+)
+from tierq.core.keys import Keys
 from tierq.core.settings import Settings
 from tierq.producers.client import TierqClient
 
@@ -139,29 +149,74 @@ def test_every_tier_has_a_deployment_a_scaler_and_a_disruption_budget() -> None:
         assert budgets[name]["spec"]["selector"]["matchLabels"]["tierq/tier"] == tier
 
 
-def test_each_scaler_watches_the_redis_list_its_tiers_jobs_really_wait_in(
-    tmp_path: Path,
+def trigger(scaler: dict[str, Any], kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(t for t in scaler["spec"]["triggers"] if t["type"] == kind)
+    return found
+
+
+def value_at(document: Any, location: str) -> Any:
+    """KEDA's metrics-api `valueLocation` for JSON (a GJSON path; tierq's are dotted keys)."""
+    for part in location.split("."):
+        document = document[part]
+    return document
+
+
+def test_each_scaler_reads_where_its_tiers_jobs_really_wait(
+    start_gateway_with: GatewayFactory,
 ) -> None:
-    """Submit a job with no worker running and find it in the list the ScaledObject names."""
+    """Submit a job per tier with no worker running (a Redis database of its own, the
+    manifests' queue names): the count each trigger reads rises by one. The redis trigger's
+    list holds it when fair dispatch is off; the metrics-api trigger's value, read from a real
+    gateway at the trigger's path and value location, counts it either way."""
     base = TEST_REDIS_URL.rsplit("/", 1)[0]
     url = f"{base}/12"  # a database of its own: no worker consumes from it
     try:
         redis.Redis.from_url(url).ping()
     except redis.RedisError:
         pytest.skip(f"no Redis at {url}")
-    settings = settings_for({**clean_environment(), "TIERQ_REDIS_URL": url})
+    metrics_key = f"metrics-{nonce()}"
+    root, fair = start_gateway_with(
+        TIERQ_REDIS_URL=url,
+        TIERQ_QUEUE_PREFIX="tierq.",
+        TIERQ_KEY_PREFIX="tierq:",
+        TIERQ_GATEWAY__METRICS_KEY=metrics_key,
+    )
     scalers = of_kind("ScaledObject")
-    with TierqClient(settings) as client, redis.Redis.from_url(url) as raw:
-        for tier, tier_settings in settings.tiers.items():
-            list_name = scalers[f"tierq-worker-{tier}"]["spec"]["triggers"][0]["metadata"][
-                "listName"
-            ]
-            raw.delete(list_name)
-            client.submit(
-                model=tier_settings.models[0], messages=[{"role": "user", "content": "x"}]
-            )
-            assert raw.llen(list_name) == 1, f"{tier}: the job is not in {list_name!r}"
-            raw.delete(list_name)
+
+    def read(scaler: dict[str, Any]) -> int:
+        api = trigger(scaler, "metrics-api")["metadata"]
+        assert api["authMode"] == "bearer"
+        assert api["format"] == "json"
+        path = "/" + api["url"].split("/", 3)[3]
+        with gateway_client(root, metrics_key) as http:
+            answer = http.get(path)
+        assert answer.status_code == 200, answer.text
+        return int(value_at(answer.json(), api["valueLocation"]))
+
+    unfair = without_fair_dispatch(fair)
+    keys = Keys(fair.key_prefix)
+    with (
+        TierqClient(fair) as client,
+        TierqClient(unfair) as publishing,
+        redis.Redis.from_url(url) as raw,
+    ):
+        for tier, tier_settings in fair.tiers.items():
+            scaler = scalers[f"tierq-worker-{tier}"]
+            list_name = trigger(scaler, "redis")["metadata"]["listName"]
+            request = {"model": tier_settings.models[0], "messages": user("x")}
+            listed, counted = raw.llen(list_name), read(scaler)
+
+            client.submit(**request)  # fair dispatch: into the tier's backlog
+            assert read(scaler) == counted + 1, f"{tier}: the metrics-api trigger missed it"
+            assert raw.llen(list_name) == listed
+
+            publishing.submit(**request)  # straight onto the queue
+            assert raw.llen(list_name) == listed + 1, f"{tier}: the job is not in {list_name!r}"
+            assert read(scaler) == counted + 2
+            raw.delete(list_name, keys.backlog_costs(list_name), keys.backlog_entries(list_name))
+            for prefix in (keys.backlog_prefix(list_name), keys.backlog_tenants_prefix(list_name)):
+                for key in raw.scan_iter(match=f"{prefix}*"):
+                    raw.delete(key)
 
 
 def test_workers_get_longer_to_stop_than_they_take_to_drain() -> None:

@@ -20,6 +20,8 @@ key from `tierq keys create`):
     GET    /healthz, /readyz         liveness, and readiness (Redis reachable)
     GET    /metrics                  Prometheus metrics, to `Authorization: Bearer <metrics key>`
                                      (TIERQ_GATEWAY__METRICS_KEY; unset: 404, not served)
+    GET    /metrics/queues           jobs waiting per tier (queue and backlogs), as JSON for an
+                                     autoscaler; the same key
     GET    /openapi.json, /docs      the OpenAPI document
 
 A gateway is a producer like `TierqClient`: it validates, enqueues and reads job records; the

@@ -159,7 +159,8 @@ async def create_chat_completion(
     except InvalidJobError:
         tier = None  # refused by `_submit`, in the API's shape
     if tier is not None:
-        await gateway.queue_waits.check(tier)  # 429 when the queue would outlast the maximum
+        # 429 when the jobs ahead of it would outlast the maximum
+        await gateway.queue_waits.check(tier, priority)
     gateway.waiters.take(tenant)  # before submitting: a refusal here enqueues nothing
     handed_over = False
     try:

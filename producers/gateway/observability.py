@@ -1,6 +1,11 @@
-"""The gateway's /metrics, and a count of its requests by route template and status.
+"""The gateway's /metrics and /metrics/queues, and a count of its requests by route template
+and status.
 
-/metrics is served only with `TIERQ_GATEWAY__METRICS_KEY` set, and only to a caller that sends
+/metrics/queues is the same figures an autoscaler needs, as JSON: each tier's jobs waiting
+(on its queue and in its fair-dispatch backlogs), for KEDA's metrics-api trigger
+(ops/k8s/base/scaling.yaml), since a Redis list trigger sees only the short queue.
+
+Both are served only with `TIERQ_GATEWAY__METRICS_KEY` set, and only to a caller that sends
 that key as its bearer token: the figures (queue depths, tenants' traffic by route) are not for
 whoever reaches the port, and a tenant's API key does not open them. Unset, the route answers
 404, as if it were not there.
@@ -23,6 +28,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tierq.core.exposition import exposed_registry, render
+from tierq.core.queues import waiting_per_tier
 from tierq.producers.gateway.deps import GatewayState
 from tierq.producers.gateway.errors import APIError, ErrorResponse
 
@@ -83,6 +89,25 @@ async def metrics(
     # The queue gauges read Redis with a blocking client: off the event loop.
     body = await asyncio.to_thread(render, registry)
     return Response(body, media_type="text/plain; version=0.0.4")
+
+
+@router.get(
+    "/metrics/queues",
+    summary="Jobs waiting per tier, on its queue and in its backlogs (JSON, for an "
+    "autoscaler); needs the metrics key",
+    responses={
+        401: {"model": ErrorResponse, "description": "Missing or wrong metrics key"},
+        404: {"model": ErrorResponse, "description": "No metrics key set: not served"},
+    },
+)
+async def queue_metrics(
+    gateway: GatewayState,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(metrics_bearer)],
+) -> dict[str, dict[str, dict[str, int]]]:
+    """`{"tiers": {"fast": {"queued": 3, "backlog": 40, "waiting": 43}, ...}}`."""
+    check_metrics_key(gateway.settings.gateway.metrics_key, credentials)
+    tiers = await asyncio.to_thread(waiting_per_tier, gateway.client.sync_redis, gateway.settings)
+    return {"tiers": tiers}
 
 
 class RequestMetrics:

@@ -6,12 +6,14 @@ held for a queue that will not reach it in time ends in a 504 after the whole ho
 having kept a connection and a slot all along. `TIERQ_GATEWAY__MAX_QUEUE_WAIT_SECONDS` says how
 long a wait is too long; unset, every request is held (the in-flight quota still applies).
 
-The estimate is the tier's queue depth over the rate its jobs finished at lately (the settle
+The estimate is the jobs ahead of the request over the rate its tier's jobs finished at lately
+(the settle
 script's per-minute counters, tierq/core/accounting.py, over the current and the previous
 minute). When none finished lately but jobs are queued, the oldest queued job's age stands in:
 it has waited that long already. Readings are taken at most once a second per tier, so the
-check costs nothing per request; Celery queue depth counts messages not yet taken by a worker
-(those a worker reserved are running or about to).
+check costs nothing per request. The jobs ahead are those on the tier's Celery queue (not yet
+taken by a worker; those a worker reserved are running or about to) and, with fair dispatch,
+those in its backlogs of the request's class or a higher one: a lower class waits behind it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio
 
 from tierq.core.accounting import SEP
 from tierq.core.keys import Keys, as_text
+from tierq.core.priority import PRIORITIES, PRIORITY_DEFAULT
 from tierq.core.queues import submitted_at
 from tierq.core.settings import Settings
 from tierq.producers.gateway.errors import APIError
@@ -44,12 +47,21 @@ class QueueReading:
     depth: int
     finished_per_second: float
     oldest_age_seconds: float | None
+    # Jobs in the tier's fair-dispatch backlogs, by priority class.
+    backlog: Mapping[str, int] = field(default_factory=dict)
 
-    def expected_wait_seconds(self) -> float:
-        if self.depth == 0:
+    def ahead_of(self, priority: str) -> int:
+        """Jobs a new job of `priority` waits behind: the queue's, and the backlogs' of its
+        class and the higher ones."""
+        rank = PRIORITIES.index(priority if priority in PRIORITIES else PRIORITY_DEFAULT)
+        return self.depth + sum(self.backlog.get(p, 0) for p in PRIORITIES[: rank + 1])
+
+    def expected_wait_seconds(self, priority: str = PRIORITY_DEFAULT) -> float:
+        ahead = self.ahead_of(priority)
+        if ahead == 0:
             return 0.0
         if self.finished_per_second > 0:
-            return self.depth / self.finished_per_second
+            return ahead / self.finished_per_second
         return self.oldest_age_seconds or 0.0
 
 
@@ -59,8 +71,8 @@ def finished_rate(
     """Jobs of `tier` that ended (succeeded or failed) per second, from per-minute counters."""
     summed: dict[str, float] = defaultdict(float)
     for minute in counters:
-        for field, amount in minute.items():
-            summed[as_text(field)] += float(amount)
+        for name, amount in minute.items():
+            summed[as_text(name)] += float(amount)
     finished = summed[f"{tier}{SEP}succeeded"] + summed[f"{tier}{SEP}failed"]
     return finished / max(seconds, 1.0)
 
@@ -75,11 +87,14 @@ class QueueWaits:
         self.limit_seconds = settings.gateway.max_queue_wait_seconds
         self._readings: dict[str, tuple[float, QueueReading]] = {}
 
-    async def check(self, tier: str) -> None:
-        """Answer 429 (with `Retry-After`) when `tier`'s expected wait is past the maximum."""
+    async def check(self, tier: str, priority: str | None = None) -> None:
+        """Answer 429 (with `Retry-After`) when the expected wait of a job of `tier` and
+        `priority` is past the maximum."""
         if self.limit_seconds is None:
             return
-        expected = (await self.reading(tier)).expected_wait_seconds()
+        reading = await self.reading(tier)
+        # (a wrong class name is refused by the submission, in the API's shape)
+        expected = reading.expected_wait_seconds(priority or PRIORITY_DEFAULT)
         if expected <= self.limit_seconds:
             return
         retry_after = min(MAX_RETRY_AFTER_SECONDS, max(1, math.ceil(expected - self.limit_seconds)))
@@ -116,4 +131,22 @@ class QueueWaits:
         seconds = 60 + (wall - minute * 60)
         submitted = submitted_at(oldest) if oldest else None
         age = max(0.0, wall - submitted.timestamp()) if submitted else None
-        return QueueReading(int(depth), finished_rate([previous, current], tier, seconds), age)
+        backlog = await self._backlog(queue) if self._settings.tiers[tier].fair_dispatch else {}
+        rate = finished_rate([previous, current], tier, seconds)
+        return QueueReading(int(depth), rate, age, backlog)
+
+    async def _backlog(self, queue: str) -> dict[str, int]:
+        """Jobs in the queue's backlogs by class: its tenants, then their backlogs' sizes."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for priority in PRIORITIES:
+                pipe.zrange(self._keys.backlog_tenants(queue, priority), 0, -1)
+            tenants = await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for priority, names in zip(PRIORITIES, tenants, strict=True):
+                for name in names:
+                    pipe.zcard(self._keys.backlog(queue, priority, as_text(name)))
+            sizes = iter(await pipe.execute())
+        return {
+            priority: sum(int(next(sizes)) for _ in names)
+            for priority, names in zip(PRIORITIES, tenants, strict=True)
+        }

@@ -40,6 +40,14 @@ def _stats(record: JobResult, metric: str) -> str:
     return f"s:{record.tier}{SEP}{metric}"
 
 
+# The stats metric of one tenant's tokens on a tier (its share of the tier's, `tierq stats`).
+TENANT_TOKENS = f"tokens{SEP}tenant{SEP}"
+
+
+def _tenant_tokens(record: JobResult) -> str:
+    return _stats(record, f"{TENANT_TOKENS}{record.tenant or NO_TENANT}")
+
+
 def bill(record: JobResult) -> dict[str, float]:
     """Tokens and cost of a paid answer (empty when the record carries none)."""
     usage = record.usage
@@ -51,6 +59,7 @@ def bill(record: JobResult) -> dict[str, float]:
         _ledger(record, "completion_tokens"): usage.completion_tokens,
         _ledger(record, "reasoning_tokens"): usage.reasoning_tokens,
         _stats(record, "tokens"): usage.total_tokens,
+        _tenant_tokens(record): usage.total_tokens,
     }
     if record.cost_usd is not None:
         amounts[_ledger(record, "cost_usd")] = record.cost_usd

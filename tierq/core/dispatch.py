@@ -144,3 +144,19 @@ class Backlogs:
                 if count
             }
         return found
+
+    def oldest(self, tier: str) -> float | None:
+        """When the oldest job waiting in `tier`'s backlogs was submitted (epoch seconds), or
+        None with nothing waiting: the wait a queue's own oldest message does not show."""
+        queue = self._settings.queue_for(tier)
+        pipe = self._redis.pipeline(transaction=False)
+        for priority in PRIORITIES:
+            pipe.zrange(self._keys.backlog_tenants(queue, priority), 0, -1)
+        heads = self._redis.pipeline(transaction=False)
+        for priority, tenants in zip(PRIORITIES, pipe.execute(), strict=True):
+            for tenant in tenants:
+                heads.zrange(
+                    self._keys.backlog(queue, priority, as_text(tenant)), 0, 0, withscores=True
+                )
+        firsts = [float(head[0][1]) for head in heads.execute() if head]
+        return min(firsts, default=None)

@@ -12,6 +12,7 @@ With PROMETHEUS_MULTIPROC_DIR set (several processes behind one port: `tierq gat
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import redis
@@ -20,13 +21,16 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tierq.core.dispatch import Backlogs
+from tierq.core.keys import Keys
 from tierq.core.queues import queue_snapshots
 from tierq.core.settings import Settings
+from tierq.core.stats_window import tenant_rows, window_counts
 
 
 class QueueCollector(Collector):
-    """Queue depth and oldest job age per tier, and fair-dispatch backlogs by priority and
-    tenant, read from Redis at each scrape."""
+    """Queue depth and oldest job age per tier; fair-dispatch backlogs by priority and
+    tenant; each tenant's jobs in flight and share of the tier's tokens: read from Redis at
+    each scrape."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._client = client
@@ -55,17 +59,35 @@ class QueueCollector(Collector):
             "Jobs waiting in a fair-dispatch tier's backlogs, by priority and tenant",
             labels=["tier", "priority", "tenant"],
         )
+        in_flight = GaugeMetricFamily(
+            "tierq_tenant_in_flight",
+            "A gateway tenant's jobs submitted and not yet final, less those in a backlog "
+            "(every tier's; tenants with a backlog or tokens on the tier label it)",
+            labels=["tier", "tenant"],
+        )
+        share = GaugeMetricFamily(
+            "tierq_tenant_token_share",
+            "A tenant's share of the tier's tokens over the last few minutes (0 to 1)",
+            labels=["tier", "tenant"],
+        )
         backlogs = Backlogs(self._client, self._settings)
+        keys = Keys(self._settings.key_prefix)
         try:
+            counts, _ = window_counts(self._client, keys, time.time())
             for tier, tier_settings in self._settings.tiers.items():
-                if not tier_settings.fair_dispatch:
-                    continue
-                for priority, tenants in backlogs.waiting(tier).items():
+                waiting = backlogs.waiting(tier) if tier_settings.fair_dispatch else {}
+                for priority, tenants in waiting.items():
                     for tenant, count in tenants.items():
                         backlog.add_metric([tier, priority, tenant], count)
+                for row in tenant_rows(self._client, keys, tier, waiting, counts):
+                    if row["in_flight"] is not None:
+                        in_flight.add_metric([tier, row["tenant"]], row["in_flight"])
+                    share.add_metric([tier, row["tenant"]], row["token_share"])
         except redis.RedisError:
             return
         yield backlog
+        yield in_flight
+        yield share
 
 
 _exposed: CollectorRegistry | None = None

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from tierq.core.dispatch import Backlogs
 from tierq.core.settings import Settings
 
 
@@ -60,3 +61,20 @@ def submitted_at(raw: bytes | str) -> datetime | None:
     except (ValueError, KeyError, IndexError, TypeError):
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def waiting_per_tier(client: redis.Redis, settings: Settings) -> dict[str, dict[str, int]]:
+    """Each tier's jobs waiting for a worker: on its Celery queue (`queued`), in its fair
+    dispatch backlogs (`backlog`), and both (`waiting`), what an autoscaler should read, since
+    fair dispatch keeps the queue itself short."""
+    backlogs = Backlogs(client, settings)
+    found = {}
+    for snapshot in queue_snapshots(client, settings):
+        by_priority = backlogs.waiting(snapshot.tier)
+        backlog = sum(sum(tenants.values()) for tenants in by_priority.values())
+        found[snapshot.tier] = {
+            "queued": snapshot.depth,
+            "backlog": backlog,
+            "waiting": snapshot.depth + backlog,
+        }
+    return found
