@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 from redis.client import PubSub
 
 from tierq.core.celery_app import TASK_NAME, create_app, job_reprs
@@ -188,7 +189,7 @@ class TierqClient(BaseClient):
                 for e in fair
             ]
             try:
-                self._backlogs.push(fair, entries)
+                self._backlogs.push(fair, [entry.message for entry in entries])
             except redis.RedisError as error:
                 self._forget([envelope.job_id for envelope in envelopes])
                 self._release_keys(submission.keys_of(envelopes))
@@ -198,6 +199,7 @@ class TierqClient(BaseClient):
                 confirmation = self._store.unwatch_published(published, watch_until)
             except redis.RedisError:  # the reaper then finds a stale copy, no harm
                 confirmation = None
+            self._send_events([entry.sent_event for entry in entries if entry.sent_event])
         try:
             with self._app.producer_or_acquire() as producer:
                 for start in range(0, len(envelopes), PUBLISH_BATCH):
@@ -291,6 +293,19 @@ class TierqClient(BaseClient):
             producer=producer,
             **job_reprs(envelope.job_id),
         )
+
+    def _send_events(self, events: Sequence[dict[str, Any]]) -> None:
+        """Celery's `task-sent` events of jobs put in backlogs, as `send_task` sends them for
+        the jobs it publishes (with `TIERQ_CELERY_EVENTS`); an event lost to a broker fault
+        costs a monitor a line, never the job."""
+        if not events:
+            return
+        try:
+            with self._app.events.default_dispatcher() as dispatcher:
+                for event in events:
+                    dispatcher.send("task-sent", **event)
+        except (OperationalError, redis.RedisError, OSError):
+            pass
 
     def _forget(self, job_ids: Sequence[str]) -> None:
         # The records expire on their own if this fails too; the caller already gets an error.

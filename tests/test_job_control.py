@@ -17,8 +17,10 @@ from tests.support import (
     nonce,
     run_tierq,
     user,
+    without_fair_dispatch,
 )
 from tierq.core.celery_app import create_app
+from tierq.core.dispatch import Backlogs
 from tierq.core.errors import IdempotencyConflictError, InvalidJobError
 from tierq.core.results import JobStatus
 from tierq.core.settings import Settings
@@ -31,28 +33,35 @@ def idle_queues(settings: Settings) -> Settings:
     return settings.model_copy(update={"queue_prefix": f"tierq-idle-{nonce()}."})
 
 
+@pytest.mark.parametrize("fair_dispatch", [True, False], ids=["in-its-backlog", "on-the-queue"])
 def test_a_cancelled_queued_job_never_reaches_the_api(
-    settings: Settings, simulator: Simulator, start_fleet: Fleet
+    settings: Settings, simulator: Simulator, start_fleet: Fleet, fair_dispatch: bool
 ) -> None:
-    # Given two jobs waiting on a queue no worker consumes yet
-    waiting = idle_queues(settings)
+    # Given two jobs waiting for a tier no worker serves yet: in the tier's backlog (fair
+    # dispatch, the default) or on its queue
+    waiting = idle_queues(settings if fair_dispatch else without_fair_dispatch(settings))
     kept, dropped = nonce(), nonce()
     with TierqClient(waiting) as client:
         kept_id = client.submit(model="gpt-4o-mini", messages=user(kept))
         job_id = client.submit(model="gpt-4o-mini", messages=user(dropped))
 
-        # When the second is cancelled, and then a worker comes for their queue
+        # When the second is cancelled, and then a worker comes for their tier
         cancelled = client.cancel(job_id)
         (worker,), _ = start_fleet(**env_of(waiting))
 
-        # Then the job queued beside it reaches the API (so this one could have), while the
-        # cancelled job's message reaches the worker and is dropped
+        # Then the job waiting beside it reaches the API (so this one could have), while the
+        # cancelled one is dropped: by the dispatcher, before it reaches the queue, or by the
+        # worker its message reaches
         assert client.wait(kept_id, timeout=30).status is JobStatus.SUCCEEDED
-        eventually(
-            lambda: logged(worker, "job.already_finished", job_id=job_id, status="cancelled"),
-            what="the worker dropping the cancelled job's message",
-            timeout=30,
-        )
+        if fair_dispatch:
+            assert Backlogs(client.redis, waiting).waiting("fast") == {}
+            assert logged(worker, "job.already_finished", job_id=job_id) == []
+        else:
+            eventually(
+                lambda: logged(worker, "job.already_finished", job_id=job_id, status="cancelled"),
+                what="the worker dropping the cancelled job's message",
+                timeout=30,
+            )
         assert cancelled.status is JobStatus.CANCELLED
         assert client.get(job_id).status is JobStatus.CANCELLED
     assert len(simulator.requests_with(kept)) == 1

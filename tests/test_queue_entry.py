@@ -36,10 +36,23 @@ def test_a_rendered_entry_is_the_message_celery_publishes_but_for_its_delivery_t
     published = redis_client.rpop(queue)
     assert published is not None
 
-    rendered = render(app, job_id, message, queue)
+    rendered = render(app, job_id, message, queue).message
     assert without_tag(rendered) == without_tag(published)
     # ... and each rendering is a publish of its own
     assert (
         json.loads(rendered)["properties"]["delivery_tag"]
-        != json.loads(render(app, job_id, message, queue))["properties"]["delivery_tag"]
+        != json.loads(render(app, job_id, message, queue).message)["properties"]["delivery_tag"]
     )
+
+
+def test_a_rendered_entry_carries_the_sent_event_celery_would_send(
+    worker_env: dict[str, str],
+) -> None:
+    settings = settings_for({**worker_env, "TIERQ_CELERY_EVENTS": "true"})
+    queue = settings.queue_for("fast")
+    entry = render(create_app(settings), "job-1", {"tier": "fast"}, queue)
+    assert entry.sent_event is not None
+    assert entry.sent_event["uuid"] == "job-1"
+    assert entry.sent_event["args"] == "(job job-1)"  # the job's name, never its request
+    assert entry.sent_event["routing_key"] == queue
+    assert render(create_app(settings_for(worker_env)), "job-1", {}, queue).sent_event is None

@@ -18,6 +18,7 @@ published, so a change in either library fails a test rather than a worker.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -35,9 +36,19 @@ _BODY_ENCODING = "base64"
 _base64 = Base64()
 
 
-def render(app: Celery, job_id: str, message: dict[str, Any], queue: str) -> str:
-    """The string kombu would LPUSH onto `queue` for `send_task(TASK_NAME, args=[message],
-    task_id=job_id)` with tierq's reprs; a fresh delivery tag, as every publish has."""
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """A job's queue message, and the `task-sent` event Celery would have sent with it (None
+    unless `task_send_sent_event` is on): the producer sends that when the job enters its
+    backlog, so Flower and other event readers see every job sent, as without fair dispatch."""
+
+    message: str
+    sent_event: dict[str, Any] | None
+
+
+def render(app: Celery, job_id: str, message: dict[str, Any], queue: str) -> QueueEntry:
+    """What `send_task(TASK_NAME, args=[message], task_id=job_id)` with tierq's reprs would
+    LPUSH onto `queue` (a fresh delivery tag, as every publish has), and its sent event."""
     reprs = job_reprs(job_id)
     task = app.amqp.as_task_v2(
         job_id,
@@ -45,7 +56,7 @@ def render(app: Celery, job_id: str, message: dict[str, Any], queue: str) -> str
         args=(message,),
         kwargs={},
         reply_to=app.thread_oid,
-        create_sent_event=False,
+        create_sent_event=bool(app.conf.task_send_sent_event),
         ignore_result=None,  # type: ignore[arg-type]  # what send_task passes
         **reprs,
     )
@@ -68,4 +79,7 @@ def render(app: Celery, job_id: str, message: dict[str, Any], queue: str) -> str
             "properties": properties,
         }
     )
-    return entry
+    sent = task.sent_event
+    if sent is not None:  # as send_task_message completes it for a direct route
+        sent = {**sent, "queue": queue, "exchange": "", "routing_key": queue}
+    return QueueEntry(entry, sent)
