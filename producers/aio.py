@@ -19,6 +19,7 @@ import redis.asyncio
 from redis import Redis as SyncRedis
 from redis.asyncio.client import PubSub as AsyncPubSub
 
+from tierq.core.deadline import DeadlineLike
 from tierq.core.redis_clients import async_client
 from tierq.core.results import JobResult, JobStatus
 from tierq.core.settings import Settings
@@ -85,6 +86,7 @@ class AsyncTierqClient(BaseClient):
         labels: Sequence[Mapping[str, str] | None] | None = None,
         context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
         priority: str | Sequence[str | None] | None = None,
+        deadline: DeadlineLike | Sequence[DeadlineLike | None] | None = None,
     ) -> list[str]:
         return await asyncio.to_thread(
             functools.partial(
@@ -93,6 +95,7 @@ class AsyncTierqClient(BaseClient):
                 labels=labels,
                 context_overflow=context_overflow,
                 priority=priority,
+                deadline=deadline,
             ),
             list(requests),
             idempotency_keys,

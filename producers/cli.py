@@ -183,6 +183,13 @@ def _wait(client: TierqClient, record: JobResult, timeout: float) -> JobResult:
     "sooner. tierq's option, never sent.",
 )
 @click.option(
+    "--deadline",
+    metavar="SECONDS|RFC3339",
+    help="By when the result must exist: seconds from now (3600) or a time "
+    "(2026-12-02T09:00:00Z). A job with time to spare runs at the cheaper flex service tier "
+    "where its model offers it. tierq's option, never sent.",
+)
+@click.option(
     "--idempotency-key",
     help="Submitting the same request with the same key again returns the first job's id.",
 )
@@ -200,6 +207,7 @@ def submit(**options: Any) -> None:
         labels=labels,
         context_overflow=options["context_overflow"],
         priority=options["priority"],
+        deadline=options["deadline"],
     )
     if not options["wait"]:
         if options["as_json"]:

@@ -28,6 +28,7 @@ from redis.client import PubSub
 
 from tierq.core.celery_app import TASK_NAME, create_app, job_reprs
 from tierq.core.contract import JobEnvelope
+from tierq.core.deadline import DeadlineLike
 from tierq.core.dispatch import Backlogs
 from tierq.core.durability import Confirmation
 from tierq.core.errors import NotDurableError
@@ -96,6 +97,7 @@ class TierqClient(BaseClient):
         labels: Mapping[str, str] | None = None,
         context_overflow: ContextOverflow = CONTEXT_OVERFLOW_DEFAULT,
         priority: str | None = None,
+        deadline: DeadlineLike | None = None,
         **params: Any,
     ) -> str:
         """Enqueue one job and return its id; raises `InvalidJobError` before enqueueing.
@@ -118,6 +120,11 @@ class TierqClient(BaseClient):
         `priority` is tierq's, never sent: `interactive`, `default` (None) or `bulk`. On a tier
         with fair dispatch (`TIERQ_TIERS__<TIER>__FAIR_DISPATCH`), a higher class leaves its
         backlog sooner (docs/jobs.md, "Priority and fair share").
+
+        `deadline` is tierq's, never sent: by when the result must exist, as seconds from now,
+        a `timedelta`, an aware `datetime` or an RFC 3339 string. A job with time to spare runs
+        at the provider's cheaper `flex` service tier where its model offers it (docs/jobs.md,
+        "Deadlines and service levels"); None runs as always.
         """
         keys = [idempotency_key] if idempotency_key is not None else None
         return self.submit_many(
@@ -126,6 +133,7 @@ class TierqClient(BaseClient):
             labels=[labels],
             context_overflow=context_overflow,
             priority=priority,
+            deadline=deadline,
         )[0]
 
     def submit_many(
@@ -137,6 +145,7 @@ class TierqClient(BaseClient):
         labels: Sequence[Mapping[str, str] | None] | None = None,
         context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
         priority: str | Sequence[str | None] | None = None,
+        deadline: DeadlineLike | Sequence[DeadlineLike | None] | None = None,
     ) -> list[str]:
         """Enqueue many jobs; all are validated first, so one bad request enqueues none.
 
@@ -144,14 +153,21 @@ class TierqClient(BaseClient):
         so does `labels`, one mapping (or None) per request. `context_overflow`, as for
         `submit`, is one choice for every request or one (or None) per request. `tenant` marks
         the jobs with the gateway tenant that owns them. `priority`, as for `submit`, is one
-        class for every request or one (or None) per request.
+        class for every request or one (or None) per request; so is `deadline`.
 
         Nothing is enqueued when Redis is nearly full (`StoreFullError`). Under
         `TIERQ_DURABILITY`, the call returns once Redis confirms the jobs durable, or raises
         `NotDurableError` naming them (queued, not confirmed).
         """
         submission = Submission.build(
-            self.settings, requests, idempotency_keys, tenant, labels, context_overflow, priority
+            self.settings,
+            requests,
+            idempotency_keys,
+            tenant,
+            labels,
+            context_overflow,
+            priority,
+            deadline,
         )
         with redis_errors():
             # Redis nearly full: StoreFullError, so what is queued can still finish.

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from tierq.core.budget import check_fits, job_cost
 from tierq.core.contract import (
@@ -25,6 +25,7 @@ from tierq.core.contract import (
     parse_labels,
     request_size_bytes,
 )
+from tierq.core.deadline import DeadlineLike, parse_deadline
 from tierq.core.errors import (
     BrokerUnavailableError,
     IdempotencyConflictError,
@@ -141,12 +142,15 @@ class Submission:
         labels: Sequence[Mapping[str, str] | None] | None = None,
         context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
         priority: str | Sequence[str | None] | None = None,
+        deadline: DeadlineLike | Sequence[DeadlineLike | None] | None = None,
     ) -> Submission:
         """Validate every request and give each a new job (envelope) on its tier; `labels`,
         if given, holds one mapping (or None) per request: tierq's, never sent.
         `context_overflow` (tierq's, never sent) is one choice for all requests or one (or
         None, the default) per request. `priority` (tierq's, never sent) is the jobs' class,
-        `interactive`, `default` (None) or `bulk`: one for all requests or one (or None) each."""
+        `interactive`, `default` (None) or `bulk`: one for all requests or one (or None) each.
+        `deadline` (tierq's, never sent; tierq/core/deadline.py) likewise: one for all, or one
+        (or None) per request."""
         requests = list(requests)
         choices = (
             [priority] * len(requests)
@@ -174,6 +178,9 @@ class Submission:
             raise ValueError("labels must hold one mapping (or None) per request")
         job_labels = [parse_labels(each) for each in labels or [None] * len(prepared)]
         submitted_at = datetime.now(UTC)
+        deadlines = [
+            parse_deadline(each, now=submitted_at) for each in _per_job(deadline, len(prepared))
+        ]
         envelopes = [
             JobEnvelope(
                 job_id=new_job_id(),
@@ -186,6 +193,7 @@ class Submission:
                 # Set only when something was dropped, so other jobs' messages stay as before.
                 **_dropped_fields(job),
                 **({} if priorities[i] is None else {"priority": priorities[i]}),
+                **({} if deadlines[i] is None else {"deadline": deadlines[i]}),
             )
             for i, job in enumerate(prepared)
         ]
@@ -277,6 +285,7 @@ def queued_record(envelope: JobEnvelope) -> JobResult:
         submitted_at=envelope.submitted_at,
         labels=envelope.labels,
         tenant=envelope.tenant,
+        deadline=envelope.deadline,
         context_dropped_messages=envelope.context_dropped_messages,
         context_dropped_tokens=envelope.context_dropped_tokens,
     )
@@ -285,3 +294,15 @@ def queued_record(envelope: JobEnvelope) -> JobResult:
 def queue_message(envelope: JobEnvelope) -> str:
     """The job's queue message as JSON, kept on its record for a reaper's re-queue."""
     return json.dumps(envelope.to_message(), separators=(",", ":"))
+
+
+def _per_job(
+    deadline: DeadlineLike | Sequence[DeadlineLike | None] | None, count: int
+) -> list[DeadlineLike | None]:
+    """One deadline for every job, or one (or None) each: a list or tuple is the latter."""
+    if isinstance(deadline, list | tuple):
+        if len(deadline) != count:
+            raise ValueError("deadline must be one for all requests, or one (or None) each")
+        return list(deadline)
+    single = cast("DeadlineLike | None", deadline)  # a str is a Sequence, but one deadline
+    return [single] * count

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import redis
 
-from tierq.core.accounting import NO_TENANT, SEP, hour_of
+from tierq.core.accounting import COST_AT, NO_TENANT, SEP, hour_of
 from tierq.core.cli_output import echo_json, print_table
 from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.keys import Keys, as_text
@@ -32,6 +32,7 @@ METRICS = (
     "completion_tokens",
     "reasoning_tokens",
     "cost_usd",
+    "cost_at_default_usd",
 )
 RELATIVE = re.compile(r"^(\d+)([mhd])$")
 
@@ -42,11 +43,31 @@ class UsageRow:
     model: str
     amounts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(METRICS, 0.0))
 
+    @property
+    def saved_usd(self) -> float:
+        """What running below the default service tier saved (negative: priority's premium)."""
+        return self.amounts.get("cost_at_default_usd", 0.0) - self.amounts.get("cost_usd", 0.0)
+
+    def spend_by_service_tier(self) -> dict[str, float]:
+        return {
+            metric.removeprefix(COST_AT): round(amount, 6)
+            for metric, amount in sorted(self.amounts.items())
+            if metric.startswith(COST_AT)
+        }
+
     def as_dict(self) -> dict[str, Any]:
         values: dict[str, Any] = {
-            m: (round(v, 6) if m == "cost_usd" else int(v)) for m, v in self.amounts.items()
+            m: (round(v, 6) if m.startswith("cost") else int(v))
+            for m, v in self.amounts.items()
+            if not m.startswith(COST_AT)
         }
-        return {"tenant": self.tenant, "model": self.model, **values}
+        return {
+            "tenant": self.tenant,
+            "model": self.model,
+            **values,
+            "saved_usd": round(self.saved_usd, 6),
+            "cost_usd_by_service_tier": self.spend_by_service_tier(),
+        }
 
 
 def parse_moment(text: str, now: datetime) -> datetime:
@@ -106,7 +127,8 @@ def totals(rows: list[UsageRow]) -> dict[str, float]:
 @click.option("--tenant", default=None, help=f"One tenant ({NO_TENANT!r}: the Python client's).")
 @click.option("--json", "as_json", is_flag=True, help="JSON: rows and totals.")
 def usage_command(since: str, until: str | None, tenant: str | None, as_json: bool) -> None:
-    """Tokens and cost per tenant and model over a time range (hourly resolution)."""
+    """Tokens and cost per tenant and model over a time range (hourly resolution), with the
+    spend per service tier and what running below the default tier saved."""
     settings: Settings = get_settings()
     now = datetime.now(UTC)
     try:
@@ -140,7 +162,7 @@ def _print_table(
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     table = Table(title=f"usage {start:%Y-%m-%d %H:00} to {end:%Y-%m-%d %H:%M} UTC")
     for column in ("tenant", "model", "jobs", "failed", "prompt", "cached", "completion",
-                   "reasoning", "cost (USD)"):  # fmt: skip
+                   "reasoning", "cost (USD)", "saved (USD)", "by service tier"):  # fmt: skip
         # A name folds on a narrow terminal rather than lose characters (cli_output.py).
         names = column in ("tenant", "model")
         table.add_column(column, justify="left" if names else "right", overflow="fold")
@@ -150,7 +172,9 @@ def _print_table(
             row.tenant, row.model, f"{a.get('jobs', 0):,.0f}", f"{a.get('failed', 0):,.0f}",
             f"{a.get('prompt_tokens', 0):,.0f}", f"{a.get('cached_tokens', 0):,.0f}",
             f"{a.get('completion_tokens', 0):,.0f}", f"{a.get('reasoning_tokens', 0):,.0f}",
-            f"{a.get('cost_usd', 0):,.4f}",
+            f"{a.get('cost_usd', 0):,.4f}", f"{row.saved_usd:,.4f}",
+            ", ".join(f"{tier} {usd:,.4f}" for tier, usd in row.spend_by_service_tier().items())
+            or "-",
         )  # fmt: skip
     if rows:
         print_table(table)

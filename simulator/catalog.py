@@ -17,6 +17,7 @@ O200K = "o200k_base"
 # The efforts o-series models take, and the ones gpt-5 models take (`minimal` added).
 O_SERIES_EFFORTS = ("low", "medium", "high")
 GPT5_EFFORTS = ("minimal", "low", "medium", "high")
+GPT5_CONTEXT, GPT5_OUTPUT = 400_000, 128_000
 # A dated snapshot of an alias: `gpt-4o-2024-08-06` is served as `gpt-4o`.
 _SNAPSHOT_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
@@ -31,6 +32,7 @@ class ModelSpec:
     max_output_tokens: int
     reasoning_efforts: tuple[str, ...] = ()  # empty: not a reasoning model
     encoding: str = O200K
+    flex: bool = False  # served at `service_tier="flex"` (the pricing page's flex models)
 
     @property
     def reasoning(self) -> bool:
@@ -43,9 +45,15 @@ def _chat(name: str, snapshot: str, context: int, output: int) -> ModelSpec:
 
 
 def _reasoning(
-    name: str, snapshot: str, context: int, output: int, efforts: tuple[str, ...]
+    name: str,
+    snapshot: str,
+    context: int,
+    output: int,
+    efforts: tuple[str, ...],
+    *,
+    flex: bool = False,
 ) -> ModelSpec:
-    return ModelSpec(name, snapshot, context, output, efforts)
+    return ModelSpec(name, snapshot, context, output, efforts, flex=flex)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -58,11 +66,25 @@ MODELS: dict[str, ModelSpec] = {
         _chat("gpt-4.1-nano", "gpt-4.1-nano-2025-04-14", 1_047_576, 32_768),
         _reasoning("o1", "o1-2024-12-17", 200_000, 100_000, O_SERIES_EFFORTS),
         _reasoning("o3-mini", "o3-mini-2025-01-31", 200_000, 100_000, O_SERIES_EFFORTS),
-        _reasoning("o3", "o3-2025-04-16", 200_000, 100_000, O_SERIES_EFFORTS),
-        _reasoning("o4-mini", "o4-mini-2025-04-16", 200_000, 100_000, O_SERIES_EFFORTS),
-        _reasoning("gpt-5", "gpt-5-2025-08-07", 400_000, 128_000, GPT5_EFFORTS),
-        _reasoning("gpt-5-mini", "gpt-5-mini-2025-08-07", 400_000, 128_000, GPT5_EFFORTS),
-        _reasoning("gpt-5-nano", "gpt-5-nano-2025-08-07", 400_000, 128_000, GPT5_EFFORTS),
+        _reasoning("o3", "o3-2025-04-16", 200_000, 100_000, O_SERIES_EFFORTS, flex=True),
+        _reasoning("o4-mini", "o4-mini-2025-04-16", 200_000, 100_000, O_SERIES_EFFORTS, flex=True),
+        _reasoning("gpt-5", "gpt-5-2025-08-07", GPT5_CONTEXT, GPT5_OUTPUT, GPT5_EFFORTS, flex=True),
+        _reasoning(
+            "gpt-5-mini",
+            "gpt-5-mini-2025-08-07",
+            GPT5_CONTEXT,
+            GPT5_OUTPUT,
+            GPT5_EFFORTS,
+            flex=True,
+        ),
+        _reasoning(
+            "gpt-5-nano",
+            "gpt-5-nano-2025-08-07",
+            GPT5_CONTEXT,
+            GPT5_OUTPUT,
+            GPT5_EFFORTS,
+            flex=True,
+        ),
     )
 }
 

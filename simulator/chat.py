@@ -85,6 +85,11 @@ class ChatCompletions:
                 exchange.record(state, 429, rate_limited=True)
                 return error_response(admission.refusal, exchange.headers())
             fault = state.faults.decide(payload, chat.directives, chat.model, config)
+            if chat.service_tier == "flex" and state.faults.flex_unavailable(
+                chat.directives, config
+            ):
+                admission.settle(0)  # turned away: nothing processed, nothing billed
+                raise errors.flex_unavailable(chat.model)
         except ApiError as error:
             exchange.record(state, error.status)
             return error_response(error, exchange.headers())
@@ -92,6 +97,8 @@ class ChatCompletions:
         latency_ms = chat.directives.latency_ms
         if latency_ms is None:
             latency_ms = config.latency_ms
+        if chat.service_tier == "flex":
+            latency_ms *= config.flex_latency_factor  # flex answers come slower
         if fault is not None and (
             fault.kind in ("error", "disconnect") or _unstreamed_error(fault, chat.stream)
         ):

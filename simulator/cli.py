@@ -141,6 +141,21 @@ class _AnnouncingServer(uvicorn.Server):
     help="How long a prompt prefix of 1024+ tokens stays cached without use (0: no caching).",
 )
 @click.option(
+    "--flex-latency-factor",
+    default=2.0,
+    show_default=True,
+    type=float,
+    help="A request served at service_tier=flex waits this many times the latency.",
+)
+@click.option(
+    "--flex-unavailable-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share (0-1) of flex requests answered 429 resource_unavailable (nothing billed); "
+    "[sim flex=unavailable] forces it for one request.",
+)
+@click.option(
     "--record-limit",
     default=10_000,
     show_default=True,
@@ -159,6 +174,8 @@ def simulator_command(
     seed: int | None,
     context_window: int | None,
     prompt_cache_ttl_seconds: float,
+    flex_latency_factor: float,
+    flex_unavailable_rate: float,
     record_limit: int,
 ) -> None:
     """Serve an OpenAI-compatible Chat Completions API with simulated answers and faults."""
@@ -175,6 +192,8 @@ def simulator_command(
             seed=seed,
             context_window=context_window,
             prompt_cache_ttl_seconds=prompt_cache_ttl_seconds,
+            flex_latency_factor=flex_latency_factor,
+            flex_unavailable_rate=flex_unavailable_rate,
             record_limit=record_limit,
         )
     except ValidationError as exc:

@@ -28,6 +28,8 @@ RUNTIME_FIELDS = frozenset(
         "fail_rates",
         "context_window",
         "prompt_cache_ttl_seconds",
+        "flex_latency_factor",
+        "flex_unavailable_rate",
     }
 )
 
@@ -51,6 +53,10 @@ class SimulatorConfig(BaseModel):
     timeout_fault_seconds: float = Field(default=30.0, ge=0)  # how long a `timeout` hangs
     # How long a cached prompt prefix survives without use (the API: 5 to 10 minutes).
     prompt_cache_ttl_seconds: float = Field(default=300.0, ge=0)
+    # Flex processing answers slower than the default tier: its latency is this many times
+    # the default's; and a share of flex requests meets no capacity (429, nothing billed).
+    flex_latency_factor: float = Field(default=2.0, ge=1.0)
+    flex_unavailable_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     # Reasoning models beyond `catalog.MODELS`: by name, and by prefix (o3-pro, o1-preview...).
     reasoning_models: tuple[str, ...] = ("o1-mini",)
     reasoning_model_prefixes: tuple[str, ...] = ("o1", "o3", "o4")

@@ -43,6 +43,9 @@ never passes silently. Keys:
     This stream's delay between two chunks, replacing the server's ``--chunk-delay-ms``.
 ``tokens=N``
     Length of each generated text answer, in tokens (before ``stop``/``max_tokens`` cut it).
+``flex=unavailable``
+    A request served at ``service_tier="flex"`` is answered with the 429 flex gives when it
+    has no capacity (code ``resource_unavailable``, nothing billed); other tiers ignore it.
 ``refuse=yes``
     Answer with a refusal, as the API does when a model declines a structured-output
     request: ``message.refusal`` holds the text, ``content`` is null, ``finish_reason`` is
@@ -83,6 +86,7 @@ class Directives:
     after: int | None = None
     tokens: int | None = None
     refuse: bool = False
+    flex_unavailable: bool = False
 
     @property
     def wants_fault(self) -> bool:
@@ -119,6 +123,12 @@ def _code(key: str, raw: str) -> str:
     return raw
 
 
+def _unavailable(key: str, raw: str) -> bool:
+    if raw != "unavailable":
+        raise DirectiveError(f"[sim {key}=...] expects 'unavailable', got {raw!r}")
+    return True
+
+
 def _yes(key: str, raw: str) -> bool:
     if raw != "yes":
         raise DirectiveError(f"[sim {key}=...] expects 'yes', got {raw!r}")
@@ -137,6 +147,7 @@ _KEYS = {
     "after": ("after", _non_negative_int),
     "tokens": ("tokens", _non_negative_int),
     "refuse": ("refuse", _yes),
+    "flex": ("flex_unavailable", _unavailable),
 }
 
 

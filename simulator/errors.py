@@ -231,3 +231,15 @@ _DEFAULT_FAULTS = {
         503, "The engine is currently overloaded, please try again later.", type="server_error"
     ),
 }
+
+
+def flex_unavailable(model: str) -> ApiError:
+    """The 429 a flex request meets when flex has no capacity for it (nothing is billed): not
+    a rate limit, so it carries no `rate_limit_exceeded` code and no reset headers."""
+    return ApiError(
+        429,
+        f"Resource unavailable: flex processing has no capacity for {model} right now. "
+        "Retry later, or send the request at the default service tier.",
+        type="service_unavailable_error",
+        code="resource_unavailable",
+    )

@@ -66,6 +66,14 @@ class FaultInjector:
                     return _fault(kind, None, None, None, model, config)
         return None
 
+    def flex_unavailable(self, directives: Directives, config: SimulatorConfig) -> bool:
+        """Whether a request served at flex meets no capacity: asked for by its directives,
+        or drawn at `flex_unavailable_rate` (from the same seeded generator as the faults)."""
+        if directives.flex_unavailable:
+            return True
+        rate = config.flex_unavailable_rate
+        return rate > 0 and self._rng.random() < rate
+
     def _still_failing(self, body: object, times: int | None) -> bool:
         if times is None:
             return True

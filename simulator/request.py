@@ -349,7 +349,7 @@ def _reasoning_effort(body: Mapping[str, Any], model: str, reasoning: bool) -> s
     return str(effort)
 
 
-def _service_tier(body: Mapping[str, Any]) -> str:
+def _service_tier(body: Mapping[str, Any], model: str) -> str:
     tier = body.get("service_tier")
     if tier is None:
         return SERVED_TIERS["auto"]
@@ -357,6 +357,14 @@ def _service_tier(body: Mapping[str, Any]) -> str:
         raise _type_error("service_tier", "a string", tier)
     if tier not in SERVED_TIERS:
         raise _invalid_value("service_tier", tier, tuple(SERVED_TIERS))
+    spec = spec_for(model)
+    if SERVED_TIERS[tier] == "flex" and spec is not None and not spec.flex:
+        # Flex is offered for some models only; the API refuses it for the others.
+        raise errors.invalid_request(
+            f"The model `{model}` does not support the service tier 'flex'.",
+            param="service_tier",
+            code="invalid_value",
+        )
     return SERVED_TIERS[tier]
 
 
@@ -396,7 +404,7 @@ def parse_chat_request(body: object, config: SimulatorConfig) -> ChatRequest:
     if reasoning:
         _check_reasoning_parameters(body)
     effort = _reasoning_effort(body, model, reasoning)
-    service_tier = _service_tier(body)
+    service_tier = _service_tier(body, model)
 
     stream = _bool(body, "stream", False)
     stream_options = body.get("stream_options")

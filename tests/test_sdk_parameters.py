@@ -48,7 +48,7 @@ VALUES: dict[str, dict[str, Any]] = {
     "response_format": {"response_format": {"type": "text"}},
     "safety_identifier": {"safety_identifier": "user-hash-1"},
     "seed": {"seed": 42},
-    "service_tier": {"service_tier": "flex"},
+    "service_tier": {"model": "o4-mini", "service_tier": "flex"},
     "stop": {"stop": ["END"]},
     "store": {"store": True},
     "stream": {"stream": True, "stream_options": {"include_usage": True}},
@@ -131,7 +131,7 @@ def test_the_apis_own_parameters_reach_it_unchanged_and_labels_do_not(
     request: dict[str, Any] = {
         "model": "gpt-4o",
         "messages": [{"role": "user", "content": f"Name a river. {marker}"}],
-        "service_tier": "flex",
+        "service_tier": "priority",
         "logit_bias": {"50256": -100},
         "store": True,
         "metadata": {"run": "7", "team": "search"},

@@ -212,3 +212,21 @@ def test_models_list_names_every_alias_and_snapshot(client: openai.OpenAI) -> No
     for alias in ("gpt-4.1-nano", "gpt-5", "gpt-5-mini", "gpt-5-nano"):
         assert alias in listed
     assert "gpt-5-2025-08-07" in listed
+
+
+def test_flex_is_refused_for_a_model_that_lacks_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=USER_HELLO, service_tier="flex"
+        )
+    assert refused.value.param == "service_tier"
+
+
+def test_flex_without_capacity_is_a_429_that_is_not_a_rate_limit(client: openai.OpenAI) -> None:
+    unavailable = [{"role": "user", "content": "Hello [sim flex=unavailable]"}]
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="o3", messages=unavailable, service_tier="flex")
+    assert refused.value.code == "resource_unavailable"
+    # The directive concerns flex only: the same request at the default tier is answered
+    answered = client.chat.completions.create(model="o3", messages=unavailable)
+    assert answered.service_tier == "default"

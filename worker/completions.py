@@ -69,18 +69,23 @@ def call_chat_completions(
     *,
     time_limit_seconds: float | None = None,
     on_chunk: ChunkCallback | None = None,
+    timeout_seconds: float | None = None,
 ) -> CallOutcome:
     """Run one Chat Completions call; SDK errors leave as tierq `ProviderError`s.
 
     `time_limit_seconds` is the tier's hard limit: a call (a stream included) running past it
     is abandoned and fails the job, instead of being retried like a timeout. `on_chunk` sees
     each chunk of a streamed answer once the accumulator has taken it, so what a watcher is
-    shown is what the result will hold; an unstreamed call never calls it.
+    shown is what the result will hold; an unstreamed call never calls it. `timeout_seconds`
+    replaces the client's timeout for this call (a flex call's is longer).
     """
     deadline = time.monotonic() + time_limit_seconds if time_limit_seconds else None
     try:
         if params.get("stream"):
-            raw = client.chat.completions.with_raw_response.create(**params)
+            timeout: dict[str, Any] = (
+                {} if timeout_seconds is None else {"timeout": timeout_seconds}
+            )
+            raw = client.chat.completions.with_raw_response.create(**params, **timeout)
             completion = _assemble_stream(raw.parse(), deadline, time_limit_seconds, on_chunk)
             return CallOutcome(completion, dict(raw.headers))
         # `params` were validated by JobRequest already; `create()` would walk them again
@@ -88,7 +93,12 @@ def call_chat_completions(
         # about 6% of a worker's CPU when the API answers at once. The SDK's own `post`
         # keeps everything else: auth, base URL, timeouts, and its errors for non-2xx answers.
         # The raw body is validated once, into our own model: no SDK model built and dumped.
-        response = client.post(CHAT_COMPLETIONS_PATH, cast_to=httpx2.Response, body=params)
+        response = client.post(
+            CHAT_COMPLETIONS_PATH,
+            cast_to=httpx2.Response,
+            body=params,
+            options={} if timeout_seconds is None else {"timeout": timeout_seconds},
+        )
         return CallOutcome(
             ChatCompletion.model_validate_json(response.content), dict(response.headers)
         )

@@ -20,7 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from tierq.core.catalog import ModelInfo
-from tierq.core.contract import JobEnvelope, JobRequest
+from tierq.core.contract import JobEnvelope
 from tierq.core.errors import (
     AdmissionDeferred,
     BrokerUnavailableError,
@@ -34,6 +34,7 @@ from tierq.core.jobstore import JobStore
 from tierq.core.pricing import cost_usd
 from tierq.core.results import JobError, JobResult, JobStatus
 from tierq.core.settings import Settings
+from tierq.core.spend import DEFAULT, FLEX, RATE_LIMIT_CODE, service_tier_for
 from tierq.core.tiers import api_params, check_model_rules
 from tierq.core.validation import describe_validation_error
 from tierq.worker import metrics
@@ -160,7 +161,7 @@ class JobRunner:
         metrics.ATTEMPTS.labels(*labels).inc()
         began = time.perf_counter()
         try:
-            outcome = self._call(envelope.job_id, running.attempts, request, tier)
+            outcome, chosen = self._call(envelope, running.attempts, tier)
         except ProviderError as error:
             metrics.API_LATENCY.labels(*labels, error.kind).observe(time.perf_counter() - began)
             if error.status_code == 429:  # rate limits and insufficient_quota alike
@@ -172,6 +173,7 @@ class JobRunner:
         metrics.API_LATENCY.labels(*labels, "ok").observe(api_seconds)
         completion = outcome.completion
         price = self.settings.price_of(request.model, completion.service_tier)
+        at_default = self.settings.price_of(request.model)
         result = running.model_copy(
             update={
                 "status": JobStatus.SUCCEEDED,
@@ -179,8 +181,12 @@ class JobRunner:
                 "usage": completion.usage,
                 "answered_by": completion.model,
                 "finished_at": utcnow(),
+                "service_tier_chosen": chosen,
                 "cost_usd": cost_usd(completion.usage, price)
                 if completion.usage is not None and price is not None
+                else None,
+                "cost_at_default_usd": cost_usd(completion.usage, at_default)
+                if completion.usage is not None and at_default is not None and at_default != price
                 else None,
             }
         )
@@ -197,19 +203,53 @@ class JobRunner:
             log.warning("ratelimit.feedback_lost", error=str(error))
         return result
 
-    def _call(self, job_id: str, attempt: int, request: JobRequest, tier: ModelInfo) -> CallOutcome:
-        """The API call; a streamed job's deltas are published as they arrive.
+    def _call(
+        self, envelope: JobEnvelope, attempt: int, tier: ModelInfo
+    ) -> tuple[CallOutcome, str | None]:
+        """The API call, at the service level the job's deadline allows (tierq/core/spend.py),
+        and that level (None: the request went as the caller wrote it).
+
+        A flex call the provider turns away for want of capacity (a 429 that is not a rate
+        limit: nothing was billed) is made again at once at the default tier, in the same
+        attempt: waiting for flex to come back could cost the deadline, and a retry would
+        pause the shared limiter for a limit no one hit.
+        """
+        params = api_params(envelope.request, tier)
+        spend = self.settings.spend
+        chosen = service_tier_for(params, tier, envelope.deadline, utcnow(), spend)
+        if chosen is None:
+            return self._send(envelope, attempt, params), None
+        timeout = spend.flex_timeout_seconds if chosen == FLEX else None
+        try:
+            return self._send(
+                envelope, attempt, {**params, "service_tier": chosen}, timeout
+            ), chosen
+        except RateLimitedError as refused:
+            if chosen != FLEX or refused.code == RATE_LIMIT_CODE:
+                raise
+            log.info("job.flex_unavailable", code=refused.code, falling_back_to="default")
+            metrics.FLEX_FALLBACKS.labels(envelope.tier, envelope.request.model).inc()
+        return self._send(envelope, attempt, {**params, "service_tier": DEFAULT}), DEFAULT
+
+    def _send(
+        self,
+        envelope: JobEnvelope,
+        attempt: int,
+        params: dict[str, Any],
+        timeout_seconds: float | None = None,
+    ) -> CallOutcome:
+        """One API call; a streamed job's deltas are published as they arrive.
 
         Only streamed jobs get a publisher, so the others pay nothing for it. Its last write
         comes before the outcome is recorded, so a watcher that sees the job finished has
         every delta there is to read.
         """
-        params = api_params(request, tier)
-        if not request.stream:
-            return self.call(params)
-        publisher = self.deltas.publisher(job_id, attempt)
+        timeout = {} if timeout_seconds is None else {"timeout_seconds": timeout_seconds}
+        if not envelope.request.stream:
+            return self.call(params, **timeout)
+        publisher = self.deltas.publisher(envelope.job_id, attempt)
         try:
-            return self.call(params, on_chunk=publisher.publish)
+            return self.call(params, on_chunk=publisher.publish, **timeout)
         finally:
             publisher.flush()
 
@@ -341,6 +381,7 @@ class JobRunner:
             submitted_at=envelope.submitted_at,
             labels=envelope.labels,
             tenant=envelope.tenant,
+            deadline=envelope.deadline,
             context_dropped_messages=envelope.context_dropped_messages,
             context_dropped_tokens=envelope.context_dropped_tokens,
             worker=worker,

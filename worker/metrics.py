@@ -46,7 +46,19 @@ TOKENS = Counter(
     ["tier", "model", "kind"],
 )
 COST = Counter(
-    "tierq_cost_usd", "Estimated cost of answers, from the price table", ["tier", "model"]
+    "tierq_cost_usd",
+    "Estimated cost of answers, from the price table, by the service tier that served them",
+    ["tier", "model", "service_tier"],
+)
+SAVED = Counter(
+    "tierq_saved_usd",
+    "What answers served at a cheaper service tier (flex) saved against the default tier's price",
+    ["tier", "model", "service_tier"],
+)
+FLEX_FALLBACKS = Counter(
+    "tierq_flex_fallbacks",
+    "Flex calls turned away for want of capacity and made again at the default tier",
+    ["tier", "model"],
 )
 LIMITER_WAIT = Histogram(
     "tierq_limiter_wait_seconds",
@@ -79,5 +91,10 @@ def observe_bill(record: JobResult) -> None:
     ):
         if amount:
             TOKENS.labels(record.tier, record.model, kind).inc(amount)
+    served = (record.response.service_tier if record.response else None) or "default"
     if record.cost_usd:
-        COST.labels(record.tier, record.model).inc(record.cost_usd)
+        COST.labels(record.tier, record.model, served).inc(record.cost_usd)
+    if record.cost_usd is not None and record.cost_at_default_usd is not None:
+        saved = record.cost_at_default_usd - record.cost_usd
+        if saved > 0:
+            SAVED.labels(record.tier, record.model, served).inc(saved)

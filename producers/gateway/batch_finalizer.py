@@ -37,6 +37,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -299,9 +300,15 @@ class Finalizer:
                 keys = [f"batch:{batch_id}:{r.custom_id}" for r in chunk]
                 try:
                     # Batches run as bulk: a tier with fair dispatch serves interactive
-                    # work first, and the batch at its share (tierq/core/dispatch.py).
+                    # work first, and the batch at its share (tierq/core/dispatch.py). Their
+                    # deadline is the batch's end (its completion window): with time to spare
+                    # they run at flex where the model offers it (tierq/core/spend.py).
                     job_ids = await client.submit_many(
-                        [r.request for r in chunk], keys, tenant=tenant, priority=BATCH_PRIORITY
+                        [r.request for r in chunk],
+                        keys,
+                        tenant=tenant,
+                        priority=BATCH_PRIORITY,
+                        deadline=_batch_deadline(state),
                     )
                 except StoreFullError as full:
                     # Redis nearly full: nothing was enqueued, and the batch waits (it does
@@ -547,3 +554,12 @@ async def finalizer(gateway: Gateway) -> AsyncIterator[None]:
         # swallows a cancellation of this coroutine itself.
         await asyncio.gather(task, return_exceptions=True)
         await runner.stop()
+
+
+def _batch_deadline(state: BatchState) -> datetime | None:
+    """The batch's end as its jobs' deadline; None once it has passed (they run as always,
+    and the batch ends `expired` at its next pass)."""
+    expires_at = state.batch.expires_at
+    if expires_at is None or expires_at <= time.time() + 1:
+        return None
+    return datetime.fromtimestamp(expires_at, UTC)

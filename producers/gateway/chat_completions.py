@@ -108,14 +108,25 @@ class DropInRoute(APIRoute):
         return handle
 
 
-# tierq's job option the SDK can send as a header (`extra_headers`); checked by the
-# submission, so a wrong one answers 400 naming `priority`, as a body parameter would.
+# tierq's job options the SDK can send as headers (`extra_headers`); checked by the
+# submission, so a wrong one answers 400 naming `priority` or `deadline`, as a body parameter
+# would.
 TierqPriority = Annotated[
     str | None,
     Header(
         alias="Tierq-Priority",
         description="`interactive`, `default` or `bulk`: on a tier with fair dispatch, how soon "
         "the job leaves its backlog.",
+    ),
+]
+
+TierqDeadline = Annotated[
+    str | None,
+    Header(
+        alias="Tierq-Deadline",
+        description="By when the result must exist: seconds from now (`3600`) or an RFC 3339 "
+        "time (`2026-12-02T09:00:00Z`). A job with time to spare runs at the provider's "
+        "cheaper `flex` service tier where its model offers it.",
     ),
 ]
 
@@ -151,6 +162,7 @@ async def create_chat_completion(
     tenant: Tenant,
     idempotency_key: IdempotencyKey = None,
     priority: TierqPriority = None,
+    due: TierqDeadline = None,
 ) -> Response:
     """The body is the API's request; the answer is the API's, once the job has ended."""
     deadline = time.monotonic() + gateway.settings.gateway.max_wait_seconds
@@ -164,7 +176,7 @@ async def create_chat_completion(
     gateway.waiters.take(tenant)  # before submitting: a refusal here enqueues nothing
     handed_over = False
     try:
-        job_id = await _submit(gateway, tenant, body, idempotency_key, priority)
+        job_id = await _submit(gateway, tenant, body, idempotency_key, priority, due)
         hold = Hold(gateway, request, tenant, job_id, deadline, keyed=idempotency_key is not None)
         if not body.stream:
             return await hold.answer()
@@ -178,14 +190,23 @@ async def create_chat_completion(
 
 
 async def _submit(
-    gateway: Gateway, tenant: str, body: JobRequest, key: str | None, priority: str | None
+    gateway: Gateway,
+    tenant: str,
+    body: JobRequest,
+    key: str | None,
+    priority: str | None,
+    deadline: str | None,
 ) -> str:
     """Enqueue the request as the job API does (quota, contract, tier, idempotency)."""
     await gateway.memory_guard.check()  # 507 while Redis is nearly full: nothing enqueued
     async with await gateway.quota.reserve(tenant, 1) as reservation:
         try:
             job_ids = await gateway.client.submit_many(
-                [body], [tenant_scoped_key(tenant, key)], tenant=tenant, priority=priority
+                [body],
+                [tenant_scoped_key(tenant, key)],
+                tenant=tenant,
+                priority=priority,
+                deadline=deadline,
             )
         except InvalidJobError as refused:
             error = from_invalid_job(refused, status_code=400)

@@ -41,6 +41,12 @@ class TierqFields(BaseModel):
         description="`interactive`, `default` or `bulk`: on a tier with fair dispatch, how "
         "soon the job leaves its backlog (a higher class goes first; a lower one still moves).",
     )
+    deadline: str | int | float | None = Field(
+        default=None,
+        description="By when the result must exist: seconds from now (`3600`) or an RFC 3339 "
+        'time (`"2026-12-02T09:00:00Z"`). A job with time to spare runs at the provider\'s '
+        "cheaper `flex` service tier where its model offers it; unset: as always.",
+    )
 
 
 class JobSubmission(JobRequest):
@@ -61,6 +67,10 @@ class JobSubmission(JobRequest):
     @property
     def priority(self) -> Priority:
         return self.tierq.priority if self.tierq is not None else PRIORITY_DEFAULT
+
+    @property
+    def deadline(self) -> str | int | float | None:
+        return self.tierq.deadline if self.tierq is not None else None
 
     @property
     def context_overflow(self) -> ContextOverflow:

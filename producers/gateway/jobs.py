@@ -70,6 +70,7 @@ async def _submit(
             labels=[job.labels for job in jobs],
             context_overflow=[job.context_overflow for job in jobs],
             priority=[job.priority for job in jobs],
+            deadline=[job.deadline for job in jobs],
         )
         await reservation.fill(job_ids)
     statuses = await gateway.client.statuses(job_ids)

@@ -48,6 +48,16 @@ def _tenant_tokens(record: JobResult) -> str:
     return _stats(record, f"{TENANT_TOKENS}{record.tenant or NO_TENANT}")
 
 
+# The ledger metric of spend at one service tier: `cost_usd@flex`.
+COST_AT = "cost_usd@"
+
+
+def _served_tier(record: JobResult) -> str:
+    """The service tier the API says served the answer (`default` when it does not say)."""
+    served = record.response.service_tier if record.response is not None else None
+    return served or "default"
+
+
 def bill(record: JobResult) -> dict[str, float]:
     """Tokens and cost of a paid answer (empty when the record carries none)."""
     usage = record.usage
@@ -63,6 +73,14 @@ def bill(record: JobResult) -> dict[str, float]:
     }
     if record.cost_usd is not None:
         amounts[_ledger(record, "cost_usd")] = record.cost_usd
+        # Spend by the service tier that served it, and what the default tier would have cost
+        # (the same as paid when it was the default): `tierq usage` reports the saving.
+        served = _served_tier(record)
+        amounts[_ledger(record, f"{COST_AT}{served}")] = record.cost_usd
+        at_default = record.cost_at_default_usd
+        amounts[_ledger(record, "cost_at_default_usd")] = (
+            record.cost_usd if at_default is None else at_default
+        )
     return {field: float(amount) for field, amount in amounts.items() if amount}
 
 

@@ -531,6 +531,9 @@ class JobEnvelope(_Strict):
     # tierq's priority class (tierq/core/priority.py), never sent: on a tier with fair dispatch
     # it decides how soon the job leaves its backlog.
     priority: Priority = PRIORITY_DEFAULT
+    # tierq's deadline (tierq/core/deadline.py), never sent: by when the result must exist. It
+    # decides the service level the call asks for (tierq/core/spend.py); None: as given.
+    deadline: datetime | None = None
     # What the opt-in sliding window dropped from the conversation at submit (the request above
     # is what remains), for the worker to copy onto the record; set only when something was.
     context_dropped_messages: int = 0

@@ -178,6 +178,16 @@ class JobResult(BaseModel):
     # What the answer cost in USD, from its usage and the price table when it was recorded
     # (tierq/core/pricing.py); None when nothing was billed or the model has no price.
     cost_usd: float | None = None
+    # What the same answer would have cost at the default service tier, when it was served at
+    # another (flex, priority): the saving (or the premium) against running it as default.
+    cost_at_default_usd: float | None = None
+    # The caller's deadline (tierq's, never sent): by when the result must exist.
+    deadline: datetime | None = None
+    # The `service_tier` the latest call asked for when tierq chose it for the deadline
+    # (tierq/core/spend.py): `flex`, `priority`, or `default` after a flex call was turned away;
+    # None when the request went as the caller wrote it. `response.service_tier` is what the
+    # API says served it, and what it is priced at.
+    service_tier_chosen: str | None = None
 
     @property
     def content(self) -> str | None:

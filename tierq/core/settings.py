@@ -177,6 +177,25 @@ class FairShareSettings(BaseModel):
         return {priority: value.get(priority, 1.0) for priority in PRIORITIES}
 
 
+class SpendSettings(BaseModel):
+    """Which service level a job with a deadline runs at (tierq/core/spend.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    flex: bool = True
+    """A job whose deadline leaves time runs at `service_tier="flex"` (half price, slower
+    answers, sometimes "resource unavailable") where the model catalog prices flex for its
+    model; off, such jobs run at the default tier. A caller's own `service_tier` always wins."""
+    flex_min_seconds: Annotated[float, Field(ge=0)] = 900.0
+    """A job runs at flex only while its deadline is at least this far when its call starts:
+    time for a slow flex answer and, should flex be unavailable, a default one."""
+    flex_timeout_seconds: Annotated[float, Field(gt=0)] = 900.0
+    """The timeout of a flex call (OpenAI advises 15 minutes: flex answers come slower)."""
+    priority_within_seconds: Annotated[float, Field(gt=0)] | None = None
+    """Unset: never. Set: a job whose deadline is nearer than this when its call starts runs at
+    `service_tier="priority"` (billed above the default) where its model offers it."""
+
+
 class LimiterSettings(BaseModel):
     """The fleet-wide limiter shared through Redis (`tierq.core.ratelimit`)."""
 
@@ -328,6 +347,8 @@ class Settings(BaseSettings):
     """The fleet-wide RPM/TPM limiter shared through Redis."""
     fair_share: FairShareSettings = Field(default_factory=FairShareSettings)
     """Priority and tenant weights of the tiers with fair dispatch."""
+    spend: SpendSettings = Field(default_factory=SpendSettings)
+    """The service level (flex, default, priority) of jobs with a deadline."""
     context_windows: dict[str, Annotated[int, Field(ge=1)]] = {}
     """Older spelling of the catalog's `context_window_tokens`: each entry overrides its
     model's window (prompt plus output, in tokens). Prefer `TIERQ_MODELS`."""
