@@ -5,12 +5,12 @@ served (`/sim/stats`), and change latency, limits and fault rates without a rest
 (`/sim/config`). Routes:
 
 - ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/models/{model}``
+- the Files and Batches API a batching client needs (`simulator/batches.py`)
 - ``GET /sim/requests[?model=M]`` -> ``{"data": [{"received_at", "body", "status", "fault"}]}``
   (``status`` 0: the connection was closed without a response); ``DELETE`` clears them
 - ``GET /sim/stats`` (``DELETE`` resets the counters)
-- ``GET /sim/config``; ``PATCH /sim/config`` with any of latency_ms, chunk_delay_ms, rpm,
-  tpm, window_seconds, fail_rates, context_window, prompt_cache_ttl_seconds; returns the
-  effective config
+- ``GET /sim/config``; ``PATCH /sim/config`` with any of its run-time fields
+  (``config.RUNTIME_FIELDS``); returns the effective config
 - ``POST /sim/reset``: records, counters, ``times=`` counts, rate-limit usage and cached
   prompts
 - ``GET /healthz``
@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tierq_simulator import errors
+from tierq_simulator.batches import FilesAndBatches
 from tierq_simulator.chat import ChatCompletions
 from tierq_simulator.config import SimulatorConfig, describe
 from tierq_simulator.errors import ApiError
@@ -105,8 +106,17 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
     load_tokenizers()
     chat = ChatCompletions(state)
     sim = SimControls(state)
+    batching = FilesAndBatches(state)
     routes: list[Any] = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/files", batching.create_file, methods=["POST"]),
+        Route("/v1/files/{file_id}", batching.retrieve_file, methods=["GET"]),
+        Route("/v1/files/{file_id}", batching.delete_file, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", batching.file_content, methods=["GET"]),
+        Route("/v1/batches", batching.create_batch, methods=["POST"]),
+        Route("/v1/batches", batching.list_batches, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", batching.retrieve_batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batching.cancel_batch, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/sim/requests", sim.list_requests, methods=["GET"]),

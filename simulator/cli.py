@@ -156,6 +156,13 @@ class _AnnouncingServer(uvicorn.Server):
     "[sim flex=unavailable] forces it for one request.",
 )
 @click.option(
+    "--batch-completion-seconds",
+    default=5.0,
+    show_default=True,
+    type=float,
+    help="A batch (POST /v1/batches) completes this long after it was created.",
+)
+@click.option(
     "--record-limit",
     default=10_000,
     show_default=True,
@@ -176,6 +183,7 @@ def simulator_command(
     prompt_cache_ttl_seconds: float,
     flex_latency_factor: float,
     flex_unavailable_rate: float,
+    batch_completion_seconds: float,
     record_limit: int,
 ) -> None:
     """Serve an OpenAI-compatible Chat Completions API with simulated answers and faults."""
@@ -194,6 +202,7 @@ def simulator_command(
             prompt_cache_ttl_seconds=prompt_cache_ttl_seconds,
             flex_latency_factor=flex_latency_factor,
             flex_unavailable_rate=flex_unavailable_rate,
+            batch_completion_seconds=batch_completion_seconds,
             record_limit=record_limit,
         )
     except ValidationError as exc:

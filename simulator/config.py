@@ -30,6 +30,8 @@ RUNTIME_FIELDS = frozenset(
         "prompt_cache_ttl_seconds",
         "flex_latency_factor",
         "flex_unavailable_rate",
+        "batch_completion_seconds",
+        "expire_next_batch_after_lines",
     }
 )
 
@@ -57,6 +59,11 @@ class SimulatorConfig(BaseModel):
     # the default's; and a share of flex requests meets no capacity (429, nothing billed).
     flex_latency_factor: float = Field(default=2.0, ge=1.0)
     flex_unavailable_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # A provider batch completes this long after it was created (the API: within 24 h).
+    batch_completion_seconds: float = Field(default=5.0, ge=0)
+    # Set: the next batch to complete ends `expired` after answering this many of its lines
+    # (then it is unset again), as a batch that outruns its window does.
+    expire_next_batch_after_lines: int | None = Field(default=None, ge=0)
     # Reasoning models beyond `catalog.MODELS`: by name, and by prefix (o3-pro, o1-preview...).
     reasoning_models: tuple[str, ...] = ("o1-mini",)
     reasoning_model_prefixes: tuple[str, ...] = ("o1", "o3", "o4")
