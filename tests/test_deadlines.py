@@ -104,6 +104,14 @@ def test_the_service_tier_is_the_cheapest_that_meets_the_deadline(
     assert service_tier_for(params, model(settings, name), deadline, NOW, spend) == expected
 
 
+def test_a_tenant_or_a_tier_can_be_kept_off_flex(settings: Settings) -> None:
+    info, due = model(settings, FLEX_MODEL), NOW + timedelta(hours=1)
+    spend = SpendSettings(tenant_flex={"latency-bound": False})
+    assert service_tier_for({}, info, due, NOW, spend, tenant="latency-bound") is None
+    assert service_tier_for({}, info, due, NOW, spend, tenant="other") == "flex"
+    assert service_tier_for({}, info, due, NOW, spend, tier_allows_flex=False) is None
+
+
 # --- end to end -----------------------------------------------------------------------------
 
 

@@ -216,7 +216,15 @@ class JobRunner:
         """
         params = api_params(envelope.request, tier)
         spend = self.settings.spend
-        chosen = service_tier_for(params, tier, envelope.deadline, utcnow(), spend)
+        chosen = service_tier_for(
+            params,
+            tier,
+            envelope.deadline,
+            utcnow(),
+            spend,
+            tenant=envelope.tenant,
+            tier_allows_flex=self.settings.tiers[envelope.tier].flex,
+        )
         if chosen is None:
             return self._send(envelope, attempt, params), None
         timeout = spend.flex_timeout_seconds if chosen == FLEX else None

@@ -79,6 +79,9 @@ class TierSettings(BaseModel):
     time_limit_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
     """Hard limit: one attempt, streaming included, may not run longer; past it the job fails
     (`time_limit_exceeded`) and frees its slot. Unset: no limit beyond the soft one."""
+    flex: bool = True
+    """Whether this tier's jobs with a deadline may run at `flex` (`TIERQ_SPEND` says when);
+    false keeps the tier at the default service level."""
     fair_dispatch: bool = True
     """Submitted jobs wait in per-priority, per-tenant backlogs, and the tier's workers move
     them to its Celery queue by weighted fair share in tokens (`TIERQ_FAIR_SHARE`), keeping the
@@ -186,6 +189,9 @@ class SpendSettings(BaseModel):
     """A job whose deadline leaves time runs at `service_tier="flex"` (half price, slower
     answers, sometimes "resource unavailable") where the model catalog prices flex for its
     model; off, such jobs run at the default tier. A caller's own `service_tier` always wins."""
+    tenant_flex: dict[str, bool] = {}
+    """Per gateway tenant: `false` keeps that tenant's jobs off flex whatever their deadline
+    (`{"acme": false}`); a tenant not listed follows `flex`."""
     flex_min_seconds: Annotated[float, Field(ge=0)] = 900.0
     """A job runs at flex only while its deadline is at least this far when its call starts:
     time for a slow flex answer and, should flex be unavailable, a default one."""

@@ -35,14 +35,25 @@ def service_tier_for(
     deadline: datetime | None,
     now: datetime,
     spend: SpendSettings,
+    *,
+    tenant: str | None = None,
+    tier_allows_flex: bool = True,
 ) -> str | None:
-    """The `service_tier` tierq adds to a call's `params`, or None to send them as they are."""
+    """The `service_tier` tierq adds to a call's `params`, or None to send them as they are.
+    `tenant` is the job's gateway tenant (`TIERQ_SPEND__TENANT_FLEX`), `tier_allows_flex` its
+    tier's `flex` setting."""
     if deadline is None or "service_tier" in params:
         return None
     left = (deadline - now).total_seconds()
     within = spend.priority_within_seconds
     if within is not None and left < within and PRIORITY in info.service_tier_prices:
         return PRIORITY
-    if spend.flex and left >= spend.flex_min_seconds and FLEX in info.service_tier_prices:
+    flex_allowed = (
+        spend.flex
+        and tier_allows_flex
+        and spend.tenant_flex.get(tenant or "", True)
+        and FLEX in info.service_tier_prices
+    )
+    if flex_allowed and left >= spend.flex_min_seconds:
         return FLEX
     return None
