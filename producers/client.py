@@ -35,6 +35,7 @@ from tierq.core.errors import NotDurableError
 from tierq.core.jobcontrol import JobControl
 from tierq.core.jobstore import JobStore, connect
 from tierq.core.memory_guard import MemoryGuard
+from tierq.core.provider_batches import ProviderBatches
 from tierq.core.queue_entry import render as render_entry
 from tierq.core.results import JobResult
 from tierq.core.settings import Settings
@@ -80,6 +81,7 @@ class TierqClient(BaseClient):
             self._store.redis, self.settings.redis_memory_guard_fraction
         )
         self._backlogs = Backlogs(self._store.redis, self.settings)
+        self._batches = ProviderBatches(self._store.redis, self.settings)
 
     @property
     def redis(self) -> redis.Redis:
@@ -194,6 +196,26 @@ class TierqClient(BaseClient):
         batch: list[JobEnvelope] = []
         # The last batch's wait vouches for every earlier one: replication is one ordered log.
         confirmation: Confirmation | None = None
+        pooled = [envelope for envelope in envelopes if self._batches.batched(envelope)]
+        if pooled:
+            # Far deadlines: the jobs wait in their batch pools for a worker's batcher to send
+            # them through the provider's Batch API (tierq/core/provider_batches.py). Recorded
+            # and watched meanwhile: should this fail, a reaper runs them on the queue.
+            pooled_ids = {envelope.job_id for envelope in pooled}
+            envelopes = [e for e in envelopes if e.job_id not in pooled_ids]
+            try:
+                self._batches.push(pooled)
+            except redis.RedisError as error:
+                self._forget([envelope.job_id for envelope in envelopes])
+                self._release_keys(submission.keys_of(envelopes))
+                raise submission.publish_failed([], pooled, envelopes, error) from None
+            published.extend(envelope.job_id for envelope in pooled)
+            try:
+                confirmation = self._store.unwatch_published(
+                    [e.job_id for e in pooled], watch_until
+                )
+            except redis.RedisError:  # the reaper then runs them on the queue, no harm
+                confirmation = None
         fair = [envelope for envelope in envelopes if self._backlogs.fair(envelope.tier)]
         if fair:
             # Jobs of tiers with fair dispatch wait in backlogs; a worker's dispatcher

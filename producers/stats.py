@@ -25,6 +25,7 @@ from tierq.core.exit_codes import ExitCode, ExitCodeCommand, fail
 from tierq.core.heartbeats import STALE_AFTER_SECONDS
 from tierq.core.jobstore import connect
 from tierq.core.keys import Keys
+from tierq.core.provider_batches import ProviderBatches
 from tierq.core.queues import queue_snapshots
 from tierq.core.ratelimit import GroupUsage, SharedRateLimiter
 from tierq.core.settings import Settings, get_settings
@@ -76,6 +77,7 @@ def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     counts, seconds = window_counts(client, keys, now)
     limiter = SharedRateLimiter(client, settings)
     backlogs = Backlogs(client, settings)
+    batches = ProviderBatches(client, settings)
     usages: list[GroupUsage] = [
         limiter.usage(group, models) for group, models in sorted(limit_groups(settings).items())
     ]
@@ -100,6 +102,11 @@ def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
             "waiting": queue.depth + backlog,
             "backlog_by_priority": waiting,
             "tenants": tenant_rows(client, keys, tier, waiting, counts),
+            # Far deadlines: jobs waiting for a provider batch, batches in flight, and when
+            # the pool is next sent (tierq/core/provider_batches.py).
+            "batch_pool": batches.pooled(tier),
+            "provider_batches": len(batches.open_batches(tier)),
+            "next_batch_at": batches.next_submission(tier),
             "oldest_job_age_seconds": _oldest_age(queue.oldest_age_seconds, oldest, now),
             "workers": len(mine),
             "concurrency": sum(int(w["concurrency"]) for w in mine),
@@ -137,8 +144,9 @@ def render(stats: dict[str, Any]) -> Any:
 
     window = f"last {stats['window_seconds'] / 60:.1f} min"
     table = Table(title=f"tierq fleet ({window})", expand=False)
-    for column in ("tier", "queued", "backlog", "oldest", "workers", "in flight", "jobs/s",
-                   "tokens/min", "limit (TPM, last min)", "failed", "retried"):  # fmt: skip
+    for column in ("tier", "queued", "backlog", "batch pool", "oldest", "workers", "in flight",
+                   "jobs/s", "tokens/min", "limit (TPM, last min)", "failed",
+                   "retried"):  # fmt: skip
         # A name folds on a narrow terminal rather than lose characters (cli_output.py).
         table.add_column(column, justify="left" if column == "tier" else "right", overflow="fold")
     for t in stats["tiers"]:
@@ -149,7 +157,7 @@ def render(stats: dict[str, Any]) -> Any:
             for lim in t["limits"]
         )  # fmt: skip
         table.add_row(
-            t["tier"], f"{t['queue_depth']:,}", _backlog(t),
+            t["tier"], f"{t['queue_depth']:,}", _backlog(t), _batch_pool(t, stats["at"]),
             f"{oldest:.0f}s" if oldest is not None else "-",
             str(t["workers"]), f"{t['in_flight']}/{t['concurrency']}",
             f"{t['jobs_per_second']:.1f}", f"{t['tokens_per_minute']:,}", limits or "-",
@@ -169,6 +177,18 @@ def render(stats: dict[str, Any]) -> Any:
             "-" if in_flight is None else f"{in_flight:,}", f"{tenant['token_share']:.0%}",
         )  # fmt: skip
     return Group(table, tenants)
+
+
+def _batch_pool(tier: dict[str, Any], now: float) -> str:
+    """Jobs waiting for a provider batch, when they go, and batches in flight:
+    `300 (next in 42s; 2 in flight)`."""
+    pooled, flying, at = tier["batch_pool"], tier["provider_batches"], tier["next_batch_at"]
+    if not pooled and not flying:
+        return "-"
+    notes = [] if at is None else [f"next in {max(0, at - now):.0f}s"]
+    if flying:
+        notes.append(f"{flying} in flight")
+    return f"{pooled:,}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _backlog(tier: dict[str, Any]) -> str:

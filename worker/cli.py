@@ -27,12 +27,16 @@ from tierq.core.logging import configure_logging
 from tierq.core.ratelimit import SharedRateLimiter
 from tierq.core.settings import Settings, get_settings
 from tierq.worker.admission import AdmissionGate
+from tierq.worker.batcher import Batcher
 from tierq.worker.completions import CallOutcome, build_client, call_chat_completions
 from tierq.worker.dispatcher import Dispatcher
 from tierq.worker.execution import JobRunner
 from tierq.worker.monitoring import WorkerMonitor
 from tierq.worker.recovery import Leases
 from tierq.worker.tasks import register_tasks
+
+# The timeout of a Batch API call (an upload, a download): longer than a job's.
+BATCH_CALL_TIMEOUT_SECONDS = 300.0
 
 
 def _bind_job_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -111,6 +115,18 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     dispatcher = (
         Dispatcher(settings, tier, concurrency, store) if tier_settings.fair_dispatch else None
     )
+    # Far deadlines through the provider's Batch API; its own client: a batch's files are
+    # bigger, and its calls slower, than a job's.
+    batcher = (
+        Batcher(
+            settings,
+            tier,
+            store,
+            build_client(settings, max_connections=2, timeout_seconds=BATCH_CALL_TIMEOUT_SECONDS),
+        )
+        if settings.spend.batch
+        else None
+    )
     runner = JobRunner(
         settings,
         tier=tier,
@@ -157,6 +173,8 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     leases.start()
     if dispatcher is not None:
         dispatcher.start()
+    if batcher is not None:
+        batcher.start()
     code: int | str | None = 0
     try:
         app.worker_main(worker_argv(settings, tier, concurrency, loglevel or settings.log_level))
@@ -165,6 +183,8 @@ def run_worker(tier: str, concurrency: int | None, loglevel: str | None) -> None
     finally:
         if dispatcher is not None:
             dispatcher.stop()
+        if batcher is not None:
+            batcher.stop()
         leases.stop()
         monitor.stop()
         if limiter is not None:

@@ -16,6 +16,7 @@ from prometheus_client import (
     Histogram,
 )
 
+from tierq.core.accounting import served_tier
 from tierq.core.results import JobResult
 
 # Seconds: from well under a second (the fast tier) to the reasoning tier's minutes.
@@ -91,7 +92,7 @@ def observe_bill(record: JobResult) -> None:
     ):
         if amount:
             TOKENS.labels(record.tier, record.model, kind).inc(amount)
-    served = (record.response.service_tier if record.response else None) or "default"
+    served = served_tier(record)
     if record.cost_usd:
         COST.labels(record.tier, record.model, served).inc(record.cost_usd)
     if record.cost_usd is not None and record.cost_at_default_usd is not None:

@@ -52,8 +52,11 @@ def _tenant_tokens(record: JobResult) -> str:
 COST_AT = "cost_usd@"
 
 
-def _served_tier(record: JobResult) -> str:
-    """The service tier the API says served the answer (`default` when it does not say)."""
+def served_tier(record: JobResult) -> str:
+    """What served the answer, as spend is reported: `batch` for the provider's Batch API,
+    else the service tier the API says served it (`default` when it does not say)."""
+    if record.service_tier_chosen == "batch":
+        return "batch"
     served = record.response.service_tier if record.response is not None else None
     return served or "default"
 
@@ -75,7 +78,7 @@ def bill(record: JobResult) -> dict[str, float]:
         amounts[_ledger(record, "cost_usd")] = record.cost_usd
         # Spend by the service tier that served it, and what the default tier would have cost
         # (the same as paid when it was the default): `tierq usage` reports the saving.
-        served = _served_tier(record)
+        served = served_tier(record)
         amounts[_ledger(record, f"{COST_AT}{served}")] = record.cost_usd
         at_default = record.cost_at_default_usd
         amounts[_ledger(record, "cost_at_default_usd")] = (

@@ -102,6 +102,28 @@ class Keys:
         """Hash: a queue's virtual times (`class:<priority>`, `classes`, `tenants:<priority>`)."""
         return f"{self.prefix}dispatch-clock:{queue}"
 
+    # --- the provider's Batch API (tierq/core/provider_batches.py) ---------------------------
+
+    def batch_pool(self, queue: str) -> str:
+        """Sorted set: job id -> its deadline (epoch seconds), for a queue's jobs waiting to go
+        into a provider batch."""
+        return f"{self.prefix}batch-pool:{queue}"
+
+    def provider_batches(self, queue: str) -> str:
+        """Sorted set: tierq batch id -> when to give up on it (its earliest deadline less the
+        margin), for a queue's provider batches not yet collected."""
+        return f"{self.prefix}provider-batches:{queue}"
+
+    @property
+    def batch_pace(self) -> str:
+        """Hash: queue -> when its batcher last formed a provider batch (epoch seconds)."""
+        return f"{self.prefix}batch-pace"
+
+    def provider_batch(self, batch_id: str) -> str:
+        """Hash: one provider batch: state (forming, submitted, done), jobs (JSON), provider
+        batch id, lease, give-up time, whether its cancel was sent."""
+        return f"{self.prefix}provider-batch:{batch_id}"
+
     @property
     def dead(self) -> str:
         """Sorted set: job id -> when it failed after exhausting its attempts (dead letters)."""

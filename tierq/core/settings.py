@@ -197,6 +197,22 @@ class SpendSettings(BaseModel):
     time for a slow flex answer and, should flex be unavailable, a default one."""
     flex_timeout_seconds: Annotated[float, Field(gt=0)] = 900.0
     """The timeout of a flex call (OpenAI advises 15 minutes: flex answers come slower)."""
+    batch: bool = True
+    """A job whose deadline is at least `batch_min_seconds` away goes to the provider's Batch
+    API (half price, answers within its 24 h window) instead of the queue; off, it runs on the
+    queue (at flex where it can)."""
+    batch_min_seconds: Annotated[float, Field(gt=0)] = 86_400.0
+    """The nearest deadline a job may have to go into a provider batch."""
+    batch_margin_seconds: Annotated[float, Field(gt=0)] = 3_600.0
+    """A provider batch not finished this long before its earliest job's deadline is cancelled,
+    and its jobs without an answer run on the queue instead, in time for their deadlines."""
+    batch_collect_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """Jobs waiting for a provider batch are sent at least this often (sooner once
+    `batch_max_lines` are waiting)."""
+    batch_max_lines: Annotated[int, Field(ge=1, le=50_000)] = 5_000
+    """Lines per provider batch (the API takes up to 50,000)."""
+    batch_poll_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """How often a provider batch in flight is asked whether it has ended."""
     priority_within_seconds: Annotated[float, Field(gt=0)] | None = None
     """Unset: never. Set: a job whose deadline is nearer than this when its call starts runs at
     `service_tier="priority"` (billed above the default) where its model offers it."""
