@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tierq_simulator import errors
+from tierq_simulator.chat import has_bearer_token
 from tierq_simulator.errors import ApiError
 from tierq_simulator.generation import generate
 from tierq_simulator.render import completion_body
@@ -114,6 +115,13 @@ class Batch:
         }
 
 
+def _unauthorized(request: Request) -> Response | None:
+    """The API's 401 for a request without `Authorization: Bearer <key>`, as chat answers."""
+    if has_bearer_token(request.headers.get("authorization")):
+        return None
+    return _refused(errors.missing_api_key())
+
+
 class FilesAndBatches:
     """The Files and Batches routes of one simulator, their state in memory."""
 
@@ -125,6 +133,8 @@ class FilesAndBatches:
     # --- files ---------------------------------------------------------------------------
 
     async def create_file(self, request: Request) -> Response:
+        if (refused := _unauthorized(request)) is not None:
+            return refused
         form = await request.form()
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, UploadFile):
@@ -138,18 +148,24 @@ class FilesAndBatches:
         return json_response(stored.as_json())
 
     async def retrieve_file(self, request: Request) -> Response:
+        if (refused := _unauthorized(request)) is not None:
+            return refused
         stored = self.files.get(request.path_params["file_id"])
         if stored is None:
             return _refused(_no_file(request.path_params["file_id"]))
         return json_response(stored.as_json())
 
     async def file_content(self, request: Request) -> Response:
+        if (refused := _unauthorized(request)) is not None:
+            return refused
         stored = self.files.get(request.path_params["file_id"])
         if stored is None:
             return _refused(_no_file(request.path_params["file_id"]))
         return Response(stored.content, media_type="application/octet-stream")
 
     async def delete_file(self, request: Request) -> Response:
+        if (refused := _unauthorized(request)) is not None:
+            return refused
         file_id = request.path_params["file_id"]
         if self.files.pop(file_id, None) is None:
             return _refused(_no_file(file_id))
@@ -158,6 +174,8 @@ class FilesAndBatches:
     # --- batches -------------------------------------------------------------------------
 
     async def create_batch(self, request: Request) -> Response:
+        if (refused := _unauthorized(request)) is not None:
+            return refused
         try:
             body = from_json(await request.body())
         except ValueError:
@@ -191,6 +209,8 @@ class FilesAndBatches:
             lines = [from_json(line) for line in stored.content.splitlines() if line.strip()]
         except ValueError:
             return _refused(errors.invalid_request("the input file is not JSONL"))
+        if not all(isinstance(line, dict) for line in lines):
+            return _refused(errors.invalid_request("each line of the input file must be an object"))
         metadata = body.get("metadata")
         batch = Batch(
             _id("batch"),
@@ -203,6 +223,8 @@ class FilesAndBatches:
         return json_response(batch.as_json())
 
     async def list_batches(self, request: Request) -> Response:
+        if (refused := _unauthorized(request)) is not None:
+            return refused
         for batch in self.batches.values():
             self._advance(batch)
         newest = sorted(self.batches.values(), key=lambda b: b.created_at, reverse=True)
@@ -210,7 +232,12 @@ class FilesAndBatches:
         if after is not None:
             ids = [b.id for b in newest]
             newest = newest[ids.index(after) + 1 :] if after in ids else []
-        limit = int(request.query_params.get("limit", "20"))
+        raw_limit = request.query_params.get("limit", "20")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+            return _refused(
+                errors.invalid_request("limit must be an integer from 1 to 100", param="limit")
+            )
+        limit = int(raw_limit)
         page = newest[:limit]
         return json_response(
             {
@@ -223,6 +250,8 @@ class FilesAndBatches:
         )
 
     async def retrieve_batch(self, request: Request) -> Response:
+        if (refused := _unauthorized(request)) is not None:
+            return refused
         batch = self.batches.get(request.path_params["batch_id"])
         if batch is None:
             return _refused(_no_batch(request.path_params["batch_id"]))
@@ -230,6 +259,8 @@ class FilesAndBatches:
         return json_response(batch.as_json())
 
     async def cancel_batch(self, request: Request) -> Response:
+        if (refused := _unauthorized(request)) is not None:
+            return refused
         batch = self.batches.get(request.path_params["batch_id"])
         if batch is None:
             return _refused(_no_batch(request.path_params["batch_id"]))

@@ -419,8 +419,9 @@ def test_a_visibility_timeout_not_longer_than_a_call_plus_the_longest_wait_is_re
         Settings(tiers=ONE_TIER, visibility_timeout_seconds=240, _env_file=None)
 
     assert (
-        "240 must exceed the longest call timeout (TIERQ_REQUEST_TIMEOUT_SECONDS, or a tier's) "
-        "+ the longest retry wait (240), or Redis delivers a job twice"
+        "240 must exceed the longest attempt's calls (TIERQ_REQUEST_TIMEOUT_SECONDS, or a "
+        "tier's, plus TIERQ_SPEND__FLEX_TIMEOUT_SECONDS where the tier runs flex) + the longest "
+        "retry wait (240), or Redis delivers a job twice"
     ) in str(caught.value)
 
 
@@ -430,10 +431,14 @@ def test_a_visibility_timeout_just_past_a_call_plus_the_longest_wait_is_accepted
     assert settings.visibility_timeout_seconds == 241
 
 
-def test_the_longest_call_is_the_longest_of_any_tier() -> None:
-    # The default reasoning tier's calls may last 600 s: 600 + 120 s of retry-after.
+def test_the_longest_attempt_is_the_longest_of_any_tier_its_flex_call_included() -> None:
+    # The default reasoning tier's calls may last 600 s, and its models run at flex: a flex
+    # call of up to 900 s, then its fallback, + 120 s of retry-after.
+    with pytest.raises(ValidationError, match=r"longest retry wait \(1620\)"):
+        Settings(visibility_timeout_seconds=1600, _env_file=None)
+    # Without flex, the calls alone: 600 + 120 s.
     with pytest.raises(ValidationError, match=r"longest retry wait \(720\)"):
-        Settings(visibility_timeout_seconds=700, _env_file=None)
+        Settings(visibility_timeout_seconds=700, spend={"flex": False}, _env_file=None)
 
 
 def test_the_longest_wait_is_the_longer_of_back_off_cap_and_retry_after_cap() -> None:

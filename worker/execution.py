@@ -227,7 +227,7 @@ class JobRunner:
         )
         if chosen is None:
             return self._send(envelope, attempt, params), None
-        timeout = spend.flex_timeout_seconds if chosen == FLEX else None
+        timeout = self.settings.flex_timeout_for(envelope.tier) if chosen == FLEX else None
         try:
             return self._send(
                 envelope, attempt, {**params, "service_tier": chosen}, timeout

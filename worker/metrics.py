@@ -53,7 +53,8 @@ COST = Counter(
 )
 SAVED = Counter(
     "tierq_saved_usd",
-    "What answers served at a cheaper service tier (flex) saved against the default tier's price",
+    "What answers served at flex or through the provider's Batch API saved against the "
+    "default tier's price",
     ["tier", "model", "service_tier"],
 )
 FLEX_FALLBACKS = Counter(

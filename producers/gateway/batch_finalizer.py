@@ -557,9 +557,9 @@ async def finalizer(gateway: Gateway) -> AsyncIterator[None]:
 
 
 def _batch_deadline(state: BatchState) -> datetime | None:
-    """The batch's end as its jobs' deadline; None once it has passed (they run as always,
-    and the batch ends `expired` at its next pass)."""
+    """The batch's end as its jobs' deadline; None within a minute of it (they run as always,
+    and a deadline cannot pass on the way to the submission)."""
     expires_at = state.batch.expires_at
-    if expires_at is None or expires_at <= time.time() + 1:
+    if expires_at is None or expires_at <= time.time() + 60:
         return None
     return datetime.fromtimestamp(expires_at, UTC)

@@ -131,12 +131,18 @@ class QueueWaits:
         seconds = 60 + (wall - minute * 60)
         submitted = submitted_at(oldest) if oldest else None
         age = max(0.0, wall - submitted.timestamp()) if submitted else None
-        backlog = await self._backlog(queue) if self._settings.tiers[tier].fair_dispatch else {}
+        backlog: dict[str, int] = {}
+        if self._settings.tiers[tier].fair_dispatch:
+            backlog, oldest_in_backlog = await self._backlog(queue)
+            if oldest_in_backlog is not None:
+                # With fair dispatch the queue holds a few jobs; the oldest waits in a backlog.
+                age = max(age or 0.0, wall - oldest_in_backlog)
         rate = finished_rate([previous, current], tier, seconds)
         return QueueReading(int(depth), rate, age, backlog)
 
-    async def _backlog(self, queue: str) -> dict[str, int]:
-        """Jobs in the queue's backlogs by class: its tenants, then their backlogs' sizes."""
+    async def _backlog(self, queue: str) -> tuple[dict[str, int], float | None]:
+        """Jobs in the queue's backlogs by class, and when the oldest was submitted: its
+        tenants, then their backlogs' sizes and heads."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for priority in PRIORITIES:
                 pipe.zrange(self._keys.backlog_tenants(queue, priority), 0, -1)
@@ -144,9 +150,17 @@ class QueueWaits:
         async with self._redis.pipeline(transaction=False) as pipe:
             for priority, names in zip(PRIORITIES, tenants, strict=True):
                 for name in names:
-                    pipe.zcard(self._keys.backlog(queue, priority, as_text(name)))
-            sizes = iter(await pipe.execute())
-        return {
-            priority: sum(int(next(sizes)) for _ in names)
-            for priority, names in zip(PRIORITIES, tenants, strict=True)
-        }
+                    key = self._keys.backlog(queue, priority, as_text(name))
+                    pipe.zcard(key)
+                    pipe.zrange(key, 0, 0, withscores=True)
+            replies = iter(await pipe.execute())
+        sizes: dict[str, int] = {}
+        heads: list[float] = []
+        for priority, names in zip(PRIORITIES, tenants, strict=True):
+            sizes[priority] = 0
+            for _ in names:
+                sizes[priority] += int(next(replies))
+                head = next(replies)
+                if head:
+                    heads.append(float(head[0][1]))
+        return sizes, min(heads, default=None)

@@ -42,6 +42,10 @@ from tierq.core.keys import Keys, as_text
 from tierq.core.priority import PRIORITIES
 from tierq.core.settings import Settings
 
+# Jobs per backlog_push call, and the script's arguments per job.
+PUSH_CHUNK = 500
+FIELDS_PER_JOB = 6
+
 # The tenant of jobs submitted without one (the Python client's).
 NO_TENANT = "-"
 
@@ -86,18 +90,23 @@ class Backlogs:
             )
         for tier, jobs in by_tier.items():
             queue = self._settings.queue_for(tier)
-            self._push(
-                keys=[
-                    self._keys.dispatch_clock(queue),
-                    self._keys.backlog_costs(queue),
-                    self._keys.backlog_entries(queue),
-                ],
-                args=[
-                    self._keys.backlog_prefix(queue),
-                    self._keys.backlog_tenants_prefix(queue),
-                    *jobs,
-                ],
-            )
+            # A chunk per script call, so one big submission never holds Redis for long.
+            for start in range(0, len(jobs), PUSH_CHUNK * FIELDS_PER_JOB):
+                self._push_chunk(queue, jobs[start : start + PUSH_CHUNK * FIELDS_PER_JOB])
+
+    def _push_chunk(self, queue: str, jobs: list[Any]) -> None:
+        self._push(
+            keys=[
+                self._keys.dispatch_clock(queue),
+                self._keys.backlog_costs(queue),
+                self._keys.backlog_entries(queue),
+            ],
+            args=[
+                self._keys.backlog_prefix(queue),
+                self._keys.backlog_tenants_prefix(queue),
+                *jobs,
+            ],
+        )
 
     def dispatch(self, tier: str, depth: int, most: int) -> list[str]:
         """Move `tier`'s jobs in fair order onto its queue until the queue holds `depth`
@@ -109,6 +118,7 @@ class Backlogs:
                 self._keys.backlog_costs(queue),
                 self._keys.backlog_entries(queue),
                 queue,
+                self._keys.watch,
             ],
             args=[
                 self._keys.backlog_prefix(queue),

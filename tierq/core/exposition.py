@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from tierq.core.dispatch import Backlogs
 from tierq.core.keys import Keys
+from tierq.core.provider_batches import ProviderBatches
 from tierq.core.queues import queue_snapshots
 from tierq.core.settings import Settings
 from tierq.core.stats_window import tenant_rows, window_counts
@@ -42,18 +43,36 @@ class QueueCollector(Collector):
         )
         age = GaugeMetricFamily(
             "tierq_queue_oldest_age_seconds",
-            "Age (since submission) of the oldest job waiting in the tier's queue; 0 when empty",
+            "Age (since submission) of the oldest job waiting for the tier, on its queue or in "
+            "a fair-dispatch backlog; 0 when none waits",
+            labels=["tier"],
+        )
+        waiting = GaugeMetricFamily(
+            "tierq_waiting",
+            "Jobs waiting for the tier: on its queue, in its backlogs and in its batch pool "
+            "(what to scale on: fair dispatch keeps the queue itself short)",
             labels=["tier"],
         )
         try:
             snapshots = queue_snapshots(self._client, self._settings)
         except redis.RedisError:
             return  # a scrape during an outage shows the gap rather than stale numbers
-        for snap in snapshots:
-            depth.add_metric([snap.tier], snap.depth)
-            age.add_metric([snap.tier], snap.oldest_age_seconds or 0.0)
+        backlogs = Backlogs(self._client, self._settings)
+        pools = ProviderBatches(self._client, self._settings)
+        now = time.time()
+        try:
+            for snap in snapshots:
+                held = sum(sum(t.values()) for t in backlogs.waiting(snap.tier).values())
+                oldest = backlogs.oldest(snap.tier) if held else None
+                ages = [snap.oldest_age_seconds or 0.0, 0.0 if oldest is None else now - oldest]
+                depth.add_metric([snap.tier], snap.depth)
+                age.add_metric([snap.tier], max(ages))
+                waiting.add_metric([snap.tier], snap.depth + held + pools.pooled(snap.tier))
+        except redis.RedisError:
+            return
         yield depth
         yield age
+        yield waiting
         backlog = GaugeMetricFamily(
             "tierq_backlog",
             "Jobs waiting in a fair-dispatch tier's backlogs, by priority and tenant",
@@ -70,16 +89,15 @@ class QueueCollector(Collector):
             "A tenant's share of the tier's tokens over the last few minutes (0 to 1)",
             labels=["tier", "tenant"],
         )
-        backlogs = Backlogs(self._client, self._settings)
         keys = Keys(self._settings.key_prefix)
         try:
             counts, _ = window_counts(self._client, keys, time.time())
             for tier, tier_settings in self._settings.tiers.items():
-                waiting = backlogs.waiting(tier) if tier_settings.fair_dispatch else {}
-                for priority, tenants in waiting.items():
+                by_priority = backlogs.waiting(tier) if tier_settings.fair_dispatch else {}
+                for priority, tenants in by_priority.items():
                     for tenant, count in tenants.items():
                         backlog.add_metric([tier, priority, tenant], count)
-                for row in tenant_rows(self._client, keys, tier, waiting, counts):
+                for row in tenant_rows(self._client, keys, tier, by_priority, counts):
                     if row["in_flight"] is not None:
                         in_flight.add_metric([tier, row["tenant"]], row["in_flight"])
                     share.add_metric([tier, row["tenant"]], row["token_share"])

@@ -165,9 +165,9 @@ class FairShareSettings(BaseModel):
     """Within a class, each tenant's share in proportion to its weight, in tokens; a tenant not
     listed weighs 1 (jobs without a tenant, from the Python client, are tenant `-`)."""
     queue_target_per_slot: Annotated[float, Field(gt=0, le=100)] = 2.0
-    """The dispatcher keeps about this many jobs per worker slot (its concurrency) on the
-    tier's Celery queue, so a worker never waits for work while the rest waits in backlogs,
-    where it can still be reordered."""
+    """Each worker's dispatcher tops the tier's shared Celery queue up to about this many jobs
+    per slot of its own worker (its concurrency), so a worker never waits for work while the
+    rest waits in backlogs, where it can still be reordered."""
 
     @field_validator("priority_weights")
     @classmethod
@@ -573,17 +573,35 @@ class Settings(BaseSettings):
     def _redelivery_cannot_overlap_a_live_job(self) -> Settings:
         # Redis hands an unacked message to another worker after the visibility timeout; a
         # call or a retry countdown longer than that would run the same job twice.
-        longest = max(self.call_timeout_for(tier) for tier in self.tiers) + max(
+        longest = max(self.attempt_timeout_for(tier) for tier in self.tiers) + max(
             self.retry.backoff_max_seconds, self.retry.retry_after_max_seconds
         )
         if longest >= self.visibility_timeout_seconds:
             raise FieldRuleError(
                 "visibility_timeout_seconds",
-                f"{self.visibility_timeout_seconds} must exceed the longest call timeout "
-                f"(TIERQ_REQUEST_TIMEOUT_SECONDS, or a tier's) + the longest retry wait "
+                f"{self.visibility_timeout_seconds} must exceed the longest attempt's calls "
+                f"(TIERQ_REQUEST_TIMEOUT_SECONDS, or a tier's, plus TIERQ_SPEND__FLEX_TIMEOUT_"
+                f"SECONDS where the tier runs flex) + the longest retry wait "
                 f"({longest:g}), or Redis delivers a job twice",
             )
         return self
+
+    def flex_timeout_for(self, tier: str) -> float | None:
+        """A flex call's timeout in `tier`, capped by its hard limit; None when the tier's
+        jobs never run at flex (flex off, or no model of the tier priced for it)."""
+        settings = self.tiers[tier]
+        if not (self.spend.flex and settings.flex):
+            return None
+        if not any("flex" in self.model_info(m).service_tier_prices for m in settings.models):
+            return None
+        timeout = self.spend.flex_timeout_seconds
+        if settings.time_limit_seconds is not None:
+            timeout = min(timeout, settings.time_limit_seconds)
+        return timeout
+
+    def attempt_timeout_for(self, tier: str) -> float:
+        """The longest one attempt in `tier` can call for: a flex call, then its fallback."""
+        return self.call_timeout_for(tier) + (self.flex_timeout_for(tier) or 0.0)
 
     def call_timeout_for(self, tier: str) -> float:
         """One call's timeout in `tier`: the tier's own, capped by its hard limit."""

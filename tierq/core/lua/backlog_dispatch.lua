@@ -1,7 +1,7 @@
 -- Move jobs of one tier from their backlogs onto its Celery queue, by weighted fair share in
 -- tokens, until the queue holds `depth` messages or `n` jobs have moved.
 -- KEYS: the tier's clock (hash), its job costs (hash), its rendered queue messages (hash),
--- the tier's Celery queue (list).
+-- the tier's Celery queue (list), the watch list (zset).
 -- ARGV: backlog key prefix, tenants key prefix, job key prefix, n, depth, priority weights
 -- (JSON), tenant weights (JSON), the priorities highest first (comma-separated).
 -- Returns the ids of the jobs moved.
@@ -12,9 +12,13 @@
 -- class's tenant with the earliest time (a sorted set: O(log tenants)). A taken job's message,
 -- rendered by its producer as kombu would publish it (tierq/core/queue_entry.py), is pushed
 -- onto the queue in this same script: a job is always in a backlog or on the queue, never
--- between, whoever dies when. A job no longer queued (cancelled, expired) is dropped unpaid.
+-- between, whoever dies when. A job no longer queued (cancelled, expired) is dropped unpaid; a
+-- queued one without a rendered message (pushed by an older producer) is handed to the reaper,
+-- which re-queues it from its record's kept message.
 
-local clock, costs, entries, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- include: now
+
+local clock, costs, entries, queue, watch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local n = math.min(tonumber(ARGV[4]), tonumber(ARGV[5]) - redis.call('LLEN', queue))
 local class_weights = cjson.decode(ARGV[6])
 local tenant_weights = cjson.decode(ARGV[7])
@@ -44,7 +48,9 @@ while #out < n and steps > 0 do
     local entry = redis.call('HGET', entries, id)
     redis.call('HDEL', costs, id)
     redis.call('HDEL', entries, id)
-    if entry and redis.call('HGET', ARGV[3] .. id, 'status') == 'queued' then
+    local queued = redis.call('HGET', ARGV[3] .. id, 'status') == 'queued'
+    if queued and not entry then redis.call('ZADD', watch, now, id) end
+    if entry and queued then
       local weight = tonumber(tenant_weights[tenant]) or 1
       redis.call('ZADD', tenants, tenant_vt + cost / weight, tenant)
       redis.call('HSET', clock, 'tenants:' .. class, tenant_vt)
