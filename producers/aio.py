@@ -87,6 +87,7 @@ class AsyncTierqClient(BaseClient):
         context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
         priority: str | Sequence[str | None] | None = None,
         deadline: DeadlineLike | Sequence[DeadlineLike | None] | None = None,
+        provider_batch: bool = False,
     ) -> list[str]:
         return await asyncio.to_thread(
             functools.partial(
@@ -96,6 +97,7 @@ class AsyncTierqClient(BaseClient):
                 context_overflow=context_overflow,
                 priority=priority,
                 deadline=deadline,
+                provider_batch=provider_batch,
             ),
             list(requests),
             idempotency_keys,

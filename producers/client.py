@@ -148,6 +148,7 @@ class TierqClient(BaseClient):
         context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
         priority: str | Sequence[str | None] | None = None,
         deadline: DeadlineLike | Sequence[DeadlineLike | None] | None = None,
+        provider_batch: bool = False,
     ) -> list[str]:
         """Enqueue many jobs; all are validated first, so one bad request enqueues none.
 
@@ -156,6 +157,8 @@ class TierqClient(BaseClient):
         `submit`, is one choice for every request or one (or None) per request. `tenant` marks
         the jobs with the gateway tenant that owns them. `priority`, as for `submit`, is one
         class for every request or one (or None) per request; so is `deadline`.
+        `provider_batch` sends the jobs to the provider's Batch API whatever their deadlines'
+        distance (each needs one); a gateway batch forwarded there uses it.
 
         Nothing is enqueued when Redis is nearly full (`StoreFullError`). Under
         `TIERQ_DURABILITY`, the call returns once Redis confirms the jobs durable, or raises
@@ -170,6 +173,7 @@ class TierqClient(BaseClient):
             context_overflow,
             priority,
             deadline,
+            provider_batch,
         )
         with redis_errors():
             # Redis nearly full: StoreFullError, so what is queued can still finish.

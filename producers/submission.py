@@ -143,6 +143,7 @@ class Submission:
         context_overflow: ContextOverflow | Sequence[ContextOverflow | None] | None = None,
         priority: str | Sequence[str | None] | None = None,
         deadline: DeadlineLike | Sequence[DeadlineLike | None] | None = None,
+        provider_batch: bool = False,
     ) -> Submission:
         """Validate every request and give each a new job (envelope) on its tier; `labels`,
         if given, holds one mapping (or None) per request: tierq's, never sent.
@@ -150,7 +151,8 @@ class Submission:
         None, the default) per request. `priority` (tierq's, never sent) is the jobs' class,
         `interactive`, `default` (None) or `bulk`: one for all requests or one (or None) each.
         `deadline` (tierq's, never sent; tierq/core/deadline.py) likewise: one for all, or one
-        (or None) per request."""
+        (or None) per request. `provider_batch` sends every job to the provider's Batch API
+        (each must then have a deadline: its batch's end)."""
         requests = list(requests)
         choices = (
             [priority] * len(requests)
@@ -194,6 +196,7 @@ class Submission:
                 **_dropped_fields(job),
                 **({} if priorities[i] is None else {"priority": priorities[i]}),
                 **({} if deadlines[i] is None else {"deadline": deadlines[i]}),
+                **({"provider_batch": True} if provider_batch else {}),
             )
             for i, job in enumerate(prepared)
         ]

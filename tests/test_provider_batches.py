@@ -15,12 +15,15 @@ import pytest
 from tests.support import (
     API_KEY,
     Fleet,
+    GatewayFactory,
     Simulator,
     SimulatorFactory,
+    create_api_key,
     env_of,
     eventually,
     logged,
     nonce,
+    unique_tenant,
     user,
 )
 from tierq import TierqClient
@@ -190,3 +193,57 @@ def make_lines(client: TierqClient, settings: Settings, job_ids: list[str]) -> b
             )
         )
     return ("\n".join(out) + "\n").encode()
+
+
+def test_a_gateway_batch_can_be_forwarded_to_the_providers_batch_api(
+    start_fleet: Fleet,
+    provider: Simulator,
+    start_gateway_with: GatewayFactory,
+) -> None:
+    # Given workers and a gateway that forward gateway batches to the provider's Batch API
+    (worker,), settings = start_fleet("fast", base_url=provider.base_url, **BATCHING)
+    root, _ = start_gateway_with(
+        **env_of(settings), **BATCHING, TIERQ_GATEWAY__BATCHES_VIA_PROVIDER="true"
+    )
+    key = create_api_key(settings, unique_tenant())
+    markers = [nonce() for _ in range(3)]
+    lines = "".join(
+        json.dumps(
+            {
+                "custom_id": marker,
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "gpt-4o-mini", "messages": user(marker)},
+            }
+        )
+        + "\n"
+        for marker in markers
+    ).encode()
+
+    # When a tenant runs a batch through the gateway, as with the API itself
+    with openai.OpenAI(base_url=f"{root}/v1", api_key=key, max_retries=0) as api:
+        upload = api.files.create(file=("input.jsonl", lines), purpose="batch")
+        batch = api.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        finished = eventually(
+            lambda: api.batches.retrieve(batch.id),
+            until=lambda b: b.status in ("completed", "failed", "expired", "cancelled"),
+            what="the gateway batch finishing",
+            timeout=90,
+            interval=0.5,
+        )
+        assert finished.output_file_id is not None
+        output = [
+            json.loads(x) for x in api.files.content(finished.output_file_id).text.splitlines()
+        ]
+
+    # Then its requests ran in a provider batch, each once, at the Batch API's price, and the
+    # tenant gets the API's output file as before
+    assert finished.status == "completed"
+    assert sorted(line["custom_id"] for line in output) == sorted(markers)
+    with TierqClient(settings) as client:
+        records = client.get_many([line["response"]["request_id"] for line in output])
+    assert {r.service_tier_chosen for r in records if r is not None} == {"batch"}
+    assert runs(provider, markers) == {1: 3}
+    assert logged(worker, "batch.collected")

@@ -298,6 +298,7 @@ class Finalizer:
                 # gateway can take the batch over while it is on its way.
                 await _renew(lock)
                 keys = [f"batch:{batch_id}:{r.custom_id}" for r in chunk]
+                deadline = _batch_deadline(state)
                 try:
                     # Batches run as bulk: a tier with fair dispatch serves interactive
                     # work first, and the batch at its share (tierq/core/dispatch.py). Their
@@ -308,7 +309,9 @@ class Finalizer:
                         keys,
                         tenant=tenant,
                         priority=BATCH_PRIORITY,
-                        deadline=_batch_deadline(state),
+                        deadline=deadline,
+                        provider_batch=deadline is not None
+                        and self.gateway.settings.gateway.batches_via_provider,
                     )
                 except StoreFullError as full:
                     # Redis nearly full: nothing was enqueued, and the batch waits (it does

@@ -534,6 +534,9 @@ class JobEnvelope(_Strict):
     # tierq's deadline (tierq/core/deadline.py), never sent: by when the result must exist. It
     # decides the service level the call asks for (tierq/core/spend.py); None: as given.
     deadline: datetime | None = None
+    # tierq's, never sent: the job goes to the provider's Batch API whatever its deadline's
+    # distance (a gateway batch forwarded there, TIERQ_GATEWAY__BATCHES_VIA_PROVIDER).
+    provider_batch: bool = False
     # What the opt-in sliding window dropped from the conversation at submit (the request above
     # is what remains), for the worker to copy onto the record; set only when something was.
     context_dropped_messages: int = 0

@@ -66,6 +66,8 @@ class ProviderBatches:
     def batched(self, envelope: JobEnvelope, now: float | None = None) -> bool:
         """Whether a submitted job goes to the provider's Batch API."""
         spend = self._settings.spend
+        if envelope.provider_batch:
+            return envelope.deadline is not None  # forwarded: its batch's end is its deadline
         if not spend.batch or envelope.deadline is None or envelope.request.stream:
             return False
         if "service_tier" in envelope.request.model_fields_set:

@@ -270,6 +270,10 @@ class GatewaySettings(BaseModel):
     """The drop-in route answers 429 with `Retry-After` (which the SDK's own retry waits)
     when its tier's expected queue wait (queue depth over the tier's recent finish rate) is
     longer than this; unset, every request is held."""
+    batches_via_provider: bool = False
+    """The jobs of a batch created through the gateway's `/v1/batches` go to the provider's
+    Batch API (half price, within its window), under tierq's keys, tenants and accounting;
+    off, they run on the queues (at flex where they can)."""
     file_ttl_seconds: Annotated[int, Field(ge=60)] = 30 * 86_400
     """How long uploaded and result files are kept (the API keeps batch output 30 days)."""
     tenant_max_files: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
