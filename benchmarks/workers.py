@@ -47,12 +47,12 @@ def worker_env(redis_url: str, base_url: str, **settings: str) -> dict[str, str]
 
 
 def start_fleet(
-    env: dict[str, str], workers: int, concurrency: int, logs: Path
+    env: dict[str, str], workers: int, concurrency: int, logs: Path, tier: str = "fast"
 ) -> list[ManagedProcess]:
-    """`workers` processes of the fast tier, each serving metrics on its own port; all ready."""
+    """`workers` processes of `tier`, each serving metrics on its own port; all ready."""
     fleet = [
         start_worker(
-            "fast",
+            tier,
             logs / f"worker-{uuid.uuid4().hex[:6]}.log",
             {**env, "TIERQ_METRICS_PORT": str(free_port())},
             concurrency=concurrency,

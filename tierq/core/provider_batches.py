@@ -63,8 +63,9 @@ class ProviderBatches:
         self._take = scripts.register(client, "pbatch_take")
         self._claim = scripts.register(client, "pbatch_claim")
 
-    def batched(self, envelope: JobEnvelope, now: float | None = None) -> bool:
-        """Whether a submitted job goes to the provider's Batch API."""
+    def batched(self, envelope: JobEnvelope) -> bool:
+        """Whether a submitted job goes to the provider's Batch API: its deadline is at least
+        the horizon after its submission (so "24 h from now" is, however long submitting took)."""
         spend = self._settings.spend
         if envelope.provider_batch:
             return envelope.deadline is not None  # forwarded: its batch's end is its deadline
@@ -72,7 +73,7 @@ class ProviderBatches:
             return False
         if "service_tier" in envelope.request.model_fields_set:
             return False  # the caller's own service level wins
-        left = envelope.deadline.timestamp() - (time.time() if now is None else now)
+        left = (envelope.deadline - envelope.submitted_at).total_seconds()
         return left >= spend.batch_min_seconds
 
     def push(self, envelopes: Sequence[JobEnvelope]) -> None:
