@@ -276,6 +276,11 @@ def main() -> int:
         concurrency=CONCURRENCY,
         batcher={k.removeprefix("SPEND__").lower(): v for k, v in SPEND.items()},
         reference="the same workload with TIERQ_SPEND__FLEX=false and TIERQ_SPEND__BATCH=false",
+        tierq_ran_with=(
+            "the default spend policy (flex from 15 minutes' spare, the Batch API from 24 h), "
+            f"the batcher's pace scaled down ({', '.join(f'{k}={v}' for k, v in SPEND.items())}), "
+            f"fair dispatch, the shared limiter, {AS_COMPOSE}"
+        ),
     )
     return measure_and_record(
         name="spend",

@@ -54,7 +54,7 @@ PAGE = "# Performance\n\nProse.\n\n<!-- bench:throughput -->\nold\n<!-- /bench:t
 
 
 def test_the_docs_quote_every_benchmark() -> None:
-    assert {"throughput", "rate_limits", "dropin", "fairness"} <= set(quoted_names())
+    assert {"throughput", "rate_limits", "dropin", "fairness", "spend"} <= set(quoted_names())
 
 
 def test_the_docs_say_what_the_committed_results_say() -> None:
