@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -203,44 +203,27 @@ class TierqClient(BaseClient):
         pooled = [envelope for envelope in envelopes if self._batches.batched(envelope)]
         if pooled:
             # Far deadlines: the jobs wait in their batch pools for a worker's batcher to send
-            # them through the provider's Batch API (tierq/core/provider_batches.py). Recorded
-            # and watched meanwhile: should this fail, a reaper runs them on the queue.
+            # them through the provider's Batch API (tierq/core/provider_batches.py).
             pooled_ids = {envelope.job_id for envelope in pooled}
             envelopes = [e for e in envelopes if e.job_id not in pooled_ids]
-            try:
-                self._batches.push(pooled)
-            except redis.RedisError as error:
-                self._forget([envelope.job_id for envelope in envelopes])
-                self._release_keys(submission.keys_of(envelopes))
-                raise submission.publish_failed([], pooled, envelopes, error) from None
-            published.extend(envelope.job_id for envelope in pooled)
-            try:
-                confirmation = self._store.unwatch_published(
-                    [e.job_id for e in pooled], watch_until
-                )
-            except redis.RedisError:  # the reaper then runs them on the queue, no harm
-                confirmation = None
+            confirmation = self._hand_over(
+                pooled, lambda: self._batches.push(pooled), published, envelopes, submission,
+                watch_until,
+            )  # fmt: skip
         fair = [envelope for envelope in envelopes if self._backlogs.fair(envelope.tier)]
         if fair:
             # Jobs of tiers with fair dispatch wait in backlogs; a worker's dispatcher
-            # publishes them (tierq/core/dispatch.py). Recorded and watched meanwhile: should
-            # this fail, a reaper enqueues them straight to the queue.
+            # publishes them (tierq/core/dispatch.py).
             envelopes = [e for e in envelopes if not self._backlogs.fair(e.tier)]
             entries = [
                 render_entry(self._app, e.job_id, e.to_message(), self.settings.queue_for(e.tier))
                 for e in fair
             ]
-            try:
-                self._backlogs.push(fair, [entry.message for entry in entries])
-            except redis.RedisError as error:
-                self._forget([envelope.job_id for envelope in envelopes])
-                self._release_keys(submission.keys_of(envelopes))
-                raise submission.publish_failed([], fair, envelopes, error) from None
-            published.extend(envelope.job_id for envelope in fair)
-            try:
-                confirmation = self._store.unwatch_published(published, watch_until)
-            except redis.RedisError:  # the reaper then finds a stale copy, no harm
-                confirmation = None
+            messages = [entry.message for entry in entries]
+            confirmation = self._hand_over(
+                fair, lambda: self._backlogs.push(fair, messages), published, envelopes,
+                submission, watch_until,
+            )  # fmt: skip
             self._send_events([entry.sent_event for entry in entries if entry.sent_event])
         try:
             with self._app.producer_or_acquire() as producer:
@@ -335,6 +318,32 @@ class TierqClient(BaseClient):
             producer=producer,
             **job_reprs(envelope.job_id),
         )
+
+    def _hand_over(
+        self,
+        held: list[JobEnvelope],
+        push: Callable[[], None],
+        published: list[str],
+        rest: list[JobEnvelope],
+        submission: Submission,
+        watch_until: float,
+    ) -> Confirmation | None:
+        """Put `held` where a worker takes them from (a batch pool, a backlog) with `push`.
+
+        Recorded and watched before this: should it fail, their records' kept messages let a
+        reaper run them; `rest`, never sent, are forgotten, and the error names what was
+        handed over already (`published`)."""
+        try:
+            push()
+        except redis.RedisError as error:
+            self._forget([envelope.job_id for envelope in rest])
+            self._release_keys(submission.keys_of(rest))
+            raise submission.publish_failed(list(published), held, rest, error) from None
+        published.extend(envelope.job_id for envelope in held)
+        try:
+            return self._store.unwatch_published([e.job_id for e in held], watch_until)
+        except redis.RedisError:  # the reaper then finds a stale copy, no harm
+            return None
 
     def _send_events(self, events: Sequence[dict[str, Any]]) -> None:
         """Celery's `task-sent` events of jobs put in backlogs, as `send_task` sends them for

@@ -151,7 +151,7 @@ def test_a_batch_created_by_a_worker_that_died_before_recording_it_is_adopted_no
             [{"model": "gpt-4o-mini", "messages": user(m)} for m in markers], deadline=FAR
         )
         batches = ProviderBatches(client.redis, settings)
-        taken = batches.take("fast", 100)
+        taken = batches.take("fast", 100, "a-worker-that-died")
         assert taken is not None
         batch_id, taken_ids = taken
         assert sorted(taken_ids) == sorted(job_ids)
@@ -247,3 +247,31 @@ def test_a_gateway_batch_can_be_forwarded_to_the_providers_batch_api(
     assert {r.service_tier_chosen for r in records if r is not None} == {"batch"}
     assert runs(provider, markers) == {1: 3}
     assert logged(worker, "batch.collected")
+
+
+def test_a_pooled_job_no_batcher_sends_runs_on_the_queue_when_it_is_given_up(
+    start_fleet: Fleet, provider: Simulator
+) -> None:
+    # Given a worker without a batcher (TIERQ_SPEND__BATCH=false on it), and a producer that
+    # pools a job whose batch would be given up 10 s after it is submitted
+    given_up_soon = {**BATCHING, "TIERQ_SPEND__BATCH_MARGIN_SECONDS": "3690"}
+    (worker,), worker_settings = start_fleet(
+        "fast", base_url=provider.base_url, **given_up_soon, TIERQ_SPEND__BATCH="false"
+    )
+    producer = worker_settings.model_copy(
+        update={"spend": worker_settings.spend.model_copy(update={"batch": True})}
+    )
+    marker = nonce()
+    with TierqClient(producer) as client:
+        job_id = client.submit(model="gpt-4o-mini", messages=user(marker), deadline=3700)
+        assert ProviderBatches(client.redis, producer).pooled("fast") == 1
+        # Then the reaper runs it on the queue at its give-up time, in time for its deadline
+        record = client.wait(job_id, timeout=60)
+
+    assert record.status is JobStatus.SUCCEEDED
+    assert record.service_tier_chosen is None
+    assert record.deadline is not None
+    assert record.finished_at is not None
+    assert record.finished_at < record.deadline
+    assert runs(provider, [marker]) == {1: 1}
+    assert logged(worker, "job.requeued", job_id=job_id)

@@ -21,19 +21,21 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import openai
-import redis
 import structlog
 
 from tierq.core.contract import JobEnvelope
 from tierq.core.jobstore import JobStore
 from tierq.core.pricing import cost_usd
 from tierq.core.provider_batches import (
+    POLL_LEASE_SECONDS,
     STATE_FORMING,
     STATE_SUBMITTED,
+    SUBMIT_LEASE_SECONDS,
     ProviderBatch,
     ProviderBatches,
     batch_token,
@@ -53,8 +55,10 @@ ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
 # A refused request fails its job, as the same request on the queue would; anything else
 # without an answer runs on the queue.
 PERMANENT = frozenset({400, 401, 403, 404, 422})
-# Batches whose provider batch a takeover looks for among the newest ones.
-ADOPT_SEARCH = 100
+# A takeover looks for the provider batch created under a batch's name among the provider's
+# batches (newest first, a page at a time) created since a little before the batch was formed.
+ADOPT_PAGE = 100
+ADOPT_SLACK_SECONDS = 3_600
 
 
 class Batcher:
@@ -68,6 +72,7 @@ class Batcher:
         self._store = store
         self._client = client
         self._batches = ProviderBatches(store.redis, settings)
+        self._token = uuid.uuid4().hex  # this batcher's claims
         self._next_poll: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,21 +90,40 @@ class Batcher:
         while not self._stop.wait(IDLE_SECONDS):
             try:
                 self.step()
-            except (redis.RedisError, openai.OpenAIError) as error:
-                # Redis or the provider away: the pool and the batches wait in Redis; the
-                # watch list runs a batch's jobs on the queue if it is given up meanwhile.
-                log.warning("batch.step_failed", error=str(error))
+            except Exception as error:
+                # Redis or the provider away, or anything else: the thread goes on. The pool
+                # and the batches wait in Redis, and the watch list runs their jobs on the
+                # queue if they are given up meanwhile.
+                log.warning("batch.step_failed", error=str(error), kind=type(error).__name__)
 
     def step(self) -> None:
         self._form()
-        for batch_id in self._batches.open_batches(self._tier):
-            batch = self._batches.get(batch_id)
-            if batch is None:
-                continue
-            if batch.state == STATE_FORMING and self._batches.claim(batch_id, STATE_FORMING):
-                self._submit(batch)
-            elif batch.state == STATE_SUBMITTED:
-                self._poll(batch)
+        open_ids = self._batches.open_batches(self._tier)
+        for batch_id in set(self._next_poll) - set(open_ids):
+            del self._next_poll[batch_id]  # collected, here or by another worker
+        for batch_id in open_ids:
+            # One batch's trouble never stops the others'.
+            try:
+                self._step_one(batch_id)
+            except Exception as error:
+                log.warning(
+                    "batch.step_failed", batch_id=batch_id, error=str(error),
+                    kind=type(error).__name__,
+                )  # fmt: skip
+
+    def _step_one(self, batch_id: str) -> None:
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            return
+        if batch.state == STATE_FORMING and self._batches.claim(
+            batch_id, STATE_FORMING, SUBMIT_LEASE_SECONDS, self._token
+        ):
+            try:
+                self._submit(batch, fresh=False)
+            finally:
+                self._batches.release(batch_id, self._token)
+        elif batch.state == STATE_SUBMITTED:
+            self._poll(batch)
 
     # --- forming and submitting ------------------------------------------------------------
 
@@ -112,16 +136,26 @@ class Batcher:
         if pooled < spend.batch_max_lines and since < spend.batch_collect_seconds:
             return
         self._batches.formed_now(self._tier)
-        taken = self._batches.take(self._tier, spend.batch_max_lines)
+        taken = self._batches.take(self._tier, spend.batch_max_lines, self._token)
         if taken is None:
             return
         batch = self._batches.get(taken[0])
         if batch is not None:
-            self._submit(batch)
+            try:
+                self._submit(batch, fresh=True)
+            finally:
+                self._batches.release(batch.batch_id, self._token)
 
-    def _submit(self, batch: ProviderBatch) -> None:
-        """Create the provider batch of a formed one (held), or adopt the one created already."""
-        adopted = self._created_already(batch.batch_id)
+    def _submit(self, batch: ProviderBatch, *, fresh: bool) -> None:
+        """Create the provider batch of a formed one (held), or adopt the one created already
+        under its name (`fresh`: this batcher formed it just now, so there is none)."""
+        if time.time() >= self._cancel_at(batch):
+            # Too late to be worth sending (after an outage): the jobs run on the queue now.
+            self._batches.run_on_queue(batch.job_ids)
+            self._batches.done(self._tier, batch.batch_id)
+            log.warning("batch.not_sent", batch_id=batch.batch_id, reason="near its deadline")
+            return
+        adopted = None if fresh else self._created_already(batch)
         if adopted is not None:
             self._batches.submitted(batch.batch_id, adopted)
             log.info("batch.adopted", batch_id=batch.batch_id, provider_batch=adopted)
@@ -145,23 +179,27 @@ class Batcher:
             "batch.submitted", batch_id=batch.batch_id, provider_batch=created.id, jobs=len(lines)
         )
 
-    def _created_already(self, batch_id: str) -> str | None:
-        """The provider batch created under `batch_id` by a worker that died before it could
-        say so, among the newest ones; None if there is none."""
-        for provider in self._client.batches.list(limit=ADOPT_SEARCH).data:
-            if (provider.metadata or {}).get("tierq_batch") == batch_id:
+    def _created_already(self, batch: ProviderBatch) -> str | None:
+        """The provider batch created under `batch`'s name by a worker that died before it
+        could say so; None if there is none. The SDK's list pages through the provider's
+        batches, newest first, until they predate the batch's forming."""
+        since = batch.formed_at - ADOPT_SLACK_SECONDS
+        for provider in self._client.batches.list(limit=ADOPT_PAGE):
+            if (provider.metadata or {}).get("tierq_batch") == batch.batch_id:
                 return provider.id
+            if provider.created_at < since:
+                return None
         return None
 
     def _lines(self, job_ids: list[str]) -> list[str]:
         """The batch's input lines: each job's request, as its call would send it."""
         pipe = self._store.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(self._store.key(job_id), "message")
+            pipe.hmget(self._store.key(job_id), "status", "message")
         lines = []
-        for job_id, message in zip(job_ids, pipe.execute(), strict=True):
-            if message is None:
-                continue  # expired meanwhile
+        for job_id, (status, message) in zip(job_ids, pipe.execute(), strict=True):
+            if message is None or status != b"queued":
+                continue  # cancelled, or gone, meanwhile
             envelope = JobEnvelope.model_validate(json.loads(message))
             info = self._settings.model_info(envelope.request.model)
             body = api_params(envelope.request, info)
@@ -179,7 +217,9 @@ class Batcher:
         now = time.time()
         if now < self._next_poll.get(batch.batch_id, 0.0) or batch.provider_id is None:
             return
-        if not self._batches.claim(batch.batch_id, STATE_SUBMITTED):
+        if not self._batches.claim(
+            batch.batch_id, STATE_SUBMITTED, POLL_LEASE_SECONDS, self._token
+        ):
             return
         self._next_poll[batch.batch_id] = now + self._settings.spend.batch_poll_seconds
         try:
@@ -194,7 +234,7 @@ class Batcher:
                 self._batches.cancel_sent(batch.batch_id)
                 log.warning("batch.cancelled_for_deadline", batch_id=batch.batch_id)
         finally:
-            self._batches.release(batch.batch_id)
+            self._batches.release(batch.batch_id, self._token)
 
     def _cancel_at(self, batch: ProviderBatch) -> float:
         """When to cancel a batch still running: early enough before it is given up (when the
@@ -219,7 +259,9 @@ class Batcher:
             if status == 200:
                 settled += self._settle_answer(batch, job_id, response.get("body") or {})
             elif status in PERMANENT:
-                failed += self._settle_refusal(job_id, status, response.get("body") or {})
+                failed += self._settle_refusal(
+                    batch.batch_id, job_id, status, response.get("body") or {}
+                )
             else:
                 rerun.append(job_id)  # expired, cancelled, or a transient error
         self._batches.run_on_queue(rerun)
@@ -266,7 +308,7 @@ class Batcher:
             return 1
         return 0
 
-    def _settle_refusal(self, job_id: str, status: int, body: dict[str, Any]) -> int:
+    def _settle_refusal(self, batch_id: str, job_id: str, status: int, body: dict[str, Any]) -> int:
         record = self._store.get(job_id)
         if record is None:
             return 0
@@ -286,7 +328,7 @@ class Batcher:
                 ),
             }
         )
-        if self._store.settle(result, None):
+        if self._store.settle(result, batch_token(batch_id)):
             metrics.observe_outcome(result)
             return 1
         return 0
