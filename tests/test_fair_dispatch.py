@@ -352,3 +352,33 @@ def test_stats_and_metrics_show_each_tenants_share_of_the_tiers_tokens(
     }
     shares = {s.labels["tenant"]: s.value for s in families["tierq_tenant_token_share"].samples}
     assert shares == {"busy": 0.75, "quiet": 0.25}
+
+
+def test_a_job_a_dead_worker_took_off_the_queue_unstarted_runs_again_without_waiting_an_hour(
+    start_fleet: Fleet, worker_env: dict[str, str], simulator: Simulator
+) -> None:
+    # Given a job moved onto its queue, and its message taken off the queue by a worker that
+    # died before starting it (kombu would return it only after Redis's visibility timeout)
+    isolation = {
+        "TIERQ_KEY_PREFIX": f"fair-{nonce()}:",
+        "TIERQ_QUEUE_PREFIX": f"fair-{nonce()}.",
+        "TIERQ_LEASE_SECONDS": "5",
+    }
+    settings = settings_for({**worker_env, **isolation})
+    marker = nonce()
+    with TierqClient(settings) as client:
+        job_id = client.submit(**job(marker))
+        backlogs = Backlogs(client.redis, settings)
+        assert backlogs.dispatch("fast", DEEP, 10) == [job_id]
+        assert client.redis.rpop(settings.queue_for("fast")) is not None  # the lost delivery
+        assert backlogs.claim_within("fast") < settings.visibility_timeout_seconds / 10
+
+        # When a worker of the tier runs
+        (worker,), _ = start_fleet("fast", **isolation)
+        record = client.wait(job_id, timeout=60)
+
+    # Then its reaper put the job back on the queue once it should long have been claimed,
+    # and it ran, once
+    assert record.status is JobStatus.SUCCEEDED
+    assert logged(worker, "job.requeued", job_id=job_id)
+    assert len(simulator.requests_with(marker)) == 1

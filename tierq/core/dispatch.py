@@ -110,7 +110,8 @@ class Backlogs:
 
     def dispatch(self, tier: str, depth: int, most: int) -> list[str]:
         """Move `tier`'s jobs in fair order onto its queue until the queue holds `depth`
-        messages or `most` jobs have moved; the ids moved."""
+        messages or `most` jobs have moved; the ids moved, each watched until it should long
+        have been claimed (`claim_within`)."""
         queue = self._settings.queue_for(tier)
         moved = self._dispatch(
             keys=[
@@ -129,9 +130,18 @@ class Backlogs:
                 self._class_weights,
                 self._tenant_weights,
                 ",".join(PRIORITIES),
+                self.claim_within(tier),
             ],
         )
         return [as_text(job_id) for job_id in moved]
+
+    def claim_within(self, tier: str) -> float:
+        """How long a job moved onto `tier`'s queue may wait there before the reaper puts it
+        there again: two leases, plus the queue's depth of calls (about `queue_target_per_slot`
+        calls per slot) at the tier's call timeout."""
+        settings = self._settings
+        per_slot = settings.fair_share.queue_target_per_slot
+        return 2 * settings.lease_seconds + per_slot * settings.call_timeout_for(tier)
 
     def waiting(self, tier: str) -> dict[str, dict[str, int]]:
         """Jobs waiting in `tier`'s backlogs: priority -> tenant -> count (for `tierq stats`

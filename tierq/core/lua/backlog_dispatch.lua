@@ -3,7 +3,8 @@
 -- KEYS: the tier's clock (hash), its job costs (hash), its rendered queue messages (hash),
 -- the tier's Celery queue (list), the watch list (zset).
 -- ARGV: backlog key prefix, tenants key prefix, job key prefix, n, depth, priority weights
--- (JSON), tenant weights (JSON), the priorities highest first (comma-separated).
+-- (JSON), tenant weights (JSON), the priorities highest first (comma-separated), seconds a
+-- moved job may wait on the queue before the reaper puts it there again.
 -- Returns the ids of the jobs moved.
 --
 -- Start-time fair queueing, twice: each class, and each tenant within a class, has a virtual
@@ -14,7 +15,10 @@
 -- onto the queue in this same script: a job is always in a backlog or on the queue, never
 -- between, whoever dies when. A job no longer queued (cancelled, expired) is dropped unpaid; a
 -- queued one without a rendered message (pushed by an older producer) is handed to the reaper,
--- which re-queues it from its record's kept message.
+-- which re-queues it from its record's kept message. A moved job goes on the watch list, due
+-- when it should long have been claimed: a worker killed with it reserved but not started
+-- (kombu returns such a message only after Redis's visibility timeout) costs it that wait, not
+-- the visibility timeout; a copy put back while the first still waits is stale when it runs.
 
 -- include: now
 
@@ -58,6 +62,7 @@ while #out < n and steps > 0 do
       redis.call('HSET', clock, 'class:' .. class, class_vt + cost / class_weight)
       redis.call('HSET', clock, 'classes', class_vt)
       redis.call('LPUSH', queue, entry)
+      redis.call('ZADD', watch, now + tonumber(ARGV[9]), id)
       table.insert(out, id)
     end
   end
