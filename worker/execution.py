@@ -79,6 +79,9 @@ class JobRunner:
         self.store = store
         self.gate = gate
         self.leases = leases
+        # The tier's flex settings, worked out once, not at each call.
+        self._tier_flex = settings.tiers[tier].flex
+        self._flex_timeout = settings.flex_timeout_for(tier)
         self.deltas = deltas or DeltaStreams.from_settings(settings)
 
     @staticmethod
@@ -223,11 +226,11 @@ class JobRunner:
             utcnow(),
             spend,
             tenant=envelope.tenant,
-            tier_allows_flex=self.settings.tiers[envelope.tier].flex,
+            tier_allows_flex=self._tier_flex,
         )
         if chosen is None:
             return self._send(envelope, attempt, params), None
-        timeout = self.settings.flex_timeout_for(envelope.tier) if chosen == FLEX else None
+        timeout = self._flex_timeout if chosen == FLEX else None
         try:
             return self._send(
                 envelope, attempt, {**params, "service_tier": chosen}, timeout

@@ -61,8 +61,10 @@ class QueueCollector(Collector):
         pools = ProviderBatches(self._client, self._settings)
         now = time.time()
         try:
+            # Each tier's backlogs, read once for the gauges here and the tenants' below.
+            by_tier = {snap.tier: backlogs.waiting(snap.tier) for snap in snapshots}
             for snap in snapshots:
-                held = sum(sum(t.values()) for t in backlogs.waiting(snap.tier).values())
+                held = sum(sum(t.values()) for t in by_tier[snap.tier].values())
                 oldest = backlogs.oldest(snap.tier) if held else None
                 ages = [snap.oldest_age_seconds or 0.0, 0.0 if oldest is None else now - oldest]
                 depth.add_metric([snap.tier], snap.depth)
@@ -92,8 +94,7 @@ class QueueCollector(Collector):
         keys = Keys(self._settings.key_prefix)
         try:
             counts, _ = window_counts(self._client, keys, time.time())
-            for tier, tier_settings in self._settings.tiers.items():
-                by_priority = backlogs.waiting(tier) if tier_settings.fair_dispatch else {}
+            for tier, by_priority in by_tier.items():
                 for priority, tenants in by_priority.items():
                     for tenant, count in tenants.items():
                         backlog.add_metric([tier, priority, tenant], count)
