@@ -1,6 +1,6 @@
 """Spend: a mixed workload at the cheapest service level that meets each job's deadline.
 
-    .venv/bin/python -m benchmarks.spend            # the full run: 3,000 jobs (about 3 minutes)
+    .venv/bin/python -m benchmarks.spend            # the full run: 3,000 jobs (about 1 minute)
     .venv/bin/python -m benchmarks.spend --quick    # a smoke run: 150 jobs
 
 Issue 19's measure, in one run, on loopback, against the simulator (200 ms answers, flex twice
